@@ -1,0 +1,47 @@
+//! `nimbus`: the one binary operators run. Today it holds `nimbus ring …`, which works on
+//! ring builder files before any cluster exists; `dev`, `proxy`, `storage` and `admin` join
+//! it as they land.
+
+mod ring;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Nimbus: a distributed, erasure-coded object store speaking S3 and Swift.
+#[derive(Parser)]
+#[command(name = "nimbus", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build and inspect rings: which devices hold each object's fragments.
+    Ring(ring::RingArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ring(args) => ring::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        // A reader that went away (`nimbus ring show … | head`) is not an error to report.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,9 @@
+//! Nimbus's shared vocabulary: the ids and quantities every crate speaks of, storage policies,
+//! and the little-endian binary encoding that Nimbus's on-disk formats are written in.
+//!
+//! **Invariant:** this crate does no I/O and starts no runtime; everything here is a pure value
+//! or a pure function over values.
+
+pub mod encoding;
+pub mod ids;
+pub mod policy;
