@@ -217,6 +217,34 @@ fn load_builder(path: &Path) -> Result<RingBuilder> {
     RingBuilder::load(path).context("load ring builder")
 }
 
+/// Takes an exclusive lock on the builder file, so that two commands changing it at once do
+/// not lose one change: the second one fails with a clear error instead. The lock is on the
+/// file's inode; a writer replaces the file by renaming a new one over it, so after locking we
+/// check that the path still names the locked inode (else another writer just replaced it,
+/// and we lock the new one). The lock is released when the returned handle drops.
+fn lock_builder(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    loop {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("load ring builder: open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "{} is being changed by another `nimbus ring` command; try again when it is done",
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("lock {}", path.display()));
+            }
+        }
+        let locked = file.metadata()?;
+        let current = std::fs::metadata(path)?;
+        if (locked.dev(), locked.ino()) == (current.dev(), current.ino()) {
+            return Ok(file);
+        }
+    }
+}
+
 fn save_builder(path: &Path, b: &RingBuilder) -> Result<()> {
     b.save(path).context("write ring builder")
 }
@@ -342,6 +370,7 @@ fn change(
     json: bool,
     apply: impl FnOnce(&mut RingBuilder) -> Result<String>,
 ) -> Result<ExitCode> {
+    let _lock = lock_builder(path)?;
     let mut b = load_builder(path)?;
     let done = apply(&mut b)?;
     if dry_run {
@@ -365,6 +394,7 @@ fn ring_path(builder: &Path) -> PathBuf {
 }
 
 fn rebalance(a: RebalanceArgs, json: bool) -> Result<ExitCode> {
+    let _lock = lock_builder(&a.file)?;
     let mut b = load_builder(&a.file)?;
     let report = b.rebalance(SystemTime::now())?;
     let ring_file = a.ring.unwrap_or_else(|| ring_path(&a.file));

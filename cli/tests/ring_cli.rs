@@ -335,6 +335,29 @@ fn bad_input_gets_a_clear_error_and_leaves_the_file_alone() {
 }
 
 #[test]
+fn a_builder_being_changed_is_not_changed_twice_at_once() {
+    let d = Dir::new();
+    let file = d.cluster();
+    let path = d.path(file);
+    let held = std::fs::File::open(&path).unwrap();
+    held.try_lock().unwrap();
+    d.refused(
+        &["ring", "add", file, "r1z9-10.0.9.1:6200/sdb", "100"],
+        &path,
+        "being changed by another",
+    );
+    d.refused(
+        &["ring", "rebalance", file],
+        &path,
+        "being changed by another",
+    );
+    // reading is still fine
+    d.ok(&["ring", "show", file]);
+    drop(held);
+    d.ok(&["ring", "add", file, "r1z9-10.0.9.1:6200/sdb", "100"]);
+}
+
+#[test]
 fn damaged_files_are_refused_by_name() {
     let d = Dir::new();
     let file = d.cluster();

@@ -4,6 +4,8 @@
 //! **Invariant:** this crate does no I/O and starts no runtime; everything here is a pure value
 //! or a pure function over values.
 
+#![warn(missing_docs)]
+
 pub mod encoding;
 pub mod ids;
 pub mod policy;

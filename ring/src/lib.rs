@@ -12,6 +12,8 @@
 //! randomness. Time and seeds come in as arguments, so every member of the cluster that applies
 //! the same changes computes the same ring.
 
+#![warn(missing_docs)]
+
 pub mod builder;
 pub mod device;
 pub mod error;
