@@ -1,8 +1,12 @@
-//! `nimbus`: the one binary operators run. Today it holds `nimbus ring …`, which works on
-//! ring builder files before any cluster exists; `dev`, `proxy`, `storage` and `admin` join
+//! `nimbus`: the one binary operators run: `nimbus ring …` (ring builder files, usable before
+//! any cluster exists) and `nimbus storage` (a storage node); `dev`, `proxy` and `admin` join
 //! it as they land.
 
+#![forbid(unsafe_code)]
+
 mod ring;
+mod storage;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -20,12 +24,15 @@ struct Cli {
 enum Command {
     /// Build and inspect rings: which devices hold each object's fragments.
     Ring(ring::RingArgs),
+    /// Run a storage node: the process that owns a machine's disks.
+    Storage(storage::StorageArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ring(args) => ring::run(args),
+        Command::Storage(args) => storage::run(args),
     };
     match result {
         Ok(code) => code,

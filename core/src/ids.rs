@@ -51,3 +51,17 @@ impl fmt::Display for Epoch {
         write!(f, "{}", self.0)
     }
 }
+
+/// Names a version of an object: the timestamp of the PUT that created it, in microseconds
+/// since the Unix epoch, with the low bits holding a node-unique tiebreak, so versions are
+/// totally ordered. Fragments are immutable and named by their version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct VersionId(pub u64);
+
+impl fmt::Display for VersionId {
+    /// 16 lowercase hex digits, so that versions sort as strings the way they sort as numbers.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}

@@ -4,8 +4,12 @@
 //! **Invariant:** this crate does no I/O and starts no runtime; everything here is a pure value
 //! or a pure function over values.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod encoding;
+pub mod fragment;
 pub mod ids;
+pub mod index;
 pub mod policy;

@@ -12,6 +12,7 @@
 //! randomness. Time and seeds come in as arguments, so every member of the cluster that applies
 //! the same changes computes the same ring.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod builder;

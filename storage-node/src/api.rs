@@ -1,0 +1,196 @@
+//! The internal HTTP API: what proxies and other nodes call. Every `/v1/…` request is
+//! authenticated (HMAC with the cluster secret, `nimbus_core::auth`) and carries the sender's
+//! ring epoch; `/health` is open. Handlers are thin: they parse, call the store, and map
+//! errors to statuses in one place ([`ApiError`]).
+//!
+//! | method | path | does |
+//! |---|---|---|
+//! | GET | `/health` | node status |
+//! | PUT | `/v1/fragments/{device}/{policy}/{partition}/{version}/{index}?path=` | write a fragment (phase 1) → 201 |
+//! | POST | `…/commit?path=` | make it durable (phase 2) → 204 |
+//! | GET | `…?path=[&offset=&length=]` | read (a range of) its data → 200 |
+//! | DELETE | `…?path=` | remove it → 204 |
+//! | GET | `/v1/partitions/{device}/{policy}/{partition}` | list a partition's fragments and digest |
+//!
+//! **Boundary:** this is the wire contract with proxies; `docs/internal-api.md` documents it.
+
+mod auth;
+mod fragments;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use nimbus_core::auth::ClusterSecret;
+use serde_json::json;
+
+use crate::store::{FragmentStore, StoreError};
+
+/// Headers of the internal API.
+pub mod headers {
+    /// Fragment data bytes the sender declares (PUT) or the fragment has (GET).
+    pub const DATA_BYTES: &str = "x-nimbus-data-bytes";
+    /// Bytes per segment of the object (PUT).
+    pub const SEGMENT_BYTES: &str = "x-nimbus-segment-bytes";
+    /// Bytes of the whole object, if known (PUT).
+    pub const OBJECT_BYTES: &str = "x-nimbus-object-bytes";
+    /// Hex blake3 of the fragment's data (GET).
+    pub const BLAKE3: &str = "x-nimbus-blake3";
+    /// Set on a 404 when the fragment was corrupt and has been quarantined.
+    pub const QUARANTINED: &str = "x-nimbus-quarantined";
+}
+
+/// One device as the API sees it.
+#[derive(Debug, Clone)]
+pub struct Device {
+    /// Its fragment store.
+    pub fragments: FragmentStore,
+}
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct NodeState {
+    secret: ClusterSecret,
+    devices: HashMap<String, Device>,
+    /// The newest ring epoch seen; requests from older epochs are refused as stale.
+    epoch: AtomicU64,
+}
+
+impl NodeState {
+    /// Returns the state for a node with these devices.
+    #[must_use]
+    pub fn new(secret: ClusterSecret, devices: HashMap<String, Device>, epoch: u64) -> Self {
+        NodeState {
+            secret,
+            devices,
+            epoch: AtomicU64::new(epoch),
+        }
+    }
+
+    fn device(&self, name: &str) -> Result<&Device, ApiError> {
+        self.devices.get(name).ok_or_else(|| ApiError::NotFound {
+            what: format!("device {name:?}"),
+        })
+    }
+
+    /// Returns the newest epoch seen.
+    #[must_use]
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Records a sender's epoch; refuses it if older than the newest seen.
+    fn observe_epoch(&self, epoch: u64) -> Result<(), ApiError> {
+        let seen = self.epoch.fetch_max(epoch, Ordering::AcqRel);
+        if epoch < seen {
+            return Err(ApiError::StaleEpoch {
+                sent: epoch,
+                current: seen,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Returns the API's router.
+pub fn router(state: Arc<NodeState>) -> Router {
+    let v1 = fragments::routes().layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&state),
+        auth::authenticate,
+    ));
+    Router::new()
+        .route("/health", get(health))
+        .merge(v1)
+        .with_state(state)
+}
+
+async fn health(axum::extract::State(state): axum::extract::State<Arc<NodeState>>) -> Response {
+    let mut devices = Vec::new();
+    for (name, d) in &state.devices {
+        let space = d.fragments.engine().space(d.fragments.root()).await.ok();
+        devices.push(json!({
+            "name": name,
+            "engine": d.fragments.engine().name(),
+            "available_bytes": space.map(|s| s.0),
+        }));
+    }
+    axum::Json(json!({ "status": "ok", "epoch": state.epoch(), "devices": devices }))
+        .into_response()
+}
+
+/// Every error the API returns, mapped to a status in [`IntoResponse`].
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No credentials.
+    #[error("authentication required")]
+    Unauthenticated,
+    /// Credentials that do not verify.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// A request from an older ring epoch: the sender should refresh its ring and retry.
+    #[error("stale ring epoch {sent}, this node has seen {current}")]
+    StaleEpoch {
+        /// The sender's epoch.
+        sent: u64,
+        /// The newest this node has seen.
+        current: u64,
+    },
+    /// Malformed request.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Nothing there.
+    #[error("not found: {what}")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+    },
+    /// A store error.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::StaleEpoch { .. } => (StatusCode::CONFLICT, "stale_epoch"),
+            ApiError::BadRequest(_) | ApiError::Store(StoreError::BadRequest { .. }) => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
+            ApiError::NotFound { .. } | ApiError::Store(StoreError::NotFound { .. }) => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
+            ApiError::Store(StoreError::Corrupt { .. }) => (StatusCode::NOT_FOUND, "quarantined"),
+            ApiError::Store(StoreError::Full { .. }) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
+            ApiError::Store(StoreError::Io { .. }) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %self, "internal API request failed");
+            "internal error; see the node's log".to_owned()
+        } else {
+            tracing::debug!(error = %self, "internal API request refused");
+            self.to_string()
+        };
+        let mut response = (
+            status,
+            axum::Json(json!({ "error": code, "message": message })),
+        )
+            .into_response();
+        if matches!(self, ApiError::Store(StoreError::Corrupt { .. })) {
+            response.headers_mut().insert(
+                headers::QUARANTINED,
+                axum::http::HeaderValue::from_static("true"),
+            );
+        }
+        response
+    }
+}

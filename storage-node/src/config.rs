@@ -1,0 +1,229 @@
+//! The storage node's configuration: a TOML file (`nimbus storage --config FILE`), every
+//! field documented in `etc/storage.example.toml` with its default. Flags on the command line
+//! override the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::io::{EngineConfig, IoEngineKind};
+
+/// A storage node's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the internal API. Default `127.0.0.1:6200`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// File holding the cluster secret: 64 hex digits. Required.
+    pub cluster_secret_file: PathBuf,
+    /// `uring`, `portable` or `auto` (io_uring when the kernel allows it). Default `auto`.
+    #[serde(default = "default_io_engine")]
+    pub io_engine: String,
+    /// I/O engine sizes, per device.
+    #[serde(default)]
+    pub engine: EngineSection,
+    /// The devices this node owns: at least one.
+    #[serde(rename = "device", default)]
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// Sizes of each device's I/O engine.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// Buffers per device: the most reads and writes in flight on it. Default 64.
+    pub buffers: usize,
+    /// Bytes per buffer (a multiple of 4096). Default 1 MiB.
+    pub buffer_bytes: usize,
+    /// io_uring submission queue entries per device. Default 256.
+    pub ring_entries: u32,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        let d = EngineConfig::default();
+        EngineSection {
+            buffers: d.buffers,
+            buffer_bytes: d.buffer_bytes,
+            ring_entries: d.ring_entries,
+        }
+    }
+}
+
+/// One device.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// The device's name in the ring (`sdb`, `d0`): 1 to 64 of `A-Z a-z 0-9 . _ -`.
+    pub name: String,
+    /// Its directory, normally the mount point of its own disk.
+    pub path: PathBuf,
+    /// New fragments are refused (507) while free space is below this. Default 1 GiB.
+    #[serde(default = "default_reserve")]
+    pub reserve_bytes: u64,
+    /// Read and write fragments with O_DIRECT where the file system allows. Default true.
+    #[serde(default = "default_true")]
+    pub direct_io: bool,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 6200))
+}
+
+fn default_io_engine() -> String {
+    "auto".into()
+}
+
+fn default_reserve() -> u64 {
+    1 << 30
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid storage configuration:\n  - {}", problems.join("\n  - "))]
+pub struct ConfigError {
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Parses and validates a configuration.
+    ///
+    /// # Errors
+    /// [`ConfigError`] listing every problem (a TOML error is one problem).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config = Config::parse(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses without validating, so that command-line overrides can be applied first.
+    ///
+    /// # Errors
+    /// [`ConfigError`] with the TOML error.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError {
+            problems: vec![e.to_string()],
+        })
+    }
+
+    /// Returns the engine kind.
+    ///
+    /// # Errors
+    /// A message for an unknown engine name.
+    pub fn io_engine_kind(&self) -> Result<IoEngineKind, String> {
+        self.io_engine.parse()
+    }
+
+    /// Returns the engine sizes.
+    #[must_use]
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            buffers: self.engine.buffers,
+            buffer_bytes: self.engine.buffer_bytes,
+            ring_entries: self.engine.ring_entries,
+        }
+    }
+
+    /// Checks everything at once.
+    ///
+    /// # Errors
+    /// [`ConfigError`] listing every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.io_engine_kind() {
+            problems.push(e);
+        }
+        if self.devices.is_empty() {
+            problems.push("no [[device]]: a storage node needs at least one".into());
+        }
+        let e = &self.engine;
+        if !(1..=4096).contains(&e.buffers) {
+            problems.push(format!("engine.buffers = {}: use 1 to 4096", e.buffers));
+        }
+        if e.buffer_bytes < 65536
+            || !e.buffer_bytes.is_multiple_of(4096)
+            || e.buffer_bytes > 64 << 20
+        {
+            problems.push(format!(
+                "engine.buffer_bytes = {}: use a multiple of 4096 from 64 KiB to 64 MiB",
+                e.buffer_bytes
+            ));
+        }
+        if !e.ring_entries.is_power_of_two() || !(8..=4096).contains(&e.ring_entries) {
+            problems.push(format!(
+                "engine.ring_entries = {}: use a power of two from 8 to 4096",
+                e.ring_entries
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut paths = std::collections::HashSet::new();
+        for d in &self.devices {
+            let ok = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+            if d.name.is_empty()
+                || d.name.len() > 64
+                || d.name.starts_with('.')
+                || !d.name.chars().all(ok)
+            {
+                problems.push(format!(
+                    "device name {:?}: use 1 to 64 of A-Z a-z 0-9 . _ -",
+                    d.name
+                ));
+            }
+            if !names.insert(d.name.clone()) {
+                problems.push(format!("device {:?} is listed twice", d.name));
+            }
+            if !paths.insert(d.path.clone()) {
+                problems.push(format!("device path {} is listed twice", d.path.display()));
+            }
+            if d.path.is_relative() {
+                problems.push(format!(
+                    "device {:?}: path {} is not absolute",
+                    d.name,
+                    d.path.display()
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_parses() {
+        let text = include_str!("../../etc/storage.example.toml");
+        let c = Config::from_toml(text).unwrap();
+        assert_eq!(c.devices.len(), 2);
+        assert_eq!(c.io_engine_kind(), Ok(IoEngineKind::Auto));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+            cluster_secret_file = "/etc/nimbus/secret"
+            io_engine = "fast"
+            [engine]
+            ring_entries = 100
+            [[device]]
+            name = "../x"
+            path = "relative"
+        "#;
+        let err = Config::from_toml(text).unwrap_err();
+        assert_eq!(err.problems.len(), 4, "{err}");
+        assert!(Config::from_toml("listen = 5").is_err());
+        assert!(Config::from_toml("cluster_secret_file = \"/s\"\nunknown = 1").is_err());
+    }
+}

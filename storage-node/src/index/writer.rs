@@ -1,0 +1,403 @@
+//! The writer thread: the only code that writes the index database.
+//!
+//! It takes every request waiting in its channel (at most [`MAX_BATCH`]), applies them in
+//! arrival order in one write transaction, commits once with [`Durability::Immediate`] (one
+//! fsync for the whole batch), and only then answers each request.
+//!
+//! **Invariants:**
+//! - No request is answered before the transaction holding it is durable; a failed commit
+//!   fails every request of its batch, including those whose answer was a failed
+//!   precondition, since that answer may rest on a write that was lost.
+//! - A request that fails alone (a precondition, a corrupt current entry) fails before it
+//!   changes any table, so it never leaves a partial write in the batch.
+//! - A batch that changed nothing (only failed preconditions and ignored records) is
+//!   aborted, not committed: it costs no fsync.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nimbus_core::index::ShardId;
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+use super::Precondition;
+use super::error::{ApplyError, Corruption, IndexError, ReplicateError, StorageFailure};
+use super::layout::{self, ENTRIES, SEQS, SHARDS, ShardPrefix};
+
+/// The most requests one transaction applies: the channel's capacity, so a full channel is
+/// drained in one commit.
+pub(super) const MAX_BATCH: usize = 1024;
+
+/// What the writer has done, for [`super::IndexStats`].
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) writes: AtomicU64,
+    pub(super) commits: AtomicU64,
+}
+
+/// A write as the shard's primary: check the precondition, assign the next sequence number.
+#[derive(Debug)]
+pub(super) struct ApplyWrite {
+    pub(super) shard: ShardId,
+    pub(super) prefix: ShardPrefix,
+    pub(super) key: String,
+    /// The encoded, validated entry.
+    pub(super) entry: Vec<u8>,
+    pub(super) cond: Precondition,
+}
+
+/// A write as a replica: store the primary's record unless a newer one is stored.
+#[derive(Debug)]
+pub(super) struct ReplicatedWrite {
+    pub(super) shard: ShardId,
+    pub(super) prefix: ShardPrefix,
+    pub(super) key: String,
+    pub(super) seq: u64,
+    /// The encoded, validated entry.
+    pub(super) entry: Vec<u8>,
+}
+
+/// One kind of write the writer applies.
+pub(super) trait Write {
+    /// What a successful write answers.
+    type Output;
+    /// What a failed write answers.
+    type Error: From<IndexError>;
+
+    fn shard(&self) -> &ShardId;
+
+    fn key(&self) -> &str;
+
+    /// Applies the write to the batch's tables. `Err` is a database failure that fails the
+    /// whole batch; `Ok(Err(_))` fails this write alone, before it changed anything.
+    fn run(&self, tables: &mut Tables<'_>) -> Result<Result<Self::Output, Self::Error>, RunError>;
+
+    /// Returns whether this outcome changed the database.
+    fn wrote(output: &Self::Output) -> bool;
+}
+
+/// A write and the caller waiting for its answer.
+pub(super) struct Job<W: Write> {
+    write: W,
+    reply: oneshot::Sender<Result<W::Output, W::Error>>,
+    result: Option<Result<W::Output, W::Error>>,
+}
+
+impl<W: Write> Job<W> {
+    pub(super) fn new(write: W, reply: oneshot::Sender<Result<W::Output, W::Error>>) -> Self {
+        Job {
+            write,
+            reply,
+            result: None,
+        }
+    }
+
+    fn run(&mut self, tables: &mut Tables<'_>) -> Result<(), redb::Error> {
+        let result = match self.write.run(tables) {
+            Ok(result) => result,
+            Err(RunError::Storage(e)) => return Err(e),
+            Err(RunError::Corrupt(source)) => Err(IndexError::Corrupt {
+                shard: self.write.shard().clone(),
+                key: self.write.key().to_owned(),
+                source,
+            }
+            .into()),
+        };
+        self.result = Some(result);
+        Ok(())
+    }
+
+    fn wrote(&self) -> bool {
+        matches!(&self.result, Some(Ok(output)) if W::wrote(output))
+    }
+
+    /// Answers the caller: the write's result once its batch committed, else the batch's
+    /// failure. A caller that went away is not an error: its write stands or falls with the
+    /// batch all the same.
+    fn answer(self, batch: Result<(), &StorageFailure>) {
+        let answer = match batch {
+            Ok(()) => self.result.expect("every job of a committed batch has run"),
+            Err(failure) => Err(IndexError::Storage {
+                shard: self.write.shard().clone(),
+                op: "commit index writes",
+                source: failure.clone(),
+            }
+            .into()),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// A request to the writer thread.
+pub(super) enum Request {
+    Apply(Job<ApplyWrite>),
+    Replicate(Job<ReplicatedWrite>),
+}
+
+impl Request {
+    fn run(&mut self, tables: &mut Tables<'_>) -> Result<(), redb::Error> {
+        match self {
+            Request::Apply(job) => job.run(tables),
+            Request::Replicate(job) => job.run(tables),
+        }
+    }
+
+    fn wrote(&self) -> bool {
+        match self {
+            Request::Apply(job) => job.wrote(),
+            Request::Replicate(job) => job.wrote(),
+        }
+    }
+
+    fn answer(self, batch: Result<(), &StorageFailure>) {
+        match self {
+            Request::Apply(job) => job.answer(batch),
+            Request::Replicate(job) => job.answer(batch),
+        }
+    }
+}
+
+/// Why a write could not run: the database failed (the batch fails), or what it read is
+/// corrupt (the write fails alone).
+pub(super) enum RunError {
+    Storage(redb::Error),
+    Corrupt(Corruption),
+}
+
+impl<E: Into<redb::Error>> From<E> for RunError {
+    fn from(e: E) -> Self {
+        RunError::Storage(e.into())
+    }
+}
+
+impl From<Corruption> for RunError {
+    fn from(c: Corruption) -> Self {
+        RunError::Corrupt(c)
+    }
+}
+
+/// Runs the writer until every sender is gone and the channel is empty.
+pub(super) fn run(db: Arc<Database>, mut rx: mpsc::Receiver<Request>, counters: Arc<Counters>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        write_batch(&db, &mut batch, &counters);
+    }
+}
+
+/// Applies, commits and answers one batch, leaving `batch` empty.
+fn write_batch(db: &Database, batch: &mut Vec<Request>, counters: &Counters) {
+    match apply_batch(db, batch) {
+        Ok(committed) => {
+            if committed {
+                let writes = batch.iter().filter(|r| r.wrote()).count() as u64;
+                counters.writes.fetch_add(writes, Ordering::Relaxed);
+                counters.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            for request in batch.drain(..) {
+                request.answer(Ok(()));
+            }
+        }
+        Err(e) => {
+            let failure = StorageFailure::new(e);
+            for request in batch.drain(..) {
+                request.answer(Err(&failure));
+            }
+        }
+    }
+}
+
+/// Applies a batch in one transaction; returns whether it committed (false: nothing changed,
+/// the transaction was aborted).
+fn apply_batch(db: &Database, batch: &mut [Request]) -> Result<bool, redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    let wrote = {
+        let mut tables = Tables::open(&txn)?;
+        for request in batch.iter_mut() {
+            request.run(&mut tables)?;
+        }
+        batch.iter().any(Request::wrote)
+    };
+    if wrote {
+        txn.commit()?;
+    } else {
+        txn.abort()?;
+    }
+    Ok(wrote)
+}
+
+type BytesTable<'txn> = Table<'txn, &'static [u8], &'static [u8]>;
+
+/// The tables of one write transaction.
+pub(super) struct Tables<'txn> {
+    entries: BytesTable<'txn>,
+    seqs: BytesTable<'txn>,
+    shards: BytesTable<'txn>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, redb::Error> {
+        Ok(Tables {
+            entries: txn.open_table(ENTRIES)?,
+            seqs: txn.open_table(SEQS)?,
+            shards: txn.open_table(SHARDS)?,
+        })
+    }
+
+    /// Returns the stored value of an entry key.
+    fn entry(&self, entry_key: &[u8]) -> Result<Option<Vec<u8>>, RunError> {
+        Ok(self.entries.get(entry_key)?.map(|v| v.value().to_vec()))
+    }
+
+    fn last_seq(&self, prefix: &ShardPrefix) -> Result<u64, RunError> {
+        match self.shards.get(prefix.as_bytes())? {
+            Some(v) => Ok(layout::decode_last_seq(v.value())?),
+            None => Ok(0),
+        }
+    }
+
+    /// Stores `entry` for `key` under `seq`, replacing the entry of sequence `old_seq`.
+    fn store(
+        &mut self,
+        prefix: &ShardPrefix,
+        key: &str,
+        entry: &[u8],
+        seq: u64,
+        old_seq: Option<u64>,
+        last_seq: u64,
+    ) -> Result<(), RunError> {
+        if let Some(old_seq) = old_seq {
+            // Only the row that still names this key: after replicas diverged, another key
+            // may have taken the number over (see `ReplicatedWrite::run`).
+            let old_key = prefix.seq_key(old_seq);
+            let ours = self
+                .seqs
+                .get(old_key.as_slice())?
+                .is_some_and(|v| v.value() == key.as_bytes());
+            if ours {
+                self.seqs.remove(old_key.as_slice())?;
+            }
+        }
+        let value = layout::entry_value(seq, entry);
+        self.entries
+            .insert(prefix.entry_key(key).as_slice(), value.as_slice())?;
+        self.seqs
+            .insert(prefix.seq_key(seq).as_slice(), key.as_bytes())?;
+        let last = layout::last_seq_value(last_seq.max(seq));
+        self.shards.insert(prefix.as_bytes(), last.as_slice())?;
+        Ok(())
+    }
+}
+
+impl Write for ApplyWrite {
+    type Output = u64;
+    type Error = ApplyError;
+
+    fn shard(&self) -> &ShardId {
+        &self.shard
+    }
+
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn run(&self, tables: &mut Tables<'_>) -> Result<Result<u64, ApplyError>, RunError> {
+        // Everything that may fail alone is read and checked before the first change.
+        let current = tables.entry(&self.prefix.entry_key(&self.key))?;
+        let old_seq = match &current {
+            Some(value) => Some(layout::split_entry_value(value)?.0),
+            None => None,
+        };
+        if self.cond != Precondition::None {
+            let record = match current {
+                Some(value) => Some(layout::decode_record(self.key.clone(), &value)?),
+                None => None,
+            };
+            if !self.cond.admits(record.as_ref().map(|r| &r.entry)) {
+                return Ok(Err(ApplyError::PreconditionFailed {
+                    shard: self.shard.clone(),
+                    key: self.key.clone(),
+                    current: record.map(Box::new),
+                }));
+            }
+        }
+        let last_seq = tables.last_seq(&self.prefix)?;
+        let seq = last_seq.checked_add(1).ok_or(Corruption::SeqExhausted)?;
+        tables.store(&self.prefix, &self.key, &self.entry, seq, old_seq, last_seq)?;
+        Ok(Ok(seq))
+    }
+
+    fn wrote(_: &u64) -> bool {
+        true
+    }
+}
+
+impl Write for ReplicatedWrite {
+    type Output = bool;
+    type Error = ReplicateError;
+
+    fn shard(&self) -> &ShardId {
+        &self.shard
+    }
+
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn run(&self, tables: &mut Tables<'_>) -> Result<Result<bool, ReplicateError>, RunError> {
+        let current = tables.entry(&self.prefix.entry_key(&self.key))?;
+        let old_seq = match current.as_deref().map(layout::split_entry_value) {
+            Some(Ok((seq, _))) => Some(seq),
+            Some(Err(_)) => {
+                // The primary's record is the repair: store it. The old sequence row cannot
+                // be found; readers skip rows whose entry carries another number.
+                warn!(
+                    shard = self.shard.shard,
+                    seq = self.seq,
+                    "a replicated write replaces a corrupt index entry"
+                );
+                None
+            }
+            None => None,
+        };
+        if old_seq.is_some_and(|old| old >= self.seq) {
+            return Ok(Ok(false));
+        }
+        let last_seq = tables.last_seq(&self.prefix)?;
+        let taken = tables
+            .seqs
+            .get(self.prefix.seq_key(self.seq).as_slice())?
+            .is_some_and(|v| v.value() != self.key.as_bytes());
+        if taken {
+            // This replica holds a write the new primary never had (it was not acknowledged
+            // by a majority): the primary's record wins the number, and the other key's entry
+            // stays until peering or anti-entropy replaces it.
+            warn!(
+                shard = self.shard.shard,
+                seq = self.seq,
+                "a replicated write takes over a sequence number another key held"
+            );
+        }
+        tables.store(
+            &self.prefix,
+            &self.key,
+            &self.entry,
+            self.seq,
+            old_seq,
+            last_seq,
+        )?;
+        Ok(Ok(true))
+    }
+
+    fn wrote(applied: &bool) -> bool {
+        *applied
+    }
+}

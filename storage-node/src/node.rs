@@ -1,0 +1,158 @@
+//! Starting a storage node: read the secret, open every device (engine, fragment store),
+//! bind the internal API and serve until told to stop.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use nimbus_core::auth::{AuthError, ClusterSecret};
+use tokio::net::TcpListener;
+
+use crate::api::{self, Device, NodeState};
+use crate::config::Config;
+use crate::io::Engine;
+use crate::store::{FragmentStore, StoreConfig, StoreError};
+
+/// Why a node could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is not usable.
+    #[error("{0}")]
+    Config(String),
+    /// The secret file cannot be read or is malformed.
+    #[error("cluster secret {}: {reason}", path.display())]
+    Secret {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A device could not be opened.
+    #[error("device {name}: {source}")]
+    Device {
+        /// The device's name.
+        name: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// The I/O engine could not start.
+    #[error("device {name}: I/O engine: {source}")]
+    Engine {
+        /// The device's name.
+        name: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The listen address could not be bound, or serving failed.
+    #[error("internal API on {addr}: {source}")]
+    Serve {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A node that is serving.
+pub struct RunningNode {
+    /// The address the internal API listens on (useful with port 0).
+    pub local_addr: SocketAddr,
+    /// Engine of each device, by name (their kind is logged at start).
+    pub engines: Vec<(String, &'static str)>,
+    server: tokio::task::JoinHandle<Result<(), NodeError>>,
+}
+
+impl RunningNode {
+    /// Waits until the server stops (after the shutdown future given to [`start`] resolves).
+    ///
+    /// # Errors
+    /// [`NodeError::Serve`] when serving failed.
+    pub async fn wait(self) -> Result<(), NodeError> {
+        self.server.await.unwrap_or_else(|join| {
+            Err(NodeError::Serve {
+                addr: self.local_addr,
+                source: std::io::Error::other(join.to_string()),
+            })
+        })
+    }
+}
+
+/// Opens the devices and starts serving; the server stops when `shutdown` resolves.
+///
+/// # Errors
+/// [`NodeError`] naming what failed.
+pub async fn start(
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunningNode, NodeError> {
+    config
+        .validate()
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+    let kind = config.io_engine_kind().map_err(NodeError::Config)?;
+    let secret_path = &config.cluster_secret_file;
+    let read_path = secret_path.clone();
+    let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(read_path))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| NodeError::Secret {
+            path: secret_path.clone(),
+            reason: e.to_string(),
+        })?;
+    let secret = ClusterSecret::from_hex(&text).map_err(|e: AuthError| NodeError::Secret {
+        path: secret_path.clone(),
+        reason: e.to_string(),
+    })?;
+
+    let mut devices = HashMap::new();
+    let mut engines = Vec::new();
+    for d in &config.devices {
+        let engine =
+            Engine::new(kind, config.engine_config()).map_err(|source| NodeError::Engine {
+                name: d.name.clone(),
+                source,
+            })?;
+        tracing::info!(device = %d.name, path = %d.path.display(), engine = engine.name(), "device opened");
+        engines.push((d.name.clone(), engine.name()));
+        let store_config = StoreConfig {
+            reserve_bytes: d.reserve_bytes,
+            direct_io: d.direct_io,
+            ..StoreConfig::default()
+        };
+        let fragments = FragmentStore::open(&d.path, engine, store_config)
+            .await
+            .map_err(|source| NodeError::Device {
+                name: d.name.clone(),
+                source,
+            })?;
+        devices.insert(d.name.clone(), Device { fragments });
+    }
+    let state = Arc::new(NodeState::new(secret, devices, 0));
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| NodeError::Serve {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| NodeError::Serve {
+        addr: config.listen,
+        source,
+    })?;
+    let app = api::router(state);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|source| NodeError::Serve {
+                addr: local_addr,
+                source,
+            })
+    });
+    Ok(RunningNode {
+        local_addr,
+        engines,
+        server,
+    })
+}

@@ -1,0 +1,438 @@
+//! The fragment store of one device: fragment files, written so that nothing half-written
+//! is ever visible, read so that no corrupt byte is ever returned.
+//!
+//! Layout under the device directory:
+//!
+//! ```text
+//! objects/<policy>/<partition>/<hash prefix>/<object hash>/<version>.<fragment index>          committed (durable)
+//! objects/<policy>/<partition>/<hash prefix>/<object hash>/<version>.<fragment index>.pending  written, not committed
+//! tmp/<write id>        being written
+//! quarantine/<…>        failed verification; never served
+//! ```
+//!
+//! `<object hash>` is the hex blake3 of the object path, `<hash prefix>` its first three hex
+//! digits, `<version>` 16 hex digits. Every component is a number, a hash or a validated
+//! policy name, so no request can name a path outside the device.
+//!
+//! Write protocol (two phases, as Swift's `.durable`): a [`FragmentWriter`] streams the
+//! fragment into `tmp/` in aligned writes, fsyncs it, renames it to `….pending` and fsyncs the
+//! directory: the data is durable but not yet part of the object. [`FragmentStore::commit`]
+//! renames it to its final name and fsyncs the directory. A crash at any point leaves either
+//! no file, a `tmp/` file (removed when the store opens), a `.pending` file (committed or
+//! collected later) or the committed file — never a partial file under a final or pending
+//! name.
+
+mod reader;
+mod writer;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nimbus_core::fragment::{FragmentError, FragmentHeader};
+use nimbus_core::ids::{PartitionId, VersionId};
+
+use crate::io::Engine;
+
+pub use reader::FragmentReader;
+pub use writer::FragmentWriter;
+
+/// Names one fragment of one object version on a device.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FragmentId {
+    /// The storage policy's name (validated: `a-z 0-9 . _ + -`).
+    pub policy: String,
+    /// The ring partition of the object path.
+    pub partition: PartitionId,
+    /// `account/container/object`.
+    pub object_path: String,
+    /// The object version.
+    pub version: VersionId,
+    /// The fragment index (the slot).
+    pub index: u8,
+}
+
+impl FragmentId {
+    fn object_hash(&self) -> String {
+        blake3::hash(self.object_path.as_bytes())
+            .to_hex()
+            .to_string()
+    }
+
+    fn object_dir(&self, root: &Path) -> PathBuf {
+        let hash = self.object_hash();
+        root.join("objects")
+            .join(&self.policy)
+            .join(self.partition.0.to_string())
+            .join(&hash[..3])
+            .join(hash)
+    }
+
+    fn file_name(&self) -> String {
+        format!("{}.{}", self.version, self.index)
+    }
+}
+
+/// A fragment found by a partition listing.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ListedFragment {
+    /// Hex blake3 of the object path.
+    pub object_hash: String,
+    /// The version.
+    pub version: VersionId,
+    /// The fragment index.
+    pub index: u8,
+    /// Committed, or only written.
+    pub durable: bool,
+}
+
+/// Settings of a device's fragment store.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreConfig {
+    /// Refuse new fragments while the file system has less than this free.
+    pub reserve_bytes: u64,
+    /// Block record size of new fragments (a multiple of 4096).
+    pub block_record_bytes: u32,
+    /// Write with O_DIRECT where the file system allows it.
+    pub direct_io: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            reserve_bytes: 1 << 30,
+            block_record_bytes: nimbus_core::fragment::DEFAULT_BLOCK_RECORD_BYTES,
+            direct_io: true,
+        }
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The device is full, or below its reserve: the caller should try a handoff (507).
+    #[error("device full: {available} bytes free, reserve {reserve}")]
+    Full {
+        /// Bytes free.
+        available: u64,
+        /// The configured reserve.
+        reserve: u64,
+    },
+    /// No such fragment (or no pending write to commit).
+    #[error("fragment not found: {path}")]
+    NotFound {
+        /// What was looked for.
+        path: PathBuf,
+    },
+    /// The fragment failed verification; it was moved to quarantine.
+    #[error("fragment {path} is corrupt ({source}); quarantined")]
+    Corrupt {
+        /// Where it was.
+        path: PathBuf,
+        /// What failed.
+        source: FragmentError,
+    },
+    /// The request is malformed (bad policy name, range outside the fragment, …).
+    #[error("bad request: {reason}")]
+    BadRequest {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The disk failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+}
+
+impl StoreError {
+    fn io(path: &Path, source: io::Error) -> StoreError {
+        if source.raw_os_error() == Some(libc::ENOSPC) {
+            return StoreError::Full {
+                available: 0,
+                reserve: 0,
+            };
+        }
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// The fragment store of one device.
+#[derive(Clone, Debug)]
+pub struct FragmentStore {
+    root: PathBuf,
+    engine: Engine,
+    config: StoreConfig,
+}
+
+impl FragmentStore {
+    /// Opens the store in device directory `root`, creating its directories and removing
+    /// leftovers of writes that a crash interrupted.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when the directories cannot be created or read.
+    pub async fn open(
+        root: &Path,
+        engine: Engine,
+        config: StoreConfig,
+    ) -> Result<Self, StoreError> {
+        nimbus_core::fragment::validate_block_record_bytes(config.block_record_bytes).map_err(
+            |e| StoreError::BadRequest {
+                reason: e.to_string(),
+            },
+        )?;
+        for dir in ["objects", "tmp", "quarantine"] {
+            let path = root.join(dir);
+            engine
+                .create_dir_all(&path)
+                .await
+                .map_err(|e| StoreError::io(&path, e))?;
+        }
+        let tmp = root.join("tmp");
+        for name in engine
+            .list_dir(&tmp)
+            .await
+            .map_err(|e| StoreError::io(&tmp, e))?
+        {
+            let path = tmp.join(name);
+            engine
+                .remove_file(&path)
+                .await
+                .map_err(|e| StoreError::io(&path, e))?;
+        }
+        Ok(FragmentStore {
+            root: root.to_path_buf(),
+            engine,
+            config,
+        })
+    }
+
+    /// Returns the device directory.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Returns the engine.
+    #[must_use]
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn check_policy(policy: &str) -> Result<(), StoreError> {
+        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._+-".contains(c);
+        if policy.is_empty()
+            || policy.len() > 64
+            || !policy.chars().all(ok)
+            || policy.starts_with('.')
+        {
+            return Err(StoreError::BadRequest {
+                reason: format!("bad storage policy name {policy:?}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Fails with [`StoreError::Full`] when the file system is below the reserve.
+    async fn check_space(&self) -> Result<(), StoreError> {
+        let (available, _) = self
+            .engine
+            .space(&self.root)
+            .await
+            .map_err(|e| StoreError::io(&self.root, e))?;
+        if available < self.config.reserve_bytes {
+            return Err(StoreError::Full {
+                available,
+                reserve: self.config.reserve_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts writing a fragment; see [`FragmentWriter`].
+    ///
+    /// # Errors
+    /// [`StoreError::Full`] below the reserve, [`StoreError::BadRequest`] for a bad id or a
+    /// header that does not match it, [`StoreError::Io`].
+    pub async fn begin_write(
+        &self,
+        id: FragmentId,
+        header: FragmentHeader,
+    ) -> Result<FragmentWriter, StoreError> {
+        Self::check_policy(&id.policy)?;
+        if header.version != id.version
+            || header.fragment_index != id.index
+            || header.object_path != id.object_path
+            || header.policy != id.policy
+        {
+            return Err(StoreError::BadRequest {
+                reason: "fragment header does not match its id".into(),
+            });
+        }
+        self.check_space().await?;
+        FragmentWriter::start(self.clone(), id, header).await
+    }
+
+    /// Makes a written fragment durable: renames `….pending` to its final name. Committing a
+    /// committed fragment again succeeds.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when nothing was written for `id`.
+    pub async fn commit(&self, id: &FragmentId) -> Result<(), StoreError> {
+        Self::check_policy(&id.policy)?;
+        let dir = id.object_dir(&self.root);
+        let done = dir.join(id.file_name());
+        let pending = dir.join(format!("{}.pending", id.file_name()));
+        match self.engine.rename(&pending, &done).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return match self.engine.open(&done, Default::default()).await {
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(StoreError::NotFound { path: pending }),
+                };
+            }
+            Err(e) => return Err(StoreError::io(&pending, e)),
+        }
+        self.engine
+            .sync_dir(&dir)
+            .await
+            .map_err(|e| StoreError::io(&dir, e))
+    }
+
+    /// Opens a committed fragment for reading `range` of its data (clamped to its length).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::Corrupt`] (the file is quarantined),
+    /// [`StoreError::Io`].
+    pub async fn read(
+        &self,
+        id: &FragmentId,
+        range: std::ops::Range<u64>,
+    ) -> Result<FragmentReader, StoreError> {
+        Self::check_policy(&id.policy)?;
+        let path = id.object_dir(&self.root).join(id.file_name());
+        FragmentReader::open(self.clone(), path, range).await
+    }
+
+    /// Removes a fragment (committed or pending).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when neither exists.
+    pub async fn delete(&self, id: &FragmentId) -> Result<(), StoreError> {
+        Self::check_policy(&id.policy)?;
+        let dir = id.object_dir(&self.root);
+        let mut found = false;
+        for name in [id.file_name(), format!("{}.pending", id.file_name())] {
+            let path = dir.join(name);
+            match self.engine.remove_file(&path).await {
+                Ok(()) => found = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(&path, e)),
+            }
+        }
+        if !found {
+            return Err(StoreError::NotFound {
+                path: dir.join(id.file_name()),
+            });
+        }
+        self.engine
+            .sync_dir(&dir)
+            .await
+            .map_err(|e| StoreError::io(&dir, e))
+    }
+
+    /// Moves a file that failed verification into `quarantine/`, where nothing reads it.
+    pub(crate) async fn quarantine(&self, path: &Path) {
+        let name = path
+            .strip_prefix(self.root.join("objects"))
+            .map(|p| p.to_string_lossy().replace('/', "_"))
+            .unwrap_or_else(|_| "unknown".into());
+        let to = self.root.join("quarantine").join(name);
+        match self.engine.rename(path, &to).await {
+            Ok(()) => {
+                tracing::warn!(from = %path.display(), to = %to.display(), "fragment quarantined")
+            }
+            Err(error) => tracing::error!(%error, path = %path.display(), "quarantine failed"),
+        }
+    }
+
+    /// Lists the fragments of a partition, sorted.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`].
+    pub async fn list_partition(
+        &self,
+        policy: &str,
+        partition: PartitionId,
+    ) -> Result<Vec<ListedFragment>, StoreError> {
+        Self::check_policy(policy)?;
+        let base = self
+            .root
+            .join("objects")
+            .join(policy)
+            .join(partition.0.to_string());
+        let mut out = Vec::new();
+        for prefix in self.list(&base).await? {
+            let pdir = base.join(&prefix);
+            for object_hash in self.list(&pdir).await? {
+                let odir = pdir.join(&object_hash);
+                for name in self.list(&odir).await? {
+                    if let Some(f) = parse_fragment_name(&object_hash, &name) {
+                        out.push(f);
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn list(&self, dir: &Path) -> Result<Vec<String>, StoreError> {
+        self.engine
+            .list_dir(dir)
+            .await
+            .map_err(|e| StoreError::io(dir, e))
+    }
+
+    /// Returns a digest of a partition's listing, so that two devices compare a partition by
+    /// exchanging 32 bytes.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`].
+    pub async fn partition_digest(
+        &self,
+        policy: &str,
+        partition: PartitionId,
+    ) -> Result<[u8; 32], StoreError> {
+        let mut hasher = blake3::Hasher::new();
+        for f in self.list_partition(policy, partition).await? {
+            hasher.update(f.object_hash.as_bytes());
+            hasher.update(&f.version.0.to_le_bytes());
+            hasher.update(&[f.index, u8::from(f.durable)]);
+        }
+        Ok(*hasher.finalize().as_bytes())
+    }
+}
+
+/// Parses `<version hex>.<index>[.pending]`.
+fn parse_fragment_name(object_hash: &str, name: &str) -> Option<ListedFragment> {
+    let (stem, durable) = match name.strip_suffix(".pending") {
+        Some(stem) => (stem, false),
+        None => (name, true),
+    };
+    let (version, index) = stem.split_once('.')?;
+    if version.len() != 16 {
+        return None;
+    }
+    Some(ListedFragment {
+        object_hash: object_hash.to_owned(),
+        version: VersionId(u64::from_str_radix(version, 16).ok()?),
+        index: index.parse().ok()?,
+        durable,
+    })
+}
