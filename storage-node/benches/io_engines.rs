@@ -9,7 +9,9 @@
 //! - `seq-write-1m`: 1 GiB in 1 MiB O_DIRECT writes, 8 in flight, fdatasync at the end;
 //! - `seq-read-1m`: the same file read back in 1 MiB O_DIRECT reads, 8 in flight;
 //! - `write-4k-fsync`: 8 writers, each appending 4 KiB O_DIRECT writes to its own file with
-//!   an fdatasync after every write (the small-object pattern), 512 writes each.
+//!   an fdatasync after every write (the small-object pattern), 512 writes each;
+//! - `write-4k-fsync-linked`: the same, each write and its fdatasync submitted together
+//!   (`Engine::write_all_synced_at`: an io_uring linked pair), against the same fio job.
 //!
 //! Then 64 concurrent fragment writes of 16 MiB through the fragment store, reporting the
 //! peak RSS of this process. fio must be installed (`apt-get install fio`); without it, the
@@ -120,19 +122,26 @@ async fn seq_read(e: &Engine, path: &Path) -> f64 {
     SEQ_BYTES as f64 / (1 << 20) as f64 / secs
 }
 
-/// Write+fdatasync operations per second, `SMALL_WRITERS` writers each on its own file.
-async fn small_sync_writes(e: &Engine, dir: &Path) -> f64 {
+/// Write+fdatasync operations per second, `SMALL_WRITERS` writers each on its own file;
+/// with `linked`, each write and its sync are submitted together.
+async fn small_sync_writes(e: &Engine, dir: &Path, linked: bool) -> f64 {
     let secs = concurrently(SMALL_WRITERS, |t| {
         let e = e.clone();
-        let path = dir.join(format!("small-{}-{t}", e.name()));
+        let path = dir.join(format!("small-{}-{linked}-{t}", e.name()));
         async move {
             let f = open(&e, &path, true).await;
             for i in 0..SMALL_WRITES {
                 let mut buf = e.buffer().await;
                 buf.set_len(SMALL);
-                let (r, _) = e.write_all_at(&f, buf, (i * SMALL) as u64).await;
-                r.unwrap();
-                e.sync(&f, SyncKind::Data).await.unwrap();
+                let offset = (i * SMALL) as u64;
+                if linked {
+                    let (r, _) = e.write_all_synced_at(&f, buf, offset, SyncKind::Data).await;
+                    r.unwrap();
+                } else {
+                    let (r, _) = e.write_all_at(&f, buf, offset).await;
+                    r.unwrap();
+                    e.sync(&f, SyncKind::Data).await.unwrap();
+                }
             }
         }
     })
@@ -243,14 +252,15 @@ fn main() {
         .build()
         .unwrap();
     let mut rows: Vec<(&str, String, Vec<Option<f64>>)> = Vec::new();
-    let (mut w, mut r, mut s) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut w, mut r, mut s, mut l) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for kind in [IoEngineKind::Uring, IoEngineKind::Portable] {
         let e = engine(kind);
         let file = dir.path().join(format!("seq-{}", e.name()));
         rt.block_on(async {
             w.push(Some(seq_write(&e, &file).await));
             r.push(Some(seq_read(&e, &file).await));
-            s.push(Some(small_sync_writes(&e, dir.path()).await));
+            s.push(Some(small_sync_writes(&e, dir.path(), false).await));
+            l.push(Some(small_sync_writes(&e, dir.path(), true).await));
         });
         std::fs::remove_file(&file).unwrap();
     }
@@ -279,24 +289,25 @@ fn main() {
     );
     let small_size = format!("--size={}", SMALL * SMALL_WRITES);
     let jobs = format!("--numjobs={SMALL_WRITERS}");
-    s.push(
-        fio(
-            dir.path(),
-            "small",
-            &[
-                "--rw=write",
-                "--bs=4k",
-                "--iodepth=1",
-                "--fdatasync=1",
-                &small_size,
-                &jobs,
-            ],
-        )
-        .map(|x| x.1),
-    );
+    let fio_small = fio(
+        dir.path(),
+        "small",
+        &[
+            "--rw=write",
+            "--bs=4k",
+            "--iodepth=1",
+            "--fdatasync=1",
+            &small_size,
+            &jobs,
+        ],
+    )
+    .map(|x| x.1);
+    s.push(fio_small);
+    l.push(fio_small);
     rows.push(("seq-write-1m", "MiB/s".into(), w));
     rows.push(("seq-read-1m", "MiB/s".into(), r));
     rows.push(("write-4k-fsync", "ops/s".into(), s));
+    rows.push(("write-4k-fsync-linked", "ops/s".into(), l));
 
     println!(
         "| workload | unit | uring | portable | fio (io_uring) | uring / fio | portable / fio |"

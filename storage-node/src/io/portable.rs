@@ -42,16 +42,41 @@ pub(super) async fn write_at(
     joined.unwrap_or_else(|join| (Err(io::Error::other(join.to_string())), IoBuf::new(len)))
 }
 
+/// A write and, if it wrote everything, a sync, in one trip to the blocking pool.
+pub(super) async fn write_sync_at(
+    fd: &Arc<OwnedFd>,
+    buf: IoBuf,
+    offset: u64,
+    kind: SyncKind,
+) -> (io::Result<usize>, IoBuf) {
+    let fd = Arc::clone(fd);
+    let len = buf.len();
+    let joined = tokio::task::spawn_blocking(move || {
+        let result = rustix::io::pwrite(&*fd, buf.as_slice(), offset)
+            .map_err(io::Error::from)
+            .and_then(|n| {
+                if n == buf.len() {
+                    sync_now(&fd, kind)?;
+                }
+                Ok(n)
+            });
+        (result, buf)
+    })
+    .await;
+    joined.unwrap_or_else(|join| (Err(io::Error::other(join.to_string())), IoBuf::new(len)))
+}
+
+fn sync_now(fd: &OwnedFd, kind: SyncKind) -> io::Result<()> {
+    match kind {
+        SyncKind::Data => rustix::fs::fdatasync(fd)?,
+        SyncKind::All => rustix::fs::fsync(fd)?,
+    }
+    Ok(())
+}
+
 pub(super) async fn sync(fd: &Arc<OwnedFd>, kind: SyncKind) -> io::Result<()> {
     let fd = Arc::clone(fd);
-    blocking(move || {
-        match kind {
-            SyncKind::Data => rustix::fs::fdatasync(&*fd)?,
-            SyncKind::All => rustix::fs::fsync(&*fd)?,
-        }
-        Ok(())
-    })
-    .await
+    blocking(move || sync_now(&fd, kind)).await
 }
 
 /// Opens a file as [`OpenMode`] asks. O_DIRECT is switched on after opening, so that a file

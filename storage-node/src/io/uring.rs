@@ -41,6 +41,8 @@ use super::buf::PoolShared;
 use super::{BufPool, IoBuf, SyncKind};
 
 const WAKE: u64 = u64::MAX;
+/// Set in the `user_data` of the second entry of a linked pair (write, then sync).
+const SECOND: u64 = 1 << 62;
 const CHANNEL_CAPACITY: usize = 1024;
 
 type Reply = oneshot::Sender<(io::Result<usize>, Option<IoBuf>)>;
@@ -66,6 +68,21 @@ enum OpKind {
         fd: Arc<OwnedFd>,
         kind: SyncKind,
     },
+    /// A write and a sync linked into one submission: the sync runs only if the write
+    /// wrote everything.
+    WriteSync {
+        fd: Arc<OwnedFd>,
+        buf: IoBuf,
+        offset: u64,
+        kind: SyncKind,
+    },
+}
+
+/// An op in flight: it stays in the slab until all its completions arrived.
+struct Slot {
+    op: Op,
+    completions_left: u8,
+    first_result: i32,
 }
 
 /// The caller's side of a device's ring.
@@ -77,7 +94,12 @@ pub(super) struct Ring {
 impl Ring {
     /// Sets up the ring, registers the pool's buffers and starts the ring thread.
     pub(super) fn start(entries: u32, pool: &BufPool) -> io::Result<Ring> {
-        let ring = IoUring::new(entries)?;
+        // One thread submits and reaps, and it reaps right after every wait: the kernel need
+        // not interrupt it to run completion work (COOP_TASKRUN; older kernels lack it).
+        let ring = IoUring::builder()
+            .setup_coop_taskrun()
+            .build(entries)
+            .or_else(|_| IoUring::new(entries))?;
         let iovecs: Vec<libc::iovec> = pool
             .regions()
             .iter()
@@ -131,7 +153,9 @@ impl Ring {
         let (reply, done) = oneshot::channel();
         if let Err(mpsc::error::SendError(op)) = tx.send(Op { kind, reply }).await {
             let buf = match op.kind {
-                OpKind::Read { buf, .. } | OpKind::Write { buf, .. } => Some(buf),
+                OpKind::Read { buf, .. }
+                | OpKind::Write { buf, .. }
+                | OpKind::WriteSync { buf, .. } => Some(buf),
                 OpKind::Sync { .. } => None,
             };
             return (Err(stopped()), buf);
@@ -173,6 +197,24 @@ impl Ring {
         (result, buf.unwrap_or_else(|| IoBuf::new(len)))
     }
 
+    pub(super) async fn write_sync_at(
+        &self,
+        fd: &Arc<OwnedFd>,
+        buf: IoBuf,
+        offset: u64,
+        kind: SyncKind,
+    ) -> (io::Result<usize>, IoBuf) {
+        let len = buf.len();
+        let op = OpKind::WriteSync {
+            fd: Arc::clone(fd),
+            buf,
+            offset,
+            kind,
+        };
+        let (result, buf) = self.submit(op).await;
+        (result, buf.unwrap_or_else(|| IoBuf::new(len)))
+    }
+
     pub(super) async fn sync(&self, fd: &Arc<OwnedFd>, kind: SyncKind) -> io::Result<()> {
         let kind = OpKind::Sync {
             fd: Arc::clone(fd),
@@ -198,7 +240,7 @@ struct Driver {
     rx: mpsc::Receiver<Op>,
     wake: Arc<OwnedFd>,
     wake_buf: Box<[u8; 8]>,
-    slab: Vec<Option<Op>>,
+    slab: Vec<Option<Slot>>,
     free: Vec<usize>,
     in_flight: usize,
     registered: Option<u64>,
@@ -240,23 +282,36 @@ impl Driver {
                     Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
                 );
                 if !retry {
+                    // Never spin: a persistent failure is logged once a millisecond at most.
                     tracing::error!(%error, "io_uring submit failed; retrying");
+                    #[allow(clippy::disallowed_methods)]
+                    // the ring's own thread, not a tokio worker
+                    std::thread::sleep(std::time::Duration::from_millis(1));
                 }
             }
             completions.clear();
             completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
-            for &(key, result) in &completions {
-                if key == WAKE {
+            for &(user_data, result) in &completions {
+                if user_data == WAKE {
                     wake_armed = open && self.arm_wake();
                     continue;
                 }
-                let Some(op) = self.slab.get_mut(key as usize).and_then(Option::take) else {
-                    tracing::error!(key, "io_uring completion for an unknown operation");
+                self.in_flight -= 1;
+                let key = (user_data & !SECOND) as usize;
+                let Some(slot) = self.slab.get_mut(key).and_then(Option::as_mut) else {
+                    tracing::error!(user_data, "io_uring completion for an unknown operation");
                     continue;
                 };
-                self.free.push(key as usize);
-                self.in_flight -= 1;
-                complete(op, result);
+                if user_data & SECOND == 0 {
+                    slot.first_result = result;
+                }
+                slot.completions_left -= 1;
+                if slot.completions_left == 0
+                    && let Some(slot) = self.slab[key].take()
+                {
+                    self.free.push(key);
+                    complete(slot, result);
+                }
             }
         }
     }
@@ -275,30 +330,51 @@ impl Driver {
         unsafe { self.ring.submission().push(&entry) }.is_ok()
     }
 
-    /// Turns an op into a submission entry, or hands it back when the queue is full.
+    /// Turns an op into submission entries (two for a linked write and sync), or hands it
+    /// back when the queue has no room.
     fn push(&mut self, mut op: Op) -> Result<(), Op> {
-        if self.ring.submission().is_full() {
-            return Err(op);
+        let linked = matches!(op.kind, OpKind::WriteSync { .. });
+        let needed = if linked { 2 } else { 1 };
+        {
+            let sq = self.ring.submission();
+            if sq.capacity() - sq.len() < needed {
+                return Err(op);
+            }
         }
-        let entry = self.entry(&mut op.kind);
+        let (first, second) = self.entries(&mut op.kind);
         let key = self.free.pop().unwrap_or_else(|| {
             self.slab.push(None);
             self.slab.len() - 1
         });
-        let entry = entry.user_data(key as u64);
-        self.slab[key] = Some(op);
-        // SAFETY: the entry's buffer and fd belong to the op just stored in `slab[key]`,
-        // which keeps them until the completion for `key` arrives (invariant 1).
-        if unsafe { self.ring.submission().push(&entry) }.is_err() {
-            let op = self.slab[key].take();
+        let first = first.user_data(key as u64);
+        let second = second.map(|e| e.user_data(key as u64 | SECOND));
+        self.slab[key] = Some(Slot {
+            op,
+            completions_left: needed as u8,
+            first_result: 0,
+        });
+        let mut sq = self.ring.submission();
+        // SAFETY: the entries' buffer and fd belong to the op just stored in `slab[key]`,
+        // which keeps them until every completion for `key` has arrived (invariant 1).
+        // There is room for both entries (checked above, and nothing pushed since).
+        let pushed = unsafe {
+            match &second {
+                Some(second) => sq.push_multiple(&[first, second.clone()]),
+                None => sq.push(&first),
+            }
+        };
+        drop(sq);
+        if pushed.is_err() {
+            let slot = self.slab[key].take();
             self.free.push(key);
-            return op.map_or(Ok(()), Err);
+            return slot.map_or(Ok(()), |s| Err(s.op));
         }
-        self.in_flight += 1;
+        self.in_flight += needed;
         Ok(())
     }
 
-    fn entry(&self, kind: &mut OpKind) -> squeue::Entry {
+    /// The entries of an op: one, or for a write-and-sync the write (linked) and the sync.
+    fn entries(&self, kind: &mut OpKind) -> (squeue::Entry, Option<squeue::Entry>) {
         match kind {
             OpKind::Read {
                 fd,
@@ -310,34 +386,40 @@ impl Driver {
                 let len = u32::try_from(*len).unwrap_or(u32::MAX);
                 let fixed = self.fixed_index(buf);
                 let ptr = buf.data_ptr();
-                match fixed {
+                let read = match fixed {
                     Some(index) => opcode::ReadFixed::new(fd, ptr, len, index)
                         .offset(*offset)
                         .build(),
                     None => opcode::Read::new(fd, ptr, len).offset(*offset).build(),
-                }
-            }
-            OpKind::Write { fd, buf, offset } => {
-                let fd = types::Fd(fd.as_raw_fd());
-                let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-                let fixed = self.fixed_index(buf);
-                let ptr = buf.data_ptr();
-                match fixed {
-                    Some(index) => opcode::WriteFixed::new(fd, ptr, len, index)
-                        .offset(*offset)
-                        .build(),
-                    None => opcode::Write::new(fd, ptr, len).offset(*offset).build(),
-                }
-            }
-            OpKind::Sync { fd, kind } => {
-                let flags = match kind {
-                    SyncKind::Data => types::FsyncFlags::DATASYNC,
-                    SyncKind::All => types::FsyncFlags::empty(),
                 };
-                opcode::Fsync::new(types::Fd(fd.as_raw_fd()))
-                    .flags(flags)
-                    .build()
+                (read, None)
             }
+            OpKind::Write { fd, buf, offset } => (self.write_entry(fd, buf, *offset), None),
+            OpKind::Sync { fd, kind } => (sync_entry(fd, *kind), None),
+            OpKind::WriteSync {
+                fd,
+                buf,
+                offset,
+                kind,
+            } => {
+                let write = self
+                    .write_entry(fd, buf, *offset)
+                    .flags(squeue::Flags::IO_LINK);
+                (write, Some(sync_entry(fd, *kind)))
+            }
+        }
+    }
+
+    fn write_entry(&self, fd: &Arc<OwnedFd>, buf: &mut IoBuf, offset: u64) -> squeue::Entry {
+        let fd = types::Fd(fd.as_raw_fd());
+        let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        let fixed = self.fixed_index(buf);
+        let ptr = buf.data_ptr();
+        match fixed {
+            Some(index) => opcode::WriteFixed::new(fd, ptr, len, index)
+                .offset(offset)
+                .build(),
+            None => opcode::Write::new(fd, ptr, len).offset(offset).build(),
         }
     }
 
@@ -350,21 +432,49 @@ impl Driver {
     }
 }
 
-fn complete(op: Op, result: i32) {
-    let result = if result < 0 {
+fn sync_entry(fd: &Arc<OwnedFd>, kind: SyncKind) -> squeue::Entry {
+    let flags = match kind {
+        SyncKind::Data => types::FsyncFlags::DATASYNC,
+        SyncKind::All => types::FsyncFlags::empty(),
+    };
+    opcode::Fsync::new(types::Fd(fd.as_raw_fd()))
+        .flags(flags)
+        .build()
+}
+
+fn os_result(result: i32) -> io::Result<usize> {
+    if result < 0 {
         Err(io::Error::from_raw_os_error(-result))
     } else {
         Ok(result as usize)
-    };
-    let buf = match op.kind {
+    }
+}
+
+/// Answers an op once all its completions arrived; `last` is the result of the last one.
+fn complete(slot: Slot, last: i32) {
+    let Slot {
+        op, first_result, ..
+    } = slot;
+    let (result, buf) = match op.kind {
         OpKind::Read { mut buf, .. } => {
+            let result = os_result(last);
             if let Ok(n) = result {
                 buf.set_len(n.min(buf.capacity()));
             }
-            Some(buf)
+            (result, Some(buf))
         }
-        OpKind::Write { buf, .. } => Some(buf),
-        OpKind::Sync { .. } => None,
+        OpKind::Write { buf, .. } => (os_result(last), Some(buf)),
+        OpKind::Sync { .. } => (os_result(last), None),
+        OpKind::WriteSync { buf, .. } => {
+            // A failed write fails the op. A short write cancels the sync (the link breaks):
+            // the caller sees fewer bytes than it sent and syncs after writing the rest.
+            let result = match os_result(first_result) {
+                Err(e) => Err(e),
+                Ok(n) if last < 0 && last != -libc::ECANCELED => os_result(last).map(|_| n),
+                Ok(n) => Ok(n),
+            };
+            (result, Some(buf))
+        }
     };
     // The caller may have stopped waiting; the buffer is then dropped here, after the kernel
     // finished with it.

@@ -85,17 +85,25 @@ impl FragmentWriter {
         self.flush(false).await
     }
 
-    /// Writes staged bytes: whole buffers, or everything when `all` (the staged bytes then
-    /// end the file, whose length is a multiple of 4096, so every write stays aligned).
-    async fn flush(&mut self, all: bool) -> Result<(), StoreError> {
+    /// Writes staged bytes: whole buffers, or with `last` everything, the final write
+    /// submitted together with the fdatasync that makes the file durable (the staged bytes
+    /// then end the file, whose length is a multiple of 4096, so every write stays aligned).
+    async fn flush(&mut self, last: bool) -> Result<(), StoreError> {
         let engine = self.store.engine.clone();
         let chunk = engine.buffer_bytes();
         let mut start = 0;
-        while self.staging.len() - start >= chunk || (all && start < self.staging.len()) {
+        while self.staging.len() - start >= chunk || (last && start < self.staging.len()) {
             let n = chunk.min(self.staging.len() - start);
             let mut buf = engine.buffer().await;
             buf.extend_from_slice(&self.staging[start..start + n]);
-            let (result, _) = engine.write_all_at(&self.file, buf, self.written).await;
+            let final_write = last && start + n == self.staging.len();
+            let (result, _) = if final_write {
+                engine
+                    .write_all_synced_at(&self.file, buf, self.written, SyncKind::Data)
+                    .await
+            } else {
+                engine.write_all_at(&self.file, buf, self.written).await
+            };
             result.map_err(|e| StoreError::io(&self.tmp, e))?;
             self.written += n as u64;
             start += n;
@@ -127,12 +135,9 @@ impl FragmentWriter {
             });
         }
         let footer = encoder.finish(&mut self.staging);
+        // The file ends with the footer, so there is always a final write to sync with.
         self.flush(true).await?;
         let engine = self.store.engine.clone();
-        engine
-            .sync(&self.file, SyncKind::Data)
-            .await
-            .map_err(|e| StoreError::io(&self.tmp, e))?;
         let dir = self.id.object_dir(&self.store.root);
         ensure_dir(&self.store, &dir).await?;
         let pending = dir.join(format!("{}.pending", self.id.file_name()));

@@ -250,6 +250,36 @@ async fn shutting_down_with_operations_in_flight_is_clean(kind: IoEngineKind) {
     }
 }
 
+async fn a_write_and_its_sync_go_together(kind: IoEngineKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(kind, 4);
+    let path = dir.path().join("f");
+    let f = create(&e, &path).await;
+    for i in 0..32u64 {
+        let mut buf = e.buffer().await;
+        buf.extend_from_slice(&pattern(i as u8, 4096));
+        let (r, _) = e
+            .write_all_synced_at(&f, buf, i * 4096, SyncKind::Data)
+            .await;
+        r.unwrap();
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    for i in 0..32usize {
+        assert_eq!(
+            &bytes[i * 4096..(i + 1) * 4096],
+            &pattern(i as u8, 4096)[..]
+        );
+    }
+    // a failing write fails the pair
+    let read_only = e.open(&path, OpenMode::default()).await.unwrap();
+    let mut buf = e.buffer().await;
+    buf.extend_from_slice(b"x");
+    let (r, _) = e
+        .write_all_synced_at(&read_only, buf, 0, SyncKind::Data)
+        .await;
+    assert!(r.is_err());
+}
+
 async fn directories_sync_and_list(kind: IoEngineKind) {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(kind, 2);
@@ -293,6 +323,8 @@ macro_rules! conformance {
             async fn shutdown_with_ops_in_flight() { shutting_down_with_operations_in_flight_is_clean($kind).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn directories() { directories_sync_and_list($kind).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn linked_write_and_sync() { a_write_and_its_sync_go_together($kind).await }
         }
     )*};
 }
