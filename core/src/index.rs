@@ -32,6 +32,10 @@
 //! for valid entries (it refuses unknown format versions, unknown data kinds, trailing bytes
 //! and entries that break a bound) and never panics, whatever the bytes.
 
+mod records;
+
+pub use records::{MAX_RECORDS_PER_FRAME, decode_records, encode_records};
+
 use crate::encoding::{DecodeError, Reader, Writer};
 use crate::ids::VersionId;
 use crate::policy;

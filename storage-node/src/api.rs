@@ -11,11 +11,15 @@
 //! | GET | `…?path=[&offset=&length=]` | read (a range of) its data → 200 |
 //! | DELETE | `…?path=` | remove it → 204 |
 //! | GET | `/v1/partitions/{device}/{policy}/{partition}` | list a partition's fragments and digest |
+//! | PUT, GET | `/v1/index/{device}/{account}/{container}/{shard}[/…]` | index entries (see `api::index`) |
 //!
 //! **Boundary:** this is the wire contract with proxies; `docs/internal-api.md` documents it.
 
 mod auth;
 mod fragments;
+mod index;
+
+pub use index::PRECONDITION;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +32,7 @@ use axum::routing::get;
 use nimbus_core::auth::ClusterSecret;
 use serde_json::json;
 
+use crate::index::IndexStore;
 use crate::store::{FragmentStore, StoreError};
 
 /// Headers of the internal API.
@@ -45,10 +50,12 @@ pub mod headers {
 }
 
 /// One device as the API sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Device {
     /// Its fragment store.
     pub fragments: FragmentStore,
+    /// Its index store.
+    pub index: IndexStore,
 }
 
 /// What every handler shares.
@@ -98,10 +105,13 @@ impl NodeState {
 
 /// Returns the API's router.
 pub fn router(state: Arc<NodeState>) -> Router {
-    let v1 = fragments::routes().layer(axum::middleware::from_fn_with_state(
-        Arc::clone(&state),
-        auth::authenticate,
-    ));
+    let v1 =
+        fragments::routes()
+            .merge(index::routes())
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&state),
+                auth::authenticate,
+            ));
     Router::new()
         .route("/health", get(health))
         .merge(v1)
@@ -151,6 +161,9 @@ pub enum ApiError {
     /// A store error.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The index store failed (the request may succeed on another replica).
+    #[error("index store: {0}")]
+    Index(String),
 }
 
 impl IntoResponse for ApiError {
@@ -169,7 +182,7 @@ impl IntoResponse for ApiError {
             ApiError::Store(StoreError::Full { .. }) => {
                 (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
             }
-            ApiError::Store(StoreError::Io { .. }) => {
+            ApiError::Store(StoreError::Io { .. }) | ApiError::Index(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         };

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, Device, NodeState};
 use crate::config::Config;
+use crate::index::IndexStore;
 use crate::io::Engine;
 use crate::store::{FragmentStore, StoreConfig, StoreError};
 
@@ -36,6 +37,14 @@ pub enum NodeError {
         name: String,
         /// Why.
         source: StoreError,
+    },
+    /// A device's index store could not be opened.
+    #[error("device {name}: index store: {reason}")]
+    Index {
+        /// The device's name.
+        name: String,
+        /// Why.
+        reason: String,
     },
     /// The I/O engine could not start.
     #[error("device {name}: I/O engine: {source}")]
@@ -127,7 +136,13 @@ pub async fn start(
                 name: d.name.clone(),
                 source,
             })?;
-        devices.insert(d.name.clone(), Device { fragments });
+        let index = IndexStore::open(d.path.join("index.redb"))
+            .await
+            .map_err(|e| NodeError::Index {
+                name: d.name.clone(),
+                reason: e.to_string(),
+            })?;
+        devices.insert(d.name.clone(), Device { fragments, index });
     }
     let state = Arc::new(NodeState::new(secret, devices, 0));
     let listener = TcpListener::bind(config.listen)

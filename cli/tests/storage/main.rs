@@ -7,6 +7,7 @@
 mod client;
 mod t10_api;
 mod t20_crash;
+mod t30_index;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -1,6 +1,7 @@
 //! Crash safety: SIGKILL a node in the middle of writes, many times, at random points, and
-//! restart it. Every write that was acknowledged (committed) is there and verifies; no file
-//! under a final or pending name is partial or unreadable.
+//! restart it. Every write that was acknowledged (a committed fragment, an applied index
+//! entry) is there and verifies; no file under a final or pending name is partial or
+//! unreadable.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,7 +11,8 @@ use nimbus_core::fragment::{
     CRC_BYTES, FOOTER_BYTES, FragmentFooter, FragmentHeader, HEADER_BYTES, verify_block,
 };
 
-use crate::client::{fragment_url, signed, try_put_and_commit};
+use crate::client::{Auth, fragment_url, send, signed, try_put_and_commit};
+use crate::t30_index::{entry, shard_url};
 use crate::{Node, files_under};
 
 /// The URL and bytes of a fragment whose commit was acknowledged.
@@ -69,6 +71,8 @@ fn sigkill_mid_write_never_loses_an_acknowledged_fragment_nor_shows_a_partial_on
     let dir = tempfile::tempdir().unwrap();
     // (url, data) of every fragment whose commit was acknowledged
     let acknowledged: Arc<Mutex<Vec<Acked>>> = Arc::default();
+    // (url, version) of every index entry whose write was acknowledged
+    let indexed: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
     let mut next_version = 1u64;
 
     for round in 0..rounds {
@@ -81,6 +85,7 @@ fn sigkill_mid_write_never_loses_an_acknowledged_fragment_nor_shows_a_partial_on
                 Arc::clone(&stop),
                 Arc::clone(&acknowledged),
             );
+            let indexed = Arc::clone(&indexed);
             let mut wrng = Rng(seed ^ (round as u64) << 8 ^ w);
             let base = next_version + w * 100_000;
             writers.push(std::thread::spawn(move || {
@@ -105,6 +110,21 @@ fn sigkill_mid_write_never_loses_an_acknowledged_fragment_nor_shows_a_partial_on
                     // Once the node is killed, requests fail: only what was acknowledged counts.
                     if let Ok((201, 204)) = try_put_and_commit(&node, &url, &data) {
                         acknowledged.lock().unwrap().push((url, data));
+                        // and its index entry, as a proxy writes it after the commits
+                        let key = format!("o{version}");
+                        let index_url = format!("{}?key={key}", shard_url(device, "crash"));
+                        let e = entry(version, &format!("etag-{version}"));
+                        let auth = Auth::Signed {
+                            secret: &node.secret,
+                            epoch: 1,
+                            skew_secs: 0,
+                        };
+                        if let Ok(r) =
+                            send(node.addr, "PUT", &index_url, &auth, &[], &e.encode(), None)
+                            && r.status == 200
+                        {
+                            indexed.lock().unwrap().push((index_url, version));
+                        }
                     }
                 }
             }));
@@ -137,6 +157,18 @@ fn sigkill_mid_write_never_loses_an_acknowledged_fragment_nor_shows_a_partial_on
                 "round {round}: {url} reads back different bytes (seed {seed})"
             );
         }
+        for (url, version) in indexed.lock().unwrap().iter() {
+            let r = signed(&node, "GET", url, &[], &[]);
+            assert_eq!(
+                r.status, 200,
+                "round {round}: acknowledged index entry {url} is gone (seed {seed})"
+            );
+            let records = nimbus_core::index::decode_records(&r.body).unwrap();
+            assert_eq!(
+                records[0].entry,
+                entry(*version, &format!("etag-{version}"))
+            );
+        }
         node.kill();
         // No file under a final or pending name is partial or unreadable.
         for device in ["d0", "d1"] {
@@ -150,10 +182,15 @@ fn sigkill_mid_write_never_loses_an_acknowledged_fragment_nor_shows_a_partial_on
             }
         }
         eprintln!(
-            "round {round}: {} fragments acknowledged so far, all intact",
-            acked.len()
+            "round {round}: {} fragments and {} index entries acknowledged so far, all intact",
+            acked.len(),
+            indexed.lock().unwrap().len()
         );
     }
+    assert!(
+        !indexed.lock().unwrap().is_empty(),
+        "no index write was ever acknowledged"
+    );
     assert!(
         !acknowledged.lock().unwrap().is_empty(),
         "no write was ever acknowledged"

@@ -1,0 +1,232 @@
+//! Index endpoints: one shard's entries on one device. Bodies are binary: an entry in
+//! `nimbus_core::index`'s encoding, or a frame of records (`encode_records`).
+//!
+//! | method | path (under `/v1/index/{device}/{account}/{container}/{shard}`) | does |
+//! |---|---|---|
+//! | PUT | `?key=` + `x-nimbus-precondition` | apply as the shard's primary → `{"seq"}`, or 412 |
+//! | PUT | `/replicated?key=&seq=` | apply a primary's write as a replica → `{"applied"}` |
+//! | GET | `?key=` | the key's record (tombstones included), or 404 |
+//! | GET | `/list?prefix=&start_after=&limit=&tombstones=` | records in key order |
+//! | GET | `/since?seq=&limit=` | records newer than `seq`, in seq order |
+//! | GET | `/last-seq` | `{"seq"}` |
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use nimbus_core::ids::VersionId;
+use nimbus_core::index::{IndexEntry, IndexRecord, ShardId, encode_records};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, NodeState};
+use crate::index::{ApplyError, IndexStore, ListQuery, Precondition, ReplicateError};
+
+/// Header carrying a primary write's condition: `none`, `if-none-match`, `if-match <etag>`
+/// or `if-version <16 hex digits>`.
+pub const PRECONDITION: &str = "x-nimbus-precondition";
+
+const SHARD: &str = "/v1/index/{device}/{account}/{container}/{shard}";
+
+pub(super) fn routes() -> Router<Arc<NodeState>> {
+    Router::new()
+        .route(SHARD, get(get_key).put(apply))
+        .route(&format!("{SHARD}/replicated"), put(apply_replicated))
+        .route(&format!("{SHARD}/list"), get(list))
+        .route(&format!("{SHARD}/since"), get(since))
+        .route(&format!("{SHARD}/last-seq"), get(last_seq))
+}
+
+type ShardPath = Path<(String, String, String, u16)>;
+
+fn shard(
+    state: &NodeState,
+    (device, account, container, shard): (String, String, String, u16),
+) -> Result<(&IndexStore, ShardId), ApiError> {
+    let index = &state.device(&device)?.index;
+    let id = ShardId {
+        account,
+        container,
+        shard,
+    };
+    id.validate()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok((index, id))
+}
+
+fn decode_entry(body: &[u8]) -> Result<IndexEntry, ApiError> {
+    IndexEntry::decode(body).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn records(records: &[IndexRecord]) -> Response {
+    (
+        [("content-type", "application/octet-stream")],
+        encode_records(records),
+    )
+        .into_response()
+}
+
+fn parse_precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+    let Some(value) = headers.get(PRECONDITION) else {
+        return Ok(Precondition::None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest(format!("{PRECONDITION} is not text")))?;
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "{PRECONDITION}: {text:?} is not none, if-none-match, if-match ETAG or if-version VERSION"
+        ))
+    };
+    Ok(match text.split_once(' ') {
+        None if text == "none" => Precondition::None,
+        None if text == "if-none-match" => Precondition::IfNoneMatch,
+        Some(("if-match", etag)) => Precondition::IfMatch(etag.to_owned()),
+        Some(("if-version", v)) if v.len() == 16 => {
+            Precondition::IfVersion(VersionId(u64::from_str_radix(v, 16).map_err(|_| bad())?))
+        }
+        _ => return Err(bad()),
+    })
+}
+
+#[derive(Deserialize)]
+struct KeyQuery {
+    key: String,
+}
+
+async fn apply(
+    State(state): State<Arc<NodeState>>,
+    Path(path): ShardPath,
+    Query(q): Query<KeyQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (index, id) = shard(&state, path)?;
+    let entry = decode_entry(&body)?;
+    let condition = parse_precondition(&headers)?;
+    match index.apply(&id, &q.key, entry, condition).await {
+        Ok(seq) => Ok(axum::Json(json!({ "seq": seq })).into_response()),
+        Err(ApplyError::PreconditionFailed { current, .. }) => {
+            let current = current.map(|r| {
+                json!({
+                    "seq": r.seq,
+                    "version": r.entry.version.to_string(),
+                    "etag": r.entry.etag,
+                    "tombstone": r.entry.is_tombstone(),
+                })
+            });
+            let body = json!({ "error": "precondition_failed", "current": current });
+            Ok((StatusCode::PRECONDITION_FAILED, axum::Json(body)).into_response())
+        }
+        Err(ApplyError::Invalid { source, .. }) => Err(ApiError::BadRequest(source.to_string())),
+        Err(ApplyError::Index(e)) => Err(ApiError::Index(e.to_string())),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReplicatedQuery {
+    key: String,
+    seq: u64,
+}
+
+async fn apply_replicated(
+    State(state): State<Arc<NodeState>>,
+    Path(path): ShardPath,
+    Query(q): Query<ReplicatedQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (index, id) = shard(&state, path)?;
+    let record = IndexRecord {
+        seq: q.seq,
+        key: q.key,
+        entry: decode_entry(&body)?,
+    };
+    match index.apply_replicated(&id, record).await {
+        Ok(applied) => Ok(axum::Json(json!({ "applied": applied })).into_response()),
+        Err(ReplicateError::Index(e)) => Err(ApiError::Index(e.to_string())),
+        Err(e) => Err(ApiError::BadRequest(e.to_string())),
+    }
+}
+
+async fn get_key(
+    State(state): State<Arc<NodeState>>,
+    Path(path): ShardPath,
+    Query(q): Query<KeyQuery>,
+) -> Result<Response, ApiError> {
+    let (index, id) = shard(&state, path)?;
+    nimbus_core::index::validate_key(&q.key).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    match index
+        .get(&id, &q.key)
+        .await
+        .map_err(|e| ApiError::Index(e.to_string()))?
+    {
+        Some(record) => Ok(records(&[record])),
+        None => Err(ApiError::NotFound {
+            what: format!("key {:?} in {id}", q.key),
+        }),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    #[serde(default)]
+    prefix: String,
+    start_after: Option<String>,
+    limit: Option<usize>,
+    #[serde(default)]
+    tombstones: bool,
+}
+
+async fn list(
+    State(state): State<Arc<NodeState>>,
+    Path(path): ShardPath,
+    Query(q): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let (index, id) = shard(&state, path)?;
+    let query = ListQuery {
+        prefix: q.prefix,
+        start_after: q.start_after,
+        limit: q.limit.unwrap_or(1000),
+        include_tombstones: q.tombstones,
+    };
+    let found = index
+        .list(&id, &query)
+        .await
+        .map_err(|e| ApiError::Index(e.to_string()))?;
+    Ok(records(&found))
+}
+
+#[derive(Deserialize)]
+struct SinceParams {
+    seq: u64,
+    limit: Option<usize>,
+}
+
+async fn since(
+    State(state): State<Arc<NodeState>>,
+    Path(path): ShardPath,
+    Query(q): Query<SinceParams>,
+) -> Result<Response, ApiError> {
+    let (index, id) = shard(&state, path)?;
+    let found = index
+        .entries_since(&id, q.seq, q.limit.unwrap_or(1000))
+        .await
+        .map_err(|e| ApiError::Index(e.to_string()))?;
+    Ok(records(&found))
+}
+
+async fn last_seq(
+    State(state): State<Arc<NodeState>>,
+    Path(path): ShardPath,
+) -> Result<Response, ApiError> {
+    let (index, id) = shard(&state, path)?;
+    let seq = index
+        .last_seq(&id)
+        .await
+        .map_err(|e| ApiError::Index(e.to_string()))?;
+    Ok(axum::Json(json!({ "seq": seq })).into_response())
+}
