@@ -32,7 +32,13 @@ const SEQ_BYTES: u64 = 1 << 30;
 const BLOCK: usize = 1 << 20;
 const DEPTH: usize = 8;
 const SMALL: usize = 4096;
-const SMALL_WRITERS: usize = 8;
+/// Writers of the small-write workloads (`NIMBUS_BENCH_WRITERS` to explore others).
+fn small_writers() -> usize {
+    std::env::var("NIMBUS_BENCH_WRITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8)
+}
 const SMALL_WRITES: usize = 512;
 
 fn engine(kind: IoEngineKind) -> Engine {
@@ -122,10 +128,10 @@ async fn seq_read(e: &Engine, path: &Path) -> f64 {
     SEQ_BYTES as f64 / (1 << 20) as f64 / secs
 }
 
-/// Write+fdatasync operations per second, `SMALL_WRITERS` writers each on its own file;
+/// Write+fdatasync operations per second, `small_writers()` writers each on its own file;
 /// with `linked`, each write and its sync are submitted together.
 async fn small_sync_writes(e: &Engine, dir: &Path, linked: bool) -> f64 {
-    let secs = concurrently(SMALL_WRITERS, |t| {
+    let secs = concurrently(small_writers(), |t| {
         let e = e.clone();
         let path = dir.join(format!("small-{}-{linked}-{t}", e.name()));
         async move {
@@ -146,7 +152,7 @@ async fn small_sync_writes(e: &Engine, dir: &Path, linked: bool) -> f64 {
         }
     })
     .await;
-    (SMALL_WRITERS * SMALL_WRITES) as f64 / secs
+    (small_writers() * SMALL_WRITES) as f64 / secs
 }
 
 /// Runs fio; returns (MiB/s, IOPS) of the job.
@@ -288,7 +294,7 @@ fn main() {
         .map(|x| x.0),
     );
     let small_size = format!("--size={}", SMALL * SMALL_WRITES);
-    let jobs = format!("--numjobs={SMALL_WRITERS}");
+    let jobs = format!("--numjobs={}", small_writers());
     let fio_small = fio(
         dir.path(),
         "small",
