@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use nimbus_core::ids::DeviceId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::BuilderError;
 
@@ -43,7 +43,7 @@ impl Tier {
 }
 
 /// Where a device sits: `r<region>z<zone>-<ip:port>/<device name>`, as operators write it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Location {
     /// Region number.
     pub region: u32,
@@ -109,7 +109,7 @@ impl FromStr for Location {
 }
 
 /// A device as the operator describes it when adding it to a builder.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeviceSpec {
     /// Where the device sits.
     pub location: Location,

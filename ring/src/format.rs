@@ -37,7 +37,7 @@ const BUILDER_MAGIC: &[u8; 8] = b"NIMBBLDR";
 const HEADER_LEN: usize = 20;
 const CHECKSUM_LEN: usize = 32;
 
-fn frame(magic: &[u8; 8], payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(magic: &[u8; 8], payload: &[u8]) -> Vec<u8> {
     let mut w = Writer::with_capacity(HEADER_LEN + payload.len() + CHECKSUM_LEN);
     w.put_bytes(magic);
     w.put_u16(FORMAT_VERSION);
@@ -49,7 +49,7 @@ fn frame(magic: &[u8; 8], payload: &[u8]) -> Vec<u8> {
     w.into_inner()
 }
 
-fn unframe<'a>(
+pub(crate) fn unframe<'a>(
     magic: &[u8; 8],
     what: &'static str,
     bytes: &'a [u8],
