@@ -1,41 +1,47 @@
-//! The io_uring engine: one ring per device, driven by its own thread.
+//! The io_uring engine: one ring per device. Callers submit directly (a short critical
+//! section: push the entries, `io_uring_enter` without waiting); the ring's own thread only
+//! waits for completions and hands each result and buffer back over a oneshot channel,
+//! waking the waiting tokio task. The pool's buffers are registered with the ring, and
+//! operations on them use the fixed-buffer opcodes.
 //!
-//! Callers send an operation (which owns its buffer and a clone of its file descriptor) over
-//! a bounded channel and poke an eventfd; the ring thread turns it into a submission queue
-//! entry, and when the kernel completes it, sends the result and the buffer back over a
-//! oneshot channel, waking the waiting tokio task. The pool's buffers are registered with the
-//! ring, and operations on them use the fixed-buffer opcodes.
+//! Submitting from the caller's thread saves a thread hop per operation (the first version
+//! sent every operation to the ring thread over a channel and an eventfd, which cost about
+//! as much as a small write). `io_uring_enter` without waiting does not block: I/O that would
+//! block is handed to the kernel's worker pool.
 //!
 //! # Soundness
 //!
 //! The kernel reads and writes memory and uses descriptors named by raw pointers and numbers
-//! in submission entries, long after `push` returns. These invariants make that sound:
+//! in submission entries, long after they are pushed. These invariants make that sound:
 //!
 //! 1. **Ops own their resources until completion.** An entry's buffer pointer and fd come
-//!    from the `Op` that is stored in `slab[user_data]` before the entry is pushed; the op
-//!    (its `IoBuf`, whose heap memory never moves, and its `Arc<OwnedFd>`) leaves the slab
-//!    only when the completion with that `user_data` arrives. A caller that stops waiting
-//!    (drops its future) only drops the receiving end of the oneshot: the buffer and fd stay
-//!    in the slab until the kernel is done. So memory is never freed, and an fd number never
-//!    closed and reused, while the kernel may still use it.
-//! 2. **The ring outlives every op.** The thread leaves its loop only when the channel is
-//!    closed, the slab is empty and the eventfd read has completed; only then are the ring,
-//!    the slab and `wake_buf` dropped. The driver has no panicking paths in its loop.
-//! 3. **Registered buffers stay allocated.** The pool's buffers are registered once, from the
-//!    addresses the pool recorded when it allocated them; the thread holds the pool's shared
-//!    state (which owns every buffer not lent out, and which every lent buffer returns to)
-//!    until it exits, so registered memory is never freed while the ring exists. A fixed
-//!    opcode is used only for a buffer of this pool, with its own index, over its own region.
-//! 4. **The eventfd read targets `wake_buf`**, a heap box owned by the thread, covered by
-//!    invariant 2.
+//!    from the `Op` stored in `slab[user_data]` (under the state lock, before the entry is
+//!    pushed); the op (its `IoBuf`, whose heap memory never moves, and its `Arc<OwnedFd>`)
+//!    leaves the slab only when the last completion with that `user_data` arrives. A caller
+//!    that stops waiting only drops the receiving end of the oneshot. So memory is never
+//!    freed, and an fd number never closed and reused, while the kernel may still use it.
+//! 2. **One submission queue, one completion queue.** `submission_shared` is called only
+//!    with the state lock held, so at most one `SubmissionQueue` exists; `completion_shared`
+//!    is called only by the ring thread, so at most one `CompletionQueue` exists.
+//! 3. **The ring outlives every op.** The ring is dropped only when the last `Arc<Shared>`
+//!    goes, and the ring thread holds one until it has seen `closing`, the eventfd read
+//!    completed and nothing in flight; callers hold one while submitting. The ring thread's
+//!    loop has no panicking paths.
+//! 4. **Registered buffers stay allocated.** The pool's buffers are registered once, from
+//!    the addresses the pool recorded when it allocated them; `Shared` holds the pool's state
+//!    (which owns every buffer not lent out, and which every lent buffer returns to), so
+//!    registered memory is never freed while the ring exists. A fixed opcode is used only for
+//!    a buffer of this pool, with its own index, over its own region.
+//! 5. **The eventfd read targets `wake_buf`**, owned by `Shared` (invariant 3).
 
-use std::collections::VecDeque;
+use std::cell::UnsafeCell;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use io_uring::{IoUring, opcode, squeue, types};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::buf::PoolShared;
 use super::{BufPool, IoBuf, SyncKind};
@@ -43,7 +49,6 @@ use super::{BufPool, IoBuf, SyncKind};
 const WAKE: u64 = u64::MAX;
 /// Set in the `user_data` of the second entry of a linked pair (write, then sync).
 const SECOND: u64 = 1 << 62;
-const CHANNEL_CAPACITY: usize = 1024;
 
 type Reply = oneshot::Sender<(io::Result<usize>, Option<IoBuf>)>;
 
@@ -78,6 +83,17 @@ enum OpKind {
     },
 }
 
+impl OpKind {
+    fn into_buf(self) -> Option<IoBuf> {
+        match self {
+            OpKind::Read { buf, .. }
+            | OpKind::Write { buf, .. }
+            | OpKind::WriteSync { buf, .. } => Some(buf),
+            OpKind::Sync { .. } => None,
+        }
+    }
+}
+
 /// An op in flight: it stays in the slab until all its completions arrived.
 struct Slot {
     op: Op,
@@ -85,17 +101,37 @@ struct Slot {
     first_result: i32,
 }
 
+/// What callers and the ring thread share, under the state lock.
+struct State {
+    slab: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    in_flight: usize,
+}
+
+struct Shared {
+    ring: IoUring,
+    state: Mutex<State>,
+    wake: OwnedFd,
+    wake_buf: Box<UnsafeCell<[u8; 8]>>,
+    closing: AtomicBool,
+    registered: Option<u64>,
+    _pool: Arc<PoolShared>,
+}
+
+// SAFETY: `wake_buf` is written only by the kernel (the eventfd read) and never read or
+// written by Rust code; everything else in `Shared` is `Sync`.
+unsafe impl Sync for Shared {}
+
 /// The caller's side of a device's ring.
 pub(super) struct Ring {
-    tx: Option<mpsc::Sender<Op>>,
-    wake: Arc<OwnedFd>,
+    shared: Arc<Shared>,
 }
 
 impl Ring {
     /// Sets up the ring, registers the pool's buffers and starts the ring thread.
     pub(super) fn start(entries: u32, pool: &BufPool) -> io::Result<Ring> {
-        // One thread submits and reaps, and it reaps right after every wait: the kernel need
-        // not interrupt it to run completion work (COOP_TASKRUN; older kernels lack it).
+        // The ring thread reaps right after every wait: the kernel need not interrupt anyone
+        // to run completion work (COOP_TASKRUN; older kernels lack it).
         let ring = IoUring::builder()
             .setup_coop_taskrun()
             .build(entries)
@@ -109,8 +145,7 @@ impl Ring {
             })
             .collect();
         // SAFETY: each iovec is a pool buffer's aligned region, allocated when the pool was
-        // created and kept alive by `keep_alive` below, which the ring thread holds until it
-        // has dropped the ring (invariant 3).
+        // created and kept alive by `_pool` in `Shared`, which outlives the ring (invariant 4).
         let registered = match unsafe { ring.submitter().register_buffers(&iovecs) } {
             Ok(()) => Some(pool.id()),
             Err(error) => {
@@ -118,49 +153,36 @@ impl Ring {
                 None
             }
         };
-        let wake = Arc::new(rustix::event::eventfd(
-            0,
-            rustix::event::EventfdFlags::CLOEXEC,
-        )?);
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let driver = Driver {
+        let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)?;
+        let shared = Arc::new(Shared {
             ring,
-            rx,
-            wake: Arc::clone(&wake),
-            wake_buf: Box::new([0; 8]),
-            slab: Vec::new(),
-            free: Vec::new(),
-            in_flight: 0,
+            state: Mutex::new(State {
+                slab: Vec::new(),
+                free: Vec::new(),
+                in_flight: 0,
+            }),
+            wake,
+            wake_buf: Box::new(UnsafeCell::new([0; 8])),
+            closing: AtomicBool::new(false),
             registered,
             _pool: pool.keep_alive(),
-        };
+        });
+        if !shared.arm_wake() {
+            return Err(io::Error::other("io_uring: cannot queue the wake-up read"));
+        }
+        let driver = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("nimbus-uring".into())
-            .spawn(move || driver.run())?;
-        Ok(Ring { tx: Some(tx), wake })
-    }
-
-    fn poke(&self) {
-        // An eventfd write fails only if the counter would overflow: it is already poked.
-        let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
+            .spawn(move || reap(&driver))?;
+        Ok(Ring { shared })
     }
 
     async fn submit(&self, kind: OpKind) -> (io::Result<usize>, Option<IoBuf>) {
-        let stopped = || io::Error::other("the io_uring thread has stopped");
-        let Some(tx) = &self.tx else {
-            return (Err(stopped()), None);
-        };
+        let stopped = || io::Error::other("the io_uring engine has stopped");
         let (reply, done) = oneshot::channel();
-        if let Err(mpsc::error::SendError(op)) = tx.send(Op { kind, reply }).await {
-            let buf = match op.kind {
-                OpKind::Read { buf, .. }
-                | OpKind::Write { buf, .. }
-                | OpKind::WriteSync { buf, .. } => Some(buf),
-                OpKind::Sync { .. } => None,
-            };
-            return (Err(stopped()), buf);
+        if let Err(op) = self.shared.push(Op { kind, reply }) {
+            return (Err(stopped()), op.kind.into_buf());
         }
-        self.poke();
         done.await.unwrap_or_else(|_| (Err(stopped()), None))
     }
 
@@ -225,151 +247,92 @@ impl Ring {
 }
 
 impl Drop for Ring {
-    /// Closes the channel and wakes the thread, which finishes what is in flight and exits
-    /// on its own (never joined here: a drop must not block a tokio worker).
+    /// Tells the ring thread to finish what is in flight and exit (never joined here: a drop
+    /// must not block a tokio worker).
     fn drop(&mut self) {
-        self.tx = None;
-        self.poke();
+        self.shared.closing.store(true, Ordering::Release);
+        self.shared.poke();
     }
 }
 
-/// The ring thread's state. Field order matters only for readers: the loop never exits while
-/// anything is in flight (invariant 2).
-struct Driver {
-    ring: IoUring,
-    rx: mpsc::Receiver<Op>,
-    wake: Arc<OwnedFd>,
-    wake_buf: Box<[u8; 8]>,
-    slab: Vec<Option<Slot>>,
-    free: Vec<usize>,
-    in_flight: usize,
-    registered: Option<u64>,
-    _pool: Arc<PoolShared>,
-}
-
-impl Driver {
-    fn run(mut self) {
-        let mut pending: VecDeque<Op> = VecDeque::new();
-        let mut open = true;
-        let mut wake_armed = self.arm_wake();
-        let mut kicked = false;
-        let mut completions: Vec<(u64, i32)> = Vec::with_capacity(256);
-        loop {
-            while open {
-                match self.rx.try_recv() {
-                    Ok(op) => pending.push_back(op),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
-                }
-            }
-            while let Some(op) = pending.pop_front() {
-                if let Err(op) = self.push(op) {
-                    pending.push_front(op);
-                    break;
-                }
-            }
-            if !open && wake_armed && !kicked {
-                // Complete our own eventfd read so that nothing stays in flight.
-                let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
-                kicked = true;
-            }
-            if !open && !wake_armed && self.in_flight == 0 && pending.is_empty() {
-                return;
-            }
-            if let Err(error) = self.ring.submit_and_wait(1) {
-                let retry = matches!(
-                    error.raw_os_error(),
-                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                );
-                if !retry {
-                    // Never spin: a persistent failure is logged once a millisecond at most.
-                    tracing::error!(%error, "io_uring submit failed; retrying");
-                    #[allow(clippy::disallowed_methods)]
-                    // the ring's own thread, not a tokio worker
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-            }
-            completions.clear();
-            completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
-            for &(user_data, result) in &completions {
-                if user_data == WAKE {
-                    wake_armed = open && self.arm_wake();
-                    continue;
-                }
-                self.in_flight -= 1;
-                let key = (user_data & !SECOND) as usize;
-                let Some(slot) = self.slab.get_mut(key).and_then(Option::as_mut) else {
-                    tracing::error!(user_data, "io_uring completion for an unknown operation");
-                    continue;
-                };
-                if user_data & SECOND == 0 {
-                    slot.first_result = result;
-                }
-                slot.completions_left -= 1;
-                if slot.completions_left == 0
-                    && let Some(slot) = self.slab[key].take()
-                {
-                    self.free.push(key);
-                    complete(slot, result);
-                }
-            }
-        }
+impl Shared {
+    fn poke(&self) {
+        // An eventfd write fails only if the counter would overflow: it is already poked.
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
     }
 
-    /// Queues a read of the eventfd, which completes when a caller pokes it.
-    fn arm_wake(&mut self) -> bool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock means a panic while holding it, which the code under it does not
+        // do; the state is still consistent, so carry on.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues a read of the eventfd, which completes when the ring is poked.
+    fn arm_wake(&self) -> bool {
+        let _state = self.lock();
         let entry = opcode::Read::new(
             types::Fd(self.wake.as_raw_fd()),
-            self.wake_buf.as_mut_ptr(),
+            self.wake_buf.get().cast(),
             8,
         )
         .build()
         .user_data(WAKE);
-        // SAFETY: `wake_buf` and the eventfd live as long as the driver, which outlives every
-        // entry it pushes (invariants 2 and 4).
-        unsafe { self.ring.submission().push(&entry) }.is_ok()
+        // SAFETY: the state lock is held, so this is the only submission queue (invariant 2);
+        // `wake_buf` and the eventfd live as long as `Shared` (invariants 3 and 5).
+        let pushed = unsafe { self.ring.submission_shared().push(&entry) }.is_ok();
+        pushed && self.ring.submit().is_ok()
     }
 
-    /// Turns an op into submission entries (two for a linked write and sync), or hands it
-    /// back when the queue has no room.
-    fn push(&mut self, mut op: Op) -> Result<(), Op> {
-        let linked = matches!(op.kind, OpKind::WriteSync { .. });
-        let needed = if linked { 2 } else { 1 };
-        {
-            let sq = self.ring.submission();
-            if sq.capacity() - sq.len() < needed {
-                return Err(op);
-            }
+    /// Stores the op, pushes its entries and submits them; hands the op back if the ring is
+    /// closing or has no room.
+    fn push(&self, mut op: Op) -> Result<(), Op> {
+        let mut state = self.lock();
+        if self.closing.load(Ordering::Acquire) {
+            return Err(op);
         }
+        let linked = matches!(op.kind, OpKind::WriteSync { .. });
+        let needed: usize = if linked { 2 } else { 1 };
         let (first, second) = self.entries(&mut op.kind);
-        let key = self.free.pop().unwrap_or_else(|| {
-            self.slab.push(None);
-            self.slab.len() - 1
+        let key = state.free.pop().unwrap_or_else(|| {
+            state.slab.push(None);
+            state.slab.len() - 1
         });
         let first = first.user_data(key as u64);
         let second = second.map(|e| e.user_data(key as u64 | SECOND));
-        self.slab[key] = Some(Slot {
+        state.slab[key] = Some(Slot {
             op,
             completions_left: needed as u8,
             first_result: 0,
         });
-        let mut sq = self.ring.submission();
-        // SAFETY: the entries' buffer and fd belong to the op just stored in `slab[key]`,
-        // which keeps them until every completion for `key` has arrived (invariant 1).
-        // There is room for both entries (checked above, and nothing pushed since).
+        // SAFETY: the state lock is held, so this is the only submission queue (invariant
+        // 2). The entries' buffer and fd belong to the op just stored in `slab[key]`, which
+        // keeps them until every completion for `key` has arrived (invariant 1).
         let pushed = unsafe {
-            match &second {
-                Some(second) => sq.push_multiple(&[first, second.clone()]),
-                None => sq.push(&first),
+            let mut sq = self.ring.submission_shared();
+            if sq.capacity() - sq.len() < needed {
+                Err(())
+            } else {
+                match &second {
+                    Some(second) => sq.push_multiple(&[first, second.clone()]).map_err(|_| ()),
+                    None => sq.push(&first).map_err(|_| ()),
+                }
             }
         };
-        drop(sq);
         if pushed.is_err() {
-            let slot = self.slab[key].take();
-            self.free.push(key);
+            let slot = state.slab[key].take();
+            state.free.push(key);
             return slot.map_or(Ok(()), |s| Err(s.op));
         }
-        self.in_flight += needed;
+        state.in_flight += needed;
+        drop(state);
+        // Entries pushed are submitted now, or by the next submit of anyone (the ring
+        // thread's wait submits too): a failure here delays them, never loses them.
+        if let Err(error) = self.ring.submit() {
+            tracing::debug!(%error, "io_uring submit deferred");
+            self.poke();
+        }
         Ok(())
     }
 
@@ -428,6 +391,68 @@ impl Driver {
         match (buf.registration(), self.registered) {
             (Some((pool, index)), Some(mine)) if pool == mine => Some(index),
             _ => None,
+        }
+    }
+}
+
+/// The ring thread: waits for completions and answers them, until the ring is closing and
+/// nothing is in flight (invariant 3).
+fn reap(shared: &Shared) {
+    let mut wake_armed = true;
+    let mut completions: Vec<(u64, i32)> = Vec::with_capacity(256);
+    loop {
+        let closing = shared.closing.load(Ordering::Acquire);
+        if closing && !wake_armed && shared.lock().in_flight == 0 {
+            return;
+        }
+        if let Err(error) = shared.ring.submitter().submit_and_wait(1) {
+            let retry = matches!(
+                error.raw_os_error(),
+                Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+            );
+            if !retry {
+                // Never spin: a persistent failure is logged once a millisecond at most.
+                tracing::error!(%error, "io_uring wait failed; retrying");
+                #[allow(clippy::disallowed_methods)] // the ring's own thread, not a tokio worker
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        completions.clear();
+        // SAFETY: only this thread takes the completion queue (invariant 2).
+        completions.extend(
+            unsafe { shared.ring.completion_shared() }.map(|c| (c.user_data(), c.result())),
+        );
+        for &(user_data, result) in &completions {
+            if user_data == WAKE {
+                wake_armed = !shared.closing.load(Ordering::Acquire) && shared.arm_wake();
+                continue;
+            }
+            let done = {
+                let mut state = shared.lock();
+                state.in_flight = state.in_flight.saturating_sub(1);
+                let key = (user_data & !SECOND) as usize;
+                match state.slab.get_mut(key).and_then(Option::as_mut) {
+                    None => {
+                        tracing::error!(user_data, "io_uring completion for an unknown operation");
+                        None
+                    }
+                    Some(slot) => {
+                        if user_data & SECOND == 0 {
+                            slot.first_result = result;
+                        }
+                        slot.completions_left -= 1;
+                        if slot.completions_left == 0 {
+                            state.free.push(key);
+                            state.slab[key].take()
+                        } else {
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(slot) = done {
+                complete(slot, result);
+            }
         }
     }
 }
