@@ -22,6 +22,7 @@ pub mod file;
 pub mod format;
 pub mod map;
 pub mod placement;
+pub mod raft;
 pub mod report;
 mod rng;
 mod topology;
