@@ -20,6 +20,7 @@ pub mod device;
 pub mod error;
 pub mod file;
 pub mod format;
+pub mod liveness;
 pub mod map;
 pub mod placement;
 pub mod raft;

@@ -135,6 +135,16 @@ pub enum MapCommand {
         /// `Enabled` or `Suspended`; a bucket never returns to `Unversioned`.
         state: Versioning,
     },
+    /// Marks a device up or down (proposed by the leader's liveness tracker). Marking it as
+    /// it already is changes nothing.
+    MarkDevice {
+        /// The device.
+        device: DeviceKey,
+        /// Up or down.
+        up: bool,
+        /// When.
+        now_ms: Millis,
+    },
     /// Sets or removes a bucket's S3 access-policy document.
     SetAccessPolicy {
         /// The bucket.
@@ -342,6 +352,17 @@ pub struct ClusterMap {
     pub(crate) accounts: BTreeMap<String, Account>,
     pub(crate) credentials: BTreeMap<String, Credential>,
     pub(crate) buckets: BTreeMap<String, Bucket>,
+    /// Devices marked down, by location, with when.
+    pub(crate) down: BTreeMap<DeviceKey, Millis>,
+}
+
+/// A physical device, wherever it appears: its node and its name there.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeviceKey {
+    /// The storage node.
+    pub node: std::net::SocketAddr,
+    /// The device's name on it.
+    pub device: String,
 }
 
 fn invalid(reason: impl Into<String>) -> MapError {
@@ -417,6 +438,31 @@ impl ClusterMap {
     #[must_use]
     pub fn credential(&self, id: &str) -> Option<&Credential> {
         self.credentials.get(id)
+    }
+
+    /// Returns whether a device is up (devices are up unless marked down).
+    #[must_use]
+    pub fn is_up(&self, device: &DeviceKey) -> bool {
+        !self.down.contains_key(device)
+    }
+
+    /// Returns the devices marked down, with when.
+    pub fn down_devices(&self) -> impl Iterator<Item = (&DeviceKey, Millis)> {
+        self.down.iter().map(|(k, &t)| (k, t))
+    }
+
+    /// Returns every device of every ring, once.
+    #[must_use]
+    pub fn all_devices(&self) -> std::collections::BTreeSet<DeviceKey> {
+        self.policies
+            .values()
+            .flat_map(|p| p.builder.devices())
+            .filter(|d| !d.removed)
+            .map(|d| DeviceKey {
+                node: d.device.location.node,
+                device: d.device.location.name.clone(),
+            })
+            .collect()
     }
 
     /// Returns a bucket.
@@ -679,6 +725,20 @@ impl ClusterMap {
                     ));
                 }
                 self.bucket_mut(name)?.versioning = *state;
+                Ok(MapOutcome::Done)
+            }
+            MapCommand::MarkDevice { device, up, now_ms } => {
+                let changed = if *up {
+                    self.down.remove(device).is_some()
+                } else if self.down.contains_key(device) {
+                    false
+                } else {
+                    self.down.insert(device.clone(), *now_ms);
+                    true
+                };
+                if changed {
+                    self.epoch = self.epoch.next();
+                }
                 Ok(MapOutcome::Done)
             }
             MapCommand::SetAccessPolicy { name, document } => {

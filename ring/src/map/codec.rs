@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use nimbus_core::encoding::{Reader, Writer};
 use nimbus_core::ids::Epoch;
 
-use super::{Account, Bucket, ClusterMap, Credential, CredentialKind, PolicyEntry, Versioning};
+use super::{
+    Account, Bucket, ClusterMap, Credential, CredentialKind, DeviceKey, PolicyEntry, Versioning,
+};
 use crate::builder::RingBuilder;
 use crate::error::FormatError;
 use crate::format::{frame, unframe};
@@ -71,6 +73,15 @@ impl ClusterMap {
             let bytes = p.builder.encode();
             w.put_u64(bytes.len() as u64);
             w.put_bytes(&bytes);
+            // The ring in effect (built at the last rebalance), not one derived from the
+            // builder, which may hold changes not rebalanced yet.
+            let ring = p
+                .ring
+                .as_ref()
+                .map(crate::placement::Ring::encode)
+                .unwrap_or_default();
+            w.put_u64(ring.len() as u64);
+            w.put_bytes(&ring);
         }
         w.put_u32(self.accounts.len() as u32);
         for (name, a) in &self.accounts {
@@ -101,6 +112,12 @@ impl ClusterMap {
             w.put_u64(b.created_ms);
             put_opt_str(&mut w, b.access_policy.as_deref());
         }
+        w.put_u32(self.down.len() as u32);
+        for (key, since) in &self.down {
+            w.put_str(&key.node.to_string());
+            w.put_str(&key.device);
+            w.put_u64(*since);
+        }
         frame(MAGIC, w.as_slice())
     }
 
@@ -125,7 +142,11 @@ impl ClusterMap {
                     builder.policy().name()
                 )));
             }
-            let ring = builder.ring().ok();
+            let len = usize::try_from(r.u64("ring length")?).map_err(|_| invalid("ring length"))?;
+            let ring = match r.bytes(len, "ring")? {
+                [] => None,
+                bytes => Some(crate::placement::Ring::decode(bytes)?),
+            };
             policies.insert(name, PolicyEntry { builder, ring });
         }
         let mut accounts = BTreeMap::new();
@@ -193,6 +214,15 @@ impl ClusterMap {
                 },
             );
         }
+        let mut down = BTreeMap::new();
+        for _ in 0..count(&mut r, "down device count")? {
+            let node = r
+                .str("down device node")?
+                .parse()
+                .map_err(|_| invalid("down device node is not ip:port"))?;
+            let device = r.str("down device name")?.to_owned();
+            down.insert(DeviceKey { node, device }, r.u64("down since")?);
+        }
         r.finish()?;
         if let Some(p) = &default_policy
             && !policies.contains_key(p)
@@ -207,6 +237,7 @@ impl ClusterMap {
             accounts,
             credentials,
             buckets,
+            down,
         })
     }
 }
