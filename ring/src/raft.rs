@@ -39,3 +39,21 @@
 
 pub mod log_store;
 pub mod snapshot_file;
+
+use crate::map::{MapCommand, MapError, MapOutcome};
+
+/// A metadata member's Raft node id.
+pub type NodeId = u64;
+
+/// What applying a command answers: its outcome, or why the map refused it (a refused
+/// command is still a committed log entry; it just changed nothing).
+pub type MapResponse = Result<MapOutcome, MapError>;
+
+openraft::declare_raft_types!(
+    /// The cluster map's Raft group: map commands in, their outcomes out, snapshots (the
+    /// encoded map) held in memory.
+    pub MapRaft:
+        D = MapCommand,
+        R = MapResponse,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+);
