@@ -34,8 +34,8 @@ pub const FORMAT_VERSION: u16 = 1;
 
 const RING_MAGIC: &[u8; 8] = b"NIMBRING";
 const BUILDER_MAGIC: &[u8; 8] = b"NIMBBLDR";
-const HEADER_LEN: usize = 20;
-const CHECKSUM_LEN: usize = 32;
+pub(crate) const HEADER_LEN: usize = 20;
+pub(crate) const CHECKSUM_LEN: usize = 32;
 
 pub(crate) fn frame(magic: &[u8; 8], payload: &[u8]) -> Vec<u8> {
     let mut w = Writer::with_capacity(HEADER_LEN + payload.len() + CHECKSUM_LEN);

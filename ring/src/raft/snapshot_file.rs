@@ -50,7 +50,7 @@ use crate::error::FormatError;
 use crate::file::write_atomic;
 
 /// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = crate::format::FORMAT_VERSION;
 
 /// The name of the snapshot file in a snapshot directory.
 pub const SNAPSHOT_FILE_NAME: &str = "current.snapshot";
@@ -61,8 +61,7 @@ pub const SNAPSHOT_FILE_NAME: &str = "current.snapshot";
 pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 
 const MAGIC: &[u8; 8] = b"NIMBSNAP";
-const HEADER_LEN: usize = 20;
-const CHECKSUM_LEN: usize = 32;
+use crate::format::{CHECKSUM_LEN, HEADER_LEN};
 /// The payload's fixed fields: meta length (4) and data length (8).
 const PAYLOAD_FIXED_LEN: usize = 12;
 
@@ -201,18 +200,12 @@ pub fn encode<C: RaftTypeConfig>(
             max: MAX_SNAPSHOT_BYTES,
         });
     }
-    let mut w = Writer::with_capacity(HEADER_LEN + payload_len + CHECKSUM_LEN);
-    w.put_bytes(MAGIC);
-    w.put_u16(FORMAT_VERSION);
-    w.put_u16(0);
-    w.put_u64(payload_len as u64);
+    let mut w = Writer::with_capacity(payload_len);
     w.put_u32(u32::try_from(meta_json.len()).expect("bounded by MAX_SNAPSHOT_BYTES < 4 GiB"));
     w.put_bytes(&meta_json);
     w.put_u64(data.len() as u64);
     w.put_bytes(data);
-    let sum = blake3::hash(w.as_slice());
-    w.put_bytes(sum.as_bytes());
-    Ok(w.into_inner())
+    Ok(crate::format::frame(MAGIC, w.as_slice()))
 }
 
 /// Decodes and checks a snapshot file's bytes.
@@ -220,7 +213,7 @@ pub fn encode<C: RaftTypeConfig>(
 /// # Errors
 /// [`FormatError`] naming the first problem found.
 pub fn decode<C: RaftTypeConfig>(bytes: &[u8]) -> Result<StoredSnapshot<C>, FormatError> {
-    let mut r = Reader::new(unframe(bytes)?);
+    let mut r = Reader::new(crate::format::unframe(MAGIC, "raft snapshot", bytes)?);
     let meta_len = r.u32("snapshot meta length")? as usize;
     let meta_json = r.bytes(meta_len, "snapshot meta")?;
     let meta = serde_json::from_slice(meta_json).map_err(|e| FormatError::Invalid {
@@ -233,42 +226,6 @@ pub fn decode<C: RaftTypeConfig>(bytes: &[u8]) -> Result<StoredSnapshot<C>, Form
     let data = r.bytes(data_len, "snapshot data")?.to_vec();
     r.finish()?;
     Ok(StoredSnapshot { meta, data })
-}
-
-/// Checks the frame and returns the payload.
-fn unframe(bytes: &[u8]) -> Result<&[u8], FormatError> {
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(FormatError::WrongMagic {
-            expected: "raft snapshot",
-        });
-    }
-    let mut r = Reader::new(&bytes[MAGIC.len()..]);
-    let version = r.u16("format version")?;
-    if version > FORMAT_VERSION {
-        return Err(FormatError::NewerFormat {
-            version,
-            supported: FORMAT_VERSION,
-        });
-    }
-    if version == 0 {
-        return Err(FormatError::Invalid {
-            reason: "format version 0".to_owned(),
-        });
-    }
-    let _flags = r.u16("flags")?;
-    let payload_len = r.u64("payload length")?;
-    let expected = payload_len.saturating_add((HEADER_LEN + CHECKSUM_LEN) as u64);
-    if expected != bytes.len() as u64 {
-        return Err(FormatError::WrongLength {
-            expected,
-            actual: bytes.len() as u64,
-        });
-    }
-    let (body, sum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
-    if blake3::hash(body).as_bytes() != sum {
-        return Err(FormatError::ChecksumMismatch);
-    }
-    Ok(&body[HEADER_LEN..])
 }
 
 /// Writes the snapshot as the current snapshot of `dir`, atomically and durably: when this
