@@ -14,6 +14,7 @@
 //! **Invariant:** only `io::uring` contains `unsafe` code; no call here blocks a tokio worker.
 
 mod buf;
+mod faulty;
 mod portable;
 #[allow(unsafe_code)]
 mod uring;
@@ -26,6 +27,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 pub use buf::{BUF_ALIGN, BufPool, IoBuf};
+pub use faulty::Faults;
+
+use faulty::{FaultState, WriteFault};
 
 /// Which engine to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +124,7 @@ pub struct Engine {
 struct EngineInner {
     backend: Backend,
     pool: BufPool,
+    faults: Option<FaultState>,
 }
 
 enum Backend {
@@ -154,7 +159,32 @@ impl Engine {
             },
         };
         Ok(Engine {
-            inner: Arc::new(EngineInner { backend, pool }),
+            inner: Arc::new(EngineInner {
+                backend,
+                pool,
+                faults: None,
+            }),
+        })
+    }
+
+    /// Starts an engine that injects `faults` into its data operations (tests and the chaos
+    /// harness only).
+    ///
+    /// # Errors
+    /// As [`Engine::new`].
+    pub fn with_faults(
+        kind: IoEngineKind,
+        config: EngineConfig,
+        faults: Faults,
+    ) -> io::Result<Engine> {
+        let engine = Engine::new(kind, config)?;
+        let inner = Arc::try_unwrap(engine.inner)
+            .map_err(|_| io::Error::other("a new engine has one owner"))?;
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                faults: Some(FaultState::new(faults)),
+                ..inner
+            }),
         })
     }
 
@@ -195,6 +225,12 @@ impl Engine {
     ) -> (io::Result<usize>, IoBuf) {
         assert!(len <= buf.capacity(), "read of {len} into a smaller buffer");
         buf.set_len(0);
+        if let Some(faults) = &self.inner.faults {
+            faults.delay().await;
+            if let Some(e) = faults.read() {
+                return (Err(e), buf);
+            }
+        }
         match &self.inner.backend {
             Backend::Uring(ring) => ring.read_at(&file.fd, buf, offset, len).await,
             Backend::Portable => portable::read_at(&file.fd, buf, offset, len).await,
@@ -203,6 +239,29 @@ impl Engine {
 
     /// Writes the buffer's bytes in use at `offset`; returns how many were written.
     pub async fn write_at(
+        &self,
+        file: &File,
+        mut buf: IoBuf,
+        offset: u64,
+    ) -> (io::Result<usize>, IoBuf) {
+        if let Some(faults) = &self.inner.faults {
+            faults.delay().await;
+            match faults.write(buf.len()) {
+                WriteFault::None => {}
+                WriteFault::Fail(e) => return (Err(e), buf),
+                WriteFault::Tear(keep) => {
+                    let len = buf.len();
+                    buf.set_len(keep);
+                    let (_, mut back) = self.write_unfaulted(file, buf, offset).await;
+                    back.set_len(len.min(back.capacity()));
+                    return (Err(io::Error::from_raw_os_error(libc::EIO)), back);
+                }
+            }
+        }
+        self.write_unfaulted(file, buf, offset).await
+    }
+
+    async fn write_unfaulted(
         &self,
         file: &File,
         buf: IoBuf,
@@ -258,6 +317,13 @@ impl Engine {
         offset: u64,
         kind: SyncKind,
     ) -> (io::Result<()>, IoBuf) {
+        if self.inner.faults.is_some() {
+            let (result, buf) = self.write_all_at(file, buf, offset).await;
+            if let Err(e) = result {
+                return (Err(e), buf);
+            }
+            return (self.sync(file, kind).await, buf);
+        }
         let len = buf.len();
         let (result, mut buf) = match &self.inner.backend {
             Backend::Uring(ring) => ring.write_sync_at(&file.fd, buf, offset, kind).await,

@@ -386,3 +386,97 @@ async fn a_full_device_refuses_writes_and_keeps_what_it_has() {
         .unwrap();
     assert_eq!(read, data(5, 500_000));
 }
+
+fn faulty_store_config() -> EngineConfig {
+    EngineConfig {
+        buffers: 8,
+        buffer_bytes: 256 * 1024,
+        ring_entries: 64,
+    }
+}
+
+/// A device that fills up mid-fragment: the write is refused as full, and nothing of it is
+/// left visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_space_mid_write_leaves_nothing_visible() {
+    use nimbus_storage_node::io::Faults;
+    for kind in [IoEngineKind::Uring, IoEngineKind::Portable] {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Faults {
+            enospc_after_bytes: Some(300_000),
+            ..Faults::default()
+        };
+        let e = Engine::with_faults(kind, faulty_store_config(), faults).unwrap();
+        let s = FragmentStore::open(dir.path(), e, config()).await.unwrap();
+        let f = id("big", 1, 0);
+        let result = async {
+            let mut w = s.begin_write(f.clone(), header(&f)).await?;
+            w.write(&data(7, 1_000_000)).await?;
+            w.finish(None).await
+        }
+        .await;
+        assert!(
+            matches!(result, Err(StoreError::Full { .. })),
+            "{kind:?}: {result:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(files_under(&dir.path().join("objects")).is_empty());
+        assert!(files_under(&dir.path().join("tmp")).is_empty());
+    }
+}
+
+/// A torn write (the device wrote half, then failed) never becomes visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_write_never_becomes_visible() {
+    use nimbus_storage_node::io::Faults;
+    for kind in [IoEngineKind::Uring, IoEngineKind::Portable] {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Faults {
+            torn_writes: true,
+            ..Faults::default()
+        };
+        let e = Engine::with_faults(kind, faulty_store_config(), faults).unwrap();
+        let s = FragmentStore::open(dir.path(), e, config()).await.unwrap();
+        let f = id("torn", 1, 0);
+        let result = async {
+            let mut w = s.begin_write(f.clone(), header(&f)).await?;
+            w.write(&data(8, 100_000)).await?;
+            w.finish(None).await
+        }
+        .await;
+        assert!(
+            matches!(result, Err(StoreError::Io { .. })),
+            "{kind:?}: {result:?}"
+        );
+        assert!(matches!(
+            s.commit(&f).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(files_under(&dir.path().join("objects")).is_empty());
+    }
+}
+
+/// A read error is an I/O error, not corruption: the file is kept (the disk may recover;
+/// the auditor decides), and no byte is returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_error_is_reported_and_the_file_kept() {
+    use nimbus_storage_node::io::Faults;
+    let dir = tempfile::tempdir().unwrap();
+    let f = id("kept", 1, 0);
+    {
+        let s = store(IoEngineKind::Portable, dir.path()).await;
+        put(&s, &f, &data(9, 50_000)).await;
+    }
+    let faults = Faults {
+        eio_on_read: true,
+        ..Faults::default()
+    };
+    let e = Engine::with_faults(IoEngineKind::Auto, faulty_store_config(), faults).unwrap();
+    let s = FragmentStore::open(dir.path(), e, config()).await.unwrap();
+    assert!(matches!(
+        s.read(&f, 0..10).await,
+        Err(StoreError::Io { .. })
+    ));
+    assert_eq!(files_under(&dir.path().join("objects")).len(), 1);
+    assert!(files_under(&dir.path().join("quarantine")).is_empty());
+}
