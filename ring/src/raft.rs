@@ -37,8 +37,12 @@
 //! **Invariant:** no redb call and no file I/O runs on a tokio worker thread: the async
 //! entry points move them to tokio's blocking pool.
 
+pub mod group;
 pub mod log_store;
+pub mod network;
+pub mod server;
 pub mod snapshot_file;
+pub mod state_machine;
 
 use crate::map::{MapCommand, MapError, MapOutcome};
 

@@ -8,6 +8,8 @@
 //!
 //! - `seq-write-1m`: 1 GiB in 1 MiB O_DIRECT writes, 8 in flight, fdatasync at the end;
 //! - `seq-read-1m`: the same file read back in 1 MiB O_DIRECT reads, 8 in flight;
+//! - `rand-read-4k-qd1`: 20,000 random 4 KiB O_DIRECT reads of that file, one at a time
+//!   (per-operation latency);
 //! - `write-4k-fsync`: 8 writers, each appending 4 KiB O_DIRECT writes to its own file with
 //!   an fdatasync after every write (the small-object pattern), 512 writes each;
 //! - `write-4k-fsync-linked`: the same, each write and its fdatasync submitted together
@@ -40,6 +42,7 @@ fn small_writers() -> usize {
         .unwrap_or(8)
 }
 const SMALL_WRITES: usize = 512;
+const RANDOM_READS: usize = 20_000;
 
 fn engine(kind: IoEngineKind) -> Engine {
     Engine::new(
@@ -126,6 +129,25 @@ async fn seq_read(e: &Engine, path: &Path) -> f64 {
     })
     .await;
     SEQ_BYTES as f64 / (1 << 20) as f64 / secs
+}
+
+/// Random 4 KiB O_DIRECT reads per second, one at a time: the engine's per-operation
+/// latency, where the disk answers fastest.
+async fn random_reads(e: &Engine, path: &Path) -> f64 {
+    let f = open(e, path, false).await;
+    let blocks = SEQ_BYTES / SMALL as u64;
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let start = Instant::now();
+    for _ in 0..RANDOM_READS {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let (r, _) = e
+            .read_at(&f, e.buffer().await, (x % blocks) * SMALL as u64, SMALL)
+            .await;
+        assert_eq!(r.unwrap(), SMALL);
+    }
+    RANDOM_READS as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Write+fdatasync operations per second, `small_writers()` writers each on its own file;
@@ -259,12 +281,14 @@ fn main() {
         .unwrap();
     let mut rows: Vec<(&str, String, Vec<Option<f64>>)> = Vec::new();
     let (mut w, mut r, mut s, mut l) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut q = Vec::new();
     for kind in [IoEngineKind::Uring, IoEngineKind::Portable] {
         let e = engine(kind);
         let file = dir.path().join(format!("seq-{}", e.name()));
         rt.block_on(async {
             w.push(Some(seq_write(&e, &file).await));
             r.push(Some(seq_read(&e, &file).await));
+            q.push(Some(random_reads(&e, &file).await));
             s.push(Some(small_sync_writes(&e, dir.path(), false).await));
             l.push(Some(small_sync_writes(&e, dir.path(), true).await));
         });
@@ -293,6 +317,15 @@ fn main() {
         )
         .map(|x| x.0),
     );
+    let reads = format!("--number_ios={RANDOM_READS}");
+    q.push(
+        fio(
+            dir.path(),
+            "seqwrite",
+            &["--rw=randread", "--bs=4k", "--iodepth=1", &size, &reads],
+        )
+        .map(|x| x.1),
+    );
     let small_size = format!("--size={}", SMALL * SMALL_WRITES);
     let jobs = format!("--numjobs={}", small_writers());
     let fio_small = fio(
@@ -312,6 +345,7 @@ fn main() {
     l.push(fio_small);
     rows.push(("seq-write-1m", "MiB/s".into(), w));
     rows.push(("seq-read-1m", "MiB/s".into(), r));
+    rows.push(("rand-read-4k-qd1", "ops/s".into(), q));
     rows.push(("write-4k-fsync", "ops/s".into(), s));
     rows.push(("write-4k-fsync-linked", "ops/s".into(), l));
 
