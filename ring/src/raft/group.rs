@@ -1,0 +1,610 @@
+//! A metadata member: one voter (or learner) of the cluster map's Raft group, with its log,
+//! state machine and HTTP server, started by [`MetaNode::start`].
+//!
+//! ```text
+//! <dir>/raft-log.redb          log_store::LogStore
+//! <dir>/snapshots/             snapshot_file, written by state_machine::MapStateMachine
+//! http://<listen>/raft/…       peers' Raft RPCs      (server)
+//! http://<listen>/meta/…       writes and map reads  (server)
+//! ```
+//!
+//! Writes go to the leader from any member: [`MetaNode::write`] proposes locally when this
+//! member leads, and otherwise sends the command to the leader's `/meta/write`, following
+//! the leader hints members answer with, until a deadline.
+//!
+//! **Invariants:**
+//! - A write is retried only when it certainly was not proposed: a member that is not the
+//!   leader refused it, or no connection was made. Any other failure after it may have
+//!   been proposed is [`WriteError::OutcomeUnknown`]: the caller decides whether to retry
+//!   (a retried create then answers "exists").
+//! - Every wait is bounded: by [`RaftTuning::request_timeout`] for writes, reads and
+//!   membership checks, by the RPC deadlines of `raft::network` for peers.
+//! - A membership change that would leave no voter, name a member the group does not know,
+//!   or make voters whose majority is not caught up with the leader is refused before
+//!   anything is proposed ([`MembershipError`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use nimbus_core::auth::ClusterSecret;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Config, Raft, RaftMetrics, SnapshotPolicy};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+mod forward;
+
+use super::log_store::{LogStore, OpenError};
+use super::network::{HttpNetworkFactory, PeerClient};
+use super::server::{self, LeaderHint, ServerState};
+use super::state_machine::{MapReader, MapStateMachine, StateMachineOpenError};
+use super::{MapRaft, NodeId};
+use crate::error::FormatError;
+use crate::map::ClusterMap;
+
+/// Snapshot chunk size sent per `/raft/snapshot` request.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
+
+/// A learner within this many entries of the leader's last log counts as caught up.
+pub const CAUGHT_UP_LAG_ENTRIES: u64 = 100;
+
+/// How long to pause before asking again who leads, while an election is under way.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// How long a stopping server may take to finish its requests before it is dropped.
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long [`MetaNode::start`] waits for the previous owner of its log database in this
+/// process (a member just shut down) to release it.
+const LOG_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Raft timing and log compaction of a member.
+#[derive(Debug, Clone)]
+pub struct RaftTuning {
+    /// How often the leader sends heartbeats; also the deadline of each AppendEntries RPC.
+    /// Default 100 ms.
+    pub heartbeat_interval: Duration,
+    /// Shortest wait without a leader before a follower stands for election. Default 300 ms.
+    pub election_timeout_min: Duration,
+    /// Longest such wait (each follower picks at random in between). Default 600 ms.
+    pub election_timeout_max: Duration,
+    /// Deadline of each snapshot chunk RPC, installation included. Default 3 s.
+    pub install_snapshot_timeout: Duration,
+    /// A snapshot is built once this many entries were applied since the last. Default 1000.
+    pub snapshot_every_logs: u64,
+    /// Entries kept in the log behind the last snapshot, so that a briefly lagging member
+    /// catches up without a snapshot. Default 1000.
+    pub logs_kept_after_snapshot: u64,
+    /// Deadline of [`MetaNode::write`], [`MetaNode::linearizable_map`] and of the HTTP
+    /// handlers behind them. Default 5 s.
+    pub request_timeout: Duration,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(600),
+            install_snapshot_timeout: Duration::from_secs(3),
+            snapshot_every_logs: 1000,
+            logs_kept_after_snapshot: 1000,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a member needs to start.
+#[derive(Debug, Clone)]
+pub struct MetaConfig {
+    /// Its Raft id, stable across restarts.
+    pub id: NodeId,
+    /// Its metadata directory (created when absent).
+    pub dir: PathBuf,
+    /// Where its HTTP server listens; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The address other members reach it at; the bound address when `None`.
+    pub advertise: Option<String>,
+    /// The cluster secret requests are signed and checked with.
+    pub secret: ClusterSecret,
+    /// Raft timing and compaction.
+    pub tuning: RaftTuning,
+}
+
+/// Why a member could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The metadata directory could not be created.
+    #[error("create metadata directory {}", path.display())]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// What the file system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Raft log could not be opened.
+    #[error("open the raft log")]
+    Log(#[from] OpenError),
+    /// The state machine could not be rebuilt from its snapshot.
+    #[error("open the cluster map state machine")]
+    StateMachine(#[from] StateMachineOpenError),
+    /// The tuning is not a valid Raft configuration.
+    #[error("raft configuration")]
+    Config(#[from] Box<openraft::ConfigError>),
+    /// Raft failed to start (reading its state from storage).
+    #[error("start raft")]
+    Raft(#[from] openraft::error::Fatal<NodeId>),
+    /// The HTTP server could not listen.
+    #[error("listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a write got no answer from the map.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// No leader accepted it before the deadline; it was never proposed.
+    #[error("no leader accepted the write within {0:?}; it was not applied")]
+    NoLeader(Duration),
+    /// It may have been proposed, and may yet be applied.
+    #[error("the write may or may not be applied: {0}")]
+    OutcomeUnknown(String),
+    /// This member stopped.
+    #[error("this metadata member stopped")]
+    Stopped,
+    /// A member refused the request itself (authentication, a malformed command).
+    #[error("metadata member refused the write with status {status}: {message}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// What it said.
+        message: String,
+    },
+}
+
+/// Why a linearizable read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// No leader confirmed the read before the deadline.
+    #[error("no leader confirmed the read within {0:?}")]
+    NoLeader(Duration),
+    /// This member stopped.
+    #[error("this metadata member stopped")]
+    Stopped,
+    /// The leader's answer was refused or unreadable.
+    #[error("read the map from the leader: {0}")]
+    Leader(String),
+    /// The leader's map does not decode.
+    #[error("the leader's map does not decode")]
+    Decode(#[source] FormatError),
+}
+
+/// Why a membership operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    /// Only the leader changes membership; it is named when known.
+    #[error("this member is not the leader (leader: {:?})", .0.leader_id)]
+    NotLeader(LeaderHint),
+    /// The group was initialized already.
+    #[error("the group is initialized already")]
+    AlreadyInitialized,
+    /// The new configuration has no voter.
+    #[error("a configuration needs at least one voter")]
+    NoVoters,
+    /// A voter named is not a member (add it as a learner first).
+    #[error("member {0} is not in the group; add it as a learner first")]
+    UnknownMember(NodeId),
+    /// Too few of the new voters are caught up to form a quorum: the group would stall.
+    #[error(
+        "only {caught_up} of the voters {voters:?} are caught up with the leader; a quorum needs {needed}"
+    )]
+    WouldLoseQuorum {
+        /// The voters asked for.
+        voters: BTreeSet<NodeId>,
+        /// How many of them are caught up.
+        caught_up: usize,
+        /// A majority of them.
+        needed: usize,
+    },
+    /// A learner did not catch up within the deadline.
+    #[error("member {id} did not catch up within {waited:?}")]
+    NotCaughtUp {
+        /// The learner.
+        id: NodeId,
+        /// How long it was given.
+        waited: Duration,
+    },
+    /// Raft refused or failed the change.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A running metadata member. Stop it with [`MetaNode::shutdown`]; dropping it leaves Raft
+/// and the server running until the runtime ends.
+pub struct MetaNode {
+    id: NodeId,
+    addr: String,
+    local_addr: SocketAddr,
+    raft: Raft<MapRaft>,
+    reader: MapReader,
+    client: PeerClient,
+    tuning: RaftTuning,
+    server: StdMutex<Option<RunningServer>>,
+}
+
+/// The HTTP server's task and the sender that stops it.
+struct RunningServer {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl fmt::Debug for MetaNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetaNode")
+            .field("id", &self.id)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MetaNode {
+    /// Opens the member's log and state machine from `config.dir`, starts Raft and serves
+    /// its HTTP API on `config.listen`. A new member waits for [`MetaNode::initialize`] or
+    /// to be added by a leader; a restarted one rejoins its group.
+    ///
+    /// # Errors
+    /// [`StartError`].
+    pub async fn start(config: MetaConfig) -> Result<MetaNode, StartError> {
+        let dir = config.dir.clone();
+        let create = dir.clone();
+        tokio::task::spawn_blocking(move || std::fs::create_dir_all(create))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|created| created)
+            .map_err(|source| StartError::Dir {
+                path: dir.clone(),
+                source,
+            })?;
+        let log = open_log(dir.join("raft-log.redb")).await?;
+        let state_machine = MapStateMachine::open(dir.join("snapshots")).await?;
+        let reader = state_machine.reader();
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let addr = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| local_addr.to_string());
+        let tuning = config.tuning;
+        let client = PeerClient::new(config.secret.clone());
+        let network = HttpNetworkFactory::new(config.id, client.clone());
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config(&tuning)?),
+            network,
+            log,
+            state_machine,
+        )
+        .await?;
+
+        let state = Arc::new(ServerState {
+            id: config.id,
+            raft: raft.clone(),
+            reader: reader.clone(),
+            secret: config.secret,
+            request_timeout: tuning.request_timeout,
+        });
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let app = server::router(state);
+        let serving = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    // A dropped sender stops the server too.
+                    let _ = stop_rx.await;
+                })
+                .await
+        });
+        info!(id = config.id, %addr, dir = %dir.display(), "metadata member started");
+        Ok(MetaNode {
+            id: config.id,
+            addr,
+            local_addr,
+            raft,
+            reader,
+            client,
+            tuning,
+            server: StdMutex::new(Some(RunningServer {
+                stop: stop_tx,
+                task: serving,
+            })),
+        })
+    }
+
+    /// Returns this member's id.
+    #[must_use]
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Returns the address other members reach this one at.
+    #[must_use]
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Returns the address the HTTP server is bound to.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Returns the map this member has applied (cheap; possibly behind the leader's).
+    #[must_use]
+    pub fn map(&self) -> Arc<ClusterMap> {
+        self.reader.current()
+    }
+
+    /// Returns a read handle on the applied map, to wait for changes.
+    #[must_use]
+    pub fn reader(&self) -> MapReader {
+        self.reader.clone()
+    }
+
+    /// Returns Raft's metrics of this member (state, leader, log positions).
+    #[must_use]
+    pub fn metrics(&self) -> watch::Receiver<RaftMetrics<NodeId, BasicNode>> {
+        self.raft.metrics()
+    }
+
+    /// Returns the leader this member knows of.
+    #[must_use]
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Initializes a new group whose voters are `members` (id → address); call it on one
+    /// of them.
+    ///
+    /// # Errors
+    /// [`MembershipError::AlreadyInitialized`], [`MembershipError::NoVoters`], or
+    /// [`MembershipError::Raft`].
+    pub async fn initialize(
+        &self,
+        members: BTreeMap<NodeId, String>,
+    ) -> Result<(), MembershipError> {
+        if members.is_empty() {
+            return Err(MembershipError::NoVoters);
+        }
+        let nodes: BTreeMap<NodeId, BasicNode> = members
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode::new(addr)))
+            .collect();
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                Err(MembershipError::AlreadyInitialized)
+            }
+            Err(e) => Err(MembershipError::Raft(e.to_string())),
+        }
+    }
+
+    /// Adds member `id` at `addr` as a learner (on the leader): it starts receiving the log,
+    /// or a snapshot when the log it needs was purged. Returns once the change is committed.
+    ///
+    /// # Errors
+    /// [`MembershipError::NotLeader`] or [`MembershipError::Raft`].
+    pub async fn add_learner(&self, id: NodeId, addr: &str) -> Result<(), MembershipError> {
+        let added = self.bounded(self.raft.add_learner(id, BasicNode::new(addr), false));
+        membership_result(added.await?)
+    }
+
+    /// Waits until the leader (this member) has replicated its whole log, as of the call, to
+    /// member `id`.
+    ///
+    /// # Errors
+    /// [`MembershipError::NotLeader`] or [`MembershipError::NotCaughtUp`].
+    pub async fn wait_caught_up(
+        &self,
+        id: NodeId,
+        timeout: Duration,
+    ) -> Result<(), MembershipError> {
+        let metrics = self.leader_metrics()?;
+        let target = metrics.last_log_index.unwrap_or(0);
+        let waited = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| matched_index(m, id).is_some_and(|i| i >= target),
+                "learner caught up",
+            )
+            .await;
+        waited
+            .map(|_| ())
+            .map_err(|_| MembershipError::NotCaughtUp {
+                id,
+                waited: timeout,
+            })
+    }
+
+    /// Makes `voters` the group's voters (on the leader), through a joint configuration;
+    /// voters left out are removed from the group. Returns once the change is committed.
+    ///
+    /// # Errors
+    /// [`MembershipError::NoVoters`], [`MembershipError::UnknownMember`] and
+    /// [`MembershipError::WouldLoseQuorum`] before anything is proposed;
+    /// [`MembershipError::NotLeader`] or [`MembershipError::Raft`].
+    pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<(), MembershipError> {
+        if voters.is_empty() {
+            return Err(MembershipError::NoVoters);
+        }
+        let metrics = self.leader_metrics()?;
+        let membership = metrics.membership_config.membership();
+        if let Some(&unknown) = voters.iter().find(|&v| membership.get_node(v).is_none()) {
+            return Err(MembershipError::UnknownMember(unknown));
+        }
+        let last = metrics.last_log_index.unwrap_or(0);
+        let caught_up = voters
+            .iter()
+            .filter(|&&v| {
+                v == self.id
+                    || matched_index(&metrics, v)
+                        .is_some_and(|i| i.saturating_add(CAUGHT_UP_LAG_ENTRIES) >= last)
+            })
+            .count();
+        let needed = voters.len() / 2 + 1;
+        if caught_up < needed {
+            return Err(MembershipError::WouldLoseQuorum {
+                voters,
+                caught_up,
+                needed,
+            });
+        }
+        info!(?voters, "changing metadata voters");
+        let changed = self.bounded(
+            self.raft
+                .change_membership(ChangeMembers::ReplaceAllVoters(voters), false),
+        );
+        membership_result(changed.await?)
+    }
+
+    /// Stops Raft and the HTTP server. The member's files stay; a new [`MetaNode::start`]
+    /// on the same directory resumes it.
+    pub async fn shutdown(&self) {
+        let server = self
+            .server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(RunningServer {
+            stop,
+            task: serving,
+        }) = server
+        else {
+            return;
+        };
+        let _ = stop.send(());
+        if let Err(e) = self.raft.shutdown().await {
+            warn!(id = self.id, error = %e, "raft task ended abnormally");
+        }
+        let abort = serving.abort_handle();
+        match tokio::time::timeout(SERVER_STOP_TIMEOUT, serving).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(id = self.id, error = %e, "metadata server failed"),
+            Ok(Err(e)) => warn!(id = self.id, error = %e, "metadata server task failed"),
+            Err(_) => {
+                warn!(
+                    id = self.id,
+                    "metadata server did not stop in time; dropping it"
+                );
+                abort.abort();
+            }
+        }
+        info!(id = self.id, "metadata member stopped");
+    }
+
+    /// Returns this member's metrics if it is the leader.
+    fn leader_metrics(&self) -> Result<RaftMetrics<NodeId, BasicNode>, MembershipError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader == Some(self.id) && metrics.replication.is_some() {
+            return Ok(metrics);
+        }
+        let leader_addr = metrics.current_leader.and_then(|l| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.addr.clone())
+        });
+        Err(MembershipError::NotLeader(LeaderHint {
+            leader_id: metrics.current_leader,
+            leader_addr,
+        }))
+    }
+
+    /// Bounds a Raft membership call by the request deadline.
+    async fn bounded<T>(&self, call: impl Future<Output = T>) -> Result<T, MembershipError> {
+        tokio::time::timeout(self.tuning.request_timeout, call)
+            .await
+            .map_err(|_| {
+                MembershipError::Raft(format!(
+                    "not committed within {:?}",
+                    self.tuning.request_timeout
+                ))
+            })
+    }
+}
+
+/// Opens the log store, waiting a bounded time for a previous owner in this process (a
+/// member shut down a moment ago, whose replication tasks still hold the database) to let
+/// go of it.
+async fn open_log(path: PathBuf) -> Result<LogStore<MapRaft>, OpenError> {
+    let deadline = Instant::now() + LOG_OPEN_TIMEOUT;
+    loop {
+        match LogStore::open(path.clone()).await {
+            Err(OpenError::Database {
+                source: redb::Error::DatabaseAlreadyOpen,
+                ..
+            }) if Instant::now() < deadline => tokio::time::sleep(RETRY_PAUSE).await,
+            result => return result,
+        }
+    }
+}
+
+fn raft_config(tuning: &RaftTuning) -> Result<Config, Box<openraft::ConfigError>> {
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    Config {
+        cluster_name: "nimbus-meta".to_owned(),
+        heartbeat_interval: millis(tuning.heartbeat_interval),
+        election_timeout_min: millis(tuning.election_timeout_min),
+        election_timeout_max: millis(tuning.election_timeout_max),
+        install_snapshot_timeout: millis(tuning.install_snapshot_timeout),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_every_logs),
+        max_in_snapshot_log_to_keep: tuning.logs_kept_after_snapshot,
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        ..Config::default()
+    }
+    .validate()
+    .map_err(Box::new)
+}
+
+/// Returns the last log index the leader knows member `id` holds.
+fn matched_index(metrics: &RaftMetrics<NodeId, BasicNode>, id: NodeId) -> Option<u64> {
+    metrics
+        .replication
+        .as_ref()?
+        .get(&id)
+        .copied()
+        .flatten()
+        .map(|log_id| log_id.index)
+}
+
+fn membership_result<T>(
+    result: Result<T, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>,
+) -> Result<(), MembershipError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(MembershipError::NotLeader(f.into()))
+        }
+        Err(e) => Err(MembershipError::Raft(e.to_string())),
+    }
+}

@@ -1,0 +1,367 @@
+//! A metadata member's HTTP API: the Raft RPCs its peers send, client writes, and reads of
+//! the map. Every route is authenticated with the cluster secret (`nimbus_core::auth`,
+//! the internal API's scheme): missing credentials get 401, wrong ones 403, and either way
+//! no handler runs.
+//!
+//! | method | path | body | answer |
+//! |---|---|---|---|
+//! | POST | `/raft/append` | openraft `AppendEntriesRequest`, JSON | 200, `Result<AppendEntriesResponse, RaftError>` JSON |
+//! | POST | `/raft/vote` | openraft `VoteRequest`, JSON | 200, `Result<VoteResponse, RaftError>` JSON |
+//! | POST | `/raft/snapshot` | openraft `InstallSnapshotRequest` (one chunk), JSON | 200, `Result<InstallSnapshotResponse, RaftError>` JSON |
+//! | POST | `/meta/write` | a [`MapCommand`], JSON | 200 once committed, the [`MapResponse`] JSON (`{"Ok":…}` or `{"Err":…}`: a command the map refused is committed and answered too) |
+//! | GET | `/meta/map[?linearizable=true]` | — | 200, [`ClusterMap::encode`] bytes, with [`VERSION_HEADER`] |
+//!
+//! Other answers, each with a JSON body `{"error": code, "message": …}`:
+//!
+//! ```text
+//! 400 bad_request     the body or query does not parse
+//! 401 unauthenticated a credential header is missing
+//! 403 forbidden       malformed credentials, a bad signature, or a date too far off
+//! 421 not_leader      /meta/write or a linearizable read reached a member that is not the
+//!                     leader; the body adds "leader_id" and "leader_addr" so the caller
+//!                     resends there. Members do not forward: one hop, no loops.
+//! 421 wrong_member    a Raft RPC named another member in x-nimbus-raft-target
+//! 503 no_leader       no leader is known yet (nothing was proposed; retry)
+//! 503 unavailable     no quorum answered, or the member stopped (a write may be applied)
+//! 504 timeout         a write was not committed in time; it may still be
+//! 500 internal        Raft failed on this member (details in its log)
+//! ```
+//!
+//! **Boundary:** this is the wire contract between metadata members, and with the
+//! storage nodes and proxies that write to and read the map.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use nimbus_core::auth::{ClusterSecret, DATE_HEADER, EPOCH_HEADER, MAX_SKEW_SECS};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{BasicNode, Raft};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::network::{TARGET_HEADER, paths};
+use super::state_machine::MapReader;
+use super::{MapRaft, NodeId};
+use crate::map::{ClusterMap, MapCommand};
+
+#[cfg(doc)]
+use super::MapResponse;
+
+/// Header of `GET /meta/map` answers: the map's [`ClusterMap::version`].
+pub const VERSION_HEADER: &str = "x-nimbus-map-version";
+
+/// The largest Raft RPC body accepted: a snapshot chunk (at most
+/// [`super::group::SNAPSHOT_CHUNK_BYTES`]) is JSON, up to 4 bytes per byte.
+pub const MAX_RAFT_BODY_BYTES: usize = 16 << 20;
+
+/// The largest `/meta/write` body accepted.
+pub const MAX_WRITE_BODY_BYTES: usize = 1 << 20;
+
+/// The error code of a 503 answer to a request that was refused before anything was
+/// proposed, because no leader is known yet (an election is under way): safe to retry.
+pub const NO_LEADER: &str = "no_leader";
+
+/// Where the leader is, as a member that is not the leader knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderHint {
+    /// The leader's id, when known.
+    pub leader_id: Option<NodeId>,
+    /// The leader's address, when known.
+    pub leader_addr: Option<String>,
+}
+
+impl From<ForwardToLeader<NodeId, BasicNode>> for LeaderHint {
+    fn from(f: ForwardToLeader<NodeId, BasicNode>) -> Self {
+        LeaderHint {
+            leader_id: f.leader_id,
+            leader_addr: f.leader_node.map(|n| n.addr),
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct ServerState {
+    /// This member's id.
+    pub id: NodeId,
+    /// Its Raft node.
+    pub raft: Raft<MapRaft>,
+    /// Its applied map.
+    pub reader: MapReader,
+    /// The cluster secret requests are checked with.
+    pub secret: ClusterSecret,
+    /// How long a write or a linearizable read may wait for Raft.
+    pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerState")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Returns the member's router (see the module documentation).
+pub fn router(state: Arc<ServerState>) -> Router {
+    let raft = Router::new()
+        .route(paths::APPEND, post(append))
+        .route(paths::VOTE, post(vote))
+        .route(paths::SNAPSHOT, post(snapshot))
+        .layer(DefaultBodyLimit::max(MAX_RAFT_BODY_BYTES));
+    let meta = Router::new()
+        .route(paths::WRITE, post(write))
+        .route(paths::MAP, get(map))
+        .layer(DefaultBodyLimit::max(MAX_WRITE_BODY_BYTES));
+    raft.merge(meta)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            authenticate,
+        ))
+        .with_state(state)
+}
+
+/// Every error the API answers, mapped to a status in [`IntoResponse`].
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No credentials.
+    #[error("authentication required")]
+    Unauthenticated,
+    /// Credentials that do not verify.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// A body or query that does not parse.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// A Raft RPC meant for another member.
+    #[error("this is member {this}, not member {meant}")]
+    WrongMember {
+        /// This member.
+        this: NodeId,
+        /// The member the sender meant.
+        meant: String,
+    },
+    /// Not the leader; it may be known.
+    #[error("not the leader")]
+    NotLeader(LeaderHint),
+    /// No leader known, no quorum, or Raft stopped.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A write not committed within the deadline; it may still be.
+    #[error("not committed within {0:?}; the write may still be applied")]
+    Timeout(Duration),
+    /// Raft failed on this member.
+    #[error("raft: {0}")]
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::WrongMember { .. } => (StatusCode::MISDIRECTED_REQUEST, "wrong_member"),
+            ApiError::NotLeader(hint) if hint.leader_addr.is_some() => {
+                (StatusCode::MISDIRECTED_REQUEST, "not_leader")
+            }
+            ApiError::NotLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, NO_LEADER),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %self, "metadata API request failed");
+            "internal error; see the member's log".to_owned()
+        } else {
+            tracing::debug!(error = %self, "metadata API request refused");
+            self.to_string()
+        };
+        let mut body = json!({ "error": code, "message": message });
+        if let ApiError::NotLeader(hint) = &self {
+            body["leader_id"] = json!(hint.leader_id);
+            body["leader_addr"] = json!(hint.leader_addr);
+        }
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+async fn authenticate(
+    State(state): State<Arc<ServerState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match check_signature(&state.secret, &request) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn check_signature(secret: &ClusterSecret, request: &Request) -> Result<(), ApiError> {
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+    let (Some(authorization), Some(date), Some(epoch)) = (
+        header(header::AUTHORIZATION.as_str()),
+        header(DATE_HEADER),
+        header(EPOCH_HEADER),
+    ) else {
+        return Err(ApiError::Unauthenticated);
+    };
+    let malformed = |what: &str| ApiError::Forbidden(format!("malformed {what}"));
+    let date: u64 = date.parse().map_err(|_| malformed(DATE_HEADER))?;
+    let epoch: u64 = epoch.parse().map_err(|_| malformed(EPOCH_HEADER))?;
+    let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    secret
+        .verify(
+            authorization,
+            request.method().as_str(),
+            path_and_query,
+            date,
+            epoch,
+        )
+        .map_err(|e| ApiError::Forbidden(e.to_string()))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if now.abs_diff(date) > MAX_SKEW_SECS {
+        return Err(ApiError::Forbidden(format!(
+            "request date {date} is more than {MAX_SKEW_SECS} s from this member's clock"
+        )));
+    }
+    Ok(())
+}
+
+fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// Refuses a Raft RPC that names another member than this one.
+fn check_target(state: &ServerState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(meant) = headers.get(TARGET_HEADER) else {
+        return Ok(());
+    };
+    let meant = meant.to_str().unwrap_or("?");
+    if meant.parse::<NodeId>() == Ok(state.id) {
+        Ok(())
+    } else {
+        Err(ApiError::WrongMember {
+            this: state.id,
+            meant: meant.to_owned(),
+        })
+    }
+}
+
+async fn append(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_target(&state, &headers)?;
+    let rpc = parse_json(&body)?;
+    Ok(axum::Json(state.raft.append_entries(rpc).await).into_response())
+}
+
+async fn vote(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_target(&state, &headers)?;
+    let rpc = parse_json(&body)?;
+    Ok(axum::Json(state.raft.vote(rpc).await).into_response())
+}
+
+async fn snapshot(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_target(&state, &headers)?;
+    let rpc = parse_json(&body)?;
+    Ok(axum::Json(state.raft.install_snapshot(rpc).await).into_response())
+}
+
+async fn write(State(state): State<Arc<ServerState>>, body: Bytes) -> Result<Response, ApiError> {
+    let command: MapCommand = parse_json(&body)?;
+    let written = tokio::time::timeout(state.request_timeout, state.raft.client_write(command))
+        .await
+        .map_err(|_| ApiError::Timeout(state.request_timeout))?;
+    match written {
+        Ok(response) => Ok(axum::Json(response.data).into_response()),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(ApiError::NotLeader(f.into()))
+        }
+        Err(RaftError::APIError(e @ ClientWriteError::ChangeMembershipError(_))) => {
+            Err(ApiError::Internal(e.to_string()))
+        }
+        Err(RaftError::Fatal(e)) => Err(fatal(&e)),
+    }
+}
+
+/// The query of `GET /meta/map`.
+#[derive(Debug, Deserialize)]
+struct MapQuery {
+    /// Confirm leadership with a quorum (read index) before reading.
+    linearizable: Option<bool>,
+}
+
+async fn map(
+    State(state): State<Arc<ServerState>>,
+    query: Result<Query<MapQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if query.linearizable == Some(true) {
+        ensure_linearizable(&state).await?;
+    }
+    let map = state.reader.current();
+    encoded_map_response(map).await
+}
+
+/// Waits until this member is the leader confirmed by a quorum and has applied everything
+/// committed before the call.
+async fn ensure_linearizable(state: &ServerState) -> Result<(), ApiError> {
+    let confirmed = tokio::time::timeout(state.request_timeout, state.raft.ensure_linearizable())
+        .await
+        .map_err(|_| ApiError::Timeout(state.request_timeout))?;
+    match confirmed {
+        Ok(_) => Ok(()),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+            Err(ApiError::NotLeader(f.into()))
+        }
+        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+            Err(ApiError::Unavailable(e.to_string()))
+        }
+        Err(RaftError::Fatal(e)) => Err(fatal(&e)),
+    }
+}
+
+fn fatal(e: &openraft::error::Fatal<NodeId>) -> ApiError {
+    match e {
+        openraft::error::Fatal::Stopped => ApiError::Unavailable("raft stopped".to_owned()),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+async fn encoded_map_response(map: Arc<ClusterMap>) -> Result<Response, ApiError> {
+    let version = map.version();
+    let epoch = map.epoch().0;
+    let bytes = tokio::task::spawn_blocking(move || map.encode())
+        .await
+        .map_err(|e| ApiError::Internal(format!("encode the map: {e}")))?;
+    let mut response = bytes.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(VERSION_HEADER, HeaderValue::from(version));
+    headers.insert(EPOCH_HEADER, HeaderValue::from(epoch));
+    Ok(response)
+}
