@@ -50,6 +50,14 @@ pub fn run(args: StorageArgs) -> Result<ExitCode> {
         // One line on stdout that scripts and test harnesses wait for.
         let mut out = std::io::stdout().lock();
         writeln!(out, "nimbus storage listening on {}", node.local_addr)?;
+        if let Some(meta) = &node.meta {
+            writeln!(
+                out,
+                "nimbus meta {} listening on {}",
+                meta.id(),
+                meta.local_addr()
+            )?;
+        }
         out.flush()?;
         drop(out);
         node.wait().await.context("serve")?;

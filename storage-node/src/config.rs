@@ -27,6 +27,29 @@ pub struct Config {
     /// The devices this node owns: at least one.
     #[serde(rename = "device", default)]
     pub devices: Vec<DeviceConfig>,
+    /// Present on metadata members: this node also hosts a voter (or learner) of the cluster
+    /// map's Raft group.
+    pub meta: Option<MetaSection>,
+}
+
+/// A metadata member's settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaSection {
+    /// Its Raft id: a positive integer, unique in the cluster and never reused.
+    pub id: u64,
+    /// Its metadata directory (Raft log and snapshots); absolute.
+    pub dir: PathBuf,
+    /// Address of its metadata API (Raft RPCs, map reads and writes). Default
+    /// `127.0.0.1:6300`.
+    #[serde(default = "default_meta_listen")]
+    pub listen: SocketAddr,
+    /// The address other members and clients reach it at, when not `listen`.
+    pub advertise: Option<String>,
+}
+
+fn default_meta_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 6300))
 }
 
 /// Sizes of each device's I/O engine.
@@ -188,6 +211,14 @@ impl Config {
                     d.name,
                     d.path.display()
                 ));
+            }
+        }
+        if let Some(meta) = &self.meta {
+            if meta.id == 0 {
+                problems.push("meta.id must be a positive integer".into());
+            }
+            if meta.dir.is_relative() {
+                problems.push(format!("meta.dir {} is not absolute", meta.dir.display()));
             }
         }
         if problems.is_empty() {

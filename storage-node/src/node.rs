@@ -1,5 +1,6 @@
-//! Starting a storage node: read the secret, open every device (engine, fragment store),
-//! bind the internal API and serve until told to stop.
+//! Starting a storage node: read the secret, open every device (engine, fragment store,
+//! index store), start the metadata member if configured, bind the internal API and serve
+//! until told to stop.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -8,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use nimbus_core::auth::{AuthError, ClusterSecret};
+use nimbus_ring::raft::group::{MetaConfig, MetaNode, RaftTuning};
 use tokio::net::TcpListener;
 
 use crate::api::{self, Device, NodeState};
@@ -38,6 +40,9 @@ pub enum NodeError {
         /// Why.
         source: StoreError,
     },
+    /// The metadata member could not start.
+    #[error("metadata member: {0}")]
+    Meta(String),
     /// A device's index store could not be opened.
     #[error("device {name}: index store: {reason}")]
     Index {
@@ -70,6 +75,8 @@ pub struct RunningNode {
     pub local_addr: SocketAddr,
     /// Engine of each device, by name (their kind is logged at start).
     pub engines: Vec<(String, &'static str)>,
+    /// The metadata member this node hosts, if configured.
+    pub meta: Option<MetaNode>,
     server: tokio::task::JoinHandle<Result<(), NodeError>>,
 }
 
@@ -79,12 +86,16 @@ impl RunningNode {
     /// # Errors
     /// [`NodeError::Serve`] when serving failed.
     pub async fn wait(self) -> Result<(), NodeError> {
-        self.server.await.unwrap_or_else(|join| {
+        let served = self.server.await.unwrap_or_else(|join| {
             Err(NodeError::Serve {
                 addr: self.local_addr,
                 source: std::io::Error::other(join.to_string()),
             })
-        })
+        });
+        if let Some(meta) = &self.meta {
+            meta.shutdown().await;
+        }
+        served
     }
 }
 
@@ -144,6 +155,23 @@ pub async fn start(
             })?;
         devices.insert(d.name.clone(), Device { fragments, index });
     }
+    let meta = match &config.meta {
+        Some(m) => {
+            let node = MetaNode::start(MetaConfig {
+                id: m.id,
+                dir: m.dir.clone(),
+                listen: m.listen,
+                advertise: m.advertise.clone(),
+                secret: secret.clone(),
+                tuning: RaftTuning::default(),
+            })
+            .await
+            .map_err(|e| NodeError::Meta(format!("{e:#}")))?;
+            tracing::info!(id = m.id, addr = node.addr(), "metadata member started");
+            Some(node)
+        }
+        None => None,
+    };
     let state = Arc::new(NodeState::new(secret, devices, 0));
     let listener = TcpListener::bind(config.listen)
         .await
@@ -168,6 +196,7 @@ pub async fn start(
     Ok(RunningNode {
         local_addr,
         engines,
+        meta,
         server,
     })
 }
