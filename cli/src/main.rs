@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod ring;
 mod storage;
 mod telemetry;
@@ -26,6 +27,9 @@ enum Command {
     Ring(ring::RingArgs),
     /// Run a storage node: the process that owns a machine's disks.
     Storage(storage::StorageArgs),
+    /// Administer a running cluster through its metadata members: membership, storage
+    /// policies and rings, accounts, credentials, buckets.
+    Admin(admin::AdminArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +37,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ring(args) => ring::run(args),
         Command::Storage(args) => storage::run(args),
+        Command::Admin(args) => admin::run(args),
     };
     match result {
         Ok(code) => code,

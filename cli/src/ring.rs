@@ -282,7 +282,8 @@ fn create(a: CreateArgs, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn parse_hash_key(hex: &str) -> Result<[u8; 32]> {
+/// Parses a `cluster_hash_key` given as 64 hex digits.
+pub(crate) fn parse_hash_key(hex: &str) -> Result<[u8; 32]> {
     let bad = || anyhow!("--hash-key must be 64 hex digits (32 bytes)");
     if hex.len() != 64 || !hex.is_ascii() {
         return Err(bad());

@@ -434,6 +434,16 @@ impl ClusterMap {
         self.accounts.get(name)
     }
 
+    /// Returns every account, in name order.
+    pub fn accounts(&self) -> impl Iterator<Item = (&str, &Account)> {
+        self.accounts.iter().map(|(n, a)| (n.as_str(), a))
+    }
+
+    /// Returns every credential (id and what it stores), in id order.
+    pub fn credentials(&self) -> impl Iterator<Item = (&str, &Credential)> {
+        self.credentials.iter().map(|(id, c)| (id.as_str(), c))
+    }
+
     /// Returns a credential by id (S3 access key id, or Swift `account:user`).
     #[must_use]
     pub fn credential(&self, id: &str) -> Option<&Credential> {
@@ -469,6 +479,11 @@ impl ClusterMap {
     #[must_use]
     pub fn bucket(&self, name: &str) -> Option<&Bucket> {
         self.buckets.get(name)
+    }
+
+    /// Returns every bucket, in name order.
+    pub fn buckets(&self) -> impl Iterator<Item = (&str, &Bucket)> {
+        self.buckets.iter().map(|(n, b)| (n.as_str(), b))
     }
 
     /// Returns the buckets of an account, in name order.

@@ -8,6 +8,7 @@ mod client;
 mod t10_api;
 mod t20_crash;
 mod t30_index;
+mod t40_meta;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -21,6 +22,8 @@ use nimbus_core::auth::ClusterSecret;
 pub struct Node {
     pub dir: PathBuf,
     pub addr: SocketAddr,
+    /// The metadata member's address, when the node hosts one.
+    pub meta_addr: Option<SocketAddr>,
     pub secret: ClusterSecret,
     child: Child,
 }
@@ -28,6 +31,12 @@ pub struct Node {
 impl Node {
     /// Starts a node on `dir` (created if new; reused across restarts).
     pub fn start(dir: &Path) -> Node {
+        Node::start_with(dir, None)
+    }
+
+    /// Starts a node that also hosts metadata member `meta` (listening on `meta_port`, 0 for
+    /// any free port).
+    pub fn start_with(dir: &Path, meta: Option<(u64, u16)>) -> Node {
         let secret = ClusterSecret::new([42; 32]);
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("secret"), secret.to_hex()).unwrap();
@@ -46,8 +55,13 @@ impl Node {
             name = "d1"
             path = "{dir}/d1"
             reserve_bytes = 0
+            {meta}
             "#,
-            dir = dir.display()
+            dir = dir.display(),
+            meta = meta.map_or(String::new(), |(id, port)| format!(
+                "[meta]\nid = {id}\ndir = \"{}/meta\"\nlisten = \"127.0.0.1:{port}\"",
+                dir.display()
+            )),
         );
         std::fs::write(dir.join("storage.toml"), config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
@@ -64,17 +78,30 @@ impl Node {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
                 if let Some(addr) = line.strip_prefix("nimbus storage listening on ") {
-                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                    let _ = tx.send((false, addr.parse::<SocketAddr>().unwrap()));
+                } else if let Some(rest) = line.strip_prefix("nimbus meta ")
+                    && let Some((_, addr)) = rest.split_once(" listening on ")
+                {
+                    let _ = tx.send((true, addr.parse::<SocketAddr>().unwrap()));
                 }
             }
         });
         let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = rx
-            .recv_timeout(deadline - Instant::now())
-            .expect("the node did not start within 20 s");
+        let (mut addr, mut meta_addr) = (None, None);
+        while addr.is_none() || (meta.is_some() && meta_addr.is_none()) {
+            let (is_meta, a) = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("the node did not start within 20 s");
+            if is_meta {
+                meta_addr = Some(a);
+            } else {
+                addr = Some(a);
+            }
+        }
         Node {
             dir: dir.to_path_buf(),
-            addr,
+            addr: addr.expect("checked above"),
+            meta_addr,
             secret,
             child,
         }

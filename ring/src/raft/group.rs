@@ -5,7 +5,8 @@
 //! <dir>/raft-log.redb          log_store::LogStore
 //! <dir>/snapshots/             snapshot_file, written by state_machine::MapStateMachine
 //! http://<listen>/raft/…       peers' Raft RPCs      (server)
-//! http://<listen>/meta/…       writes and map reads  (server)
+//! http://<listen>/meta/…       writes, map reads,    (server)
+//!                              membership, status
 //! ```
 //!
 //! Writes go to the leader from any member: [`MetaNode::write`] proposes locally when this
@@ -19,9 +20,9 @@
 //!   (a retried create then answers "exists").
 //! - Every wait is bounded: by [`RaftTuning::request_timeout`] for writes, reads and
 //!   membership checks, by the RPC deadlines of `raft::network` for peers.
-//! - A membership change that would leave no voter, name a member the group does not know,
-//!   or make voters whose majority is not caught up with the leader is refused before
-//!   anything is proposed ([`MembershipError`]).
+//! - Membership changes go through [`Membership`] (also behind the HTTP API), which refuses
+//!   a change that would leave no voter, name a member the group does not know, or make
+//!   voters whose majority is not caught up with the leader before anything is proposed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -31,18 +32,22 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use nimbus_core::auth::ClusterSecret;
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, ChangeMembers, Config, Raft, RaftMetrics, SnapshotPolicy};
+use openraft::{BasicNode, Config, Raft, RaftMetrics, SnapshotPolicy};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 mod forward;
+mod membership;
+
+pub use membership::{
+    MemberState, MemberStatus, Membership, MembershipError, MembershipView, check_voters,
+};
 
 use super::log_store::{LogStore, OpenError};
 use super::network::{HttpNetworkFactory, PeerClient};
-use super::server::{self, LeaderHint, ServerState};
+use super::server::{self, ServerState};
 use super::state_machine::{MapReader, MapStateMachine, StateMachineOpenError};
 use super::{MapRaft, NodeId};
 use crate::error::FormatError;
@@ -81,8 +86,8 @@ pub struct RaftTuning {
     /// Entries kept in the log behind the last snapshot, so that a briefly lagging member
     /// catches up without a snapshot. Default 1000.
     pub logs_kept_after_snapshot: u64,
-    /// Deadline of [`MetaNode::write`], [`MetaNode::linearizable_map`] and of the HTTP
-    /// handlers behind them. Default 5 s.
+    /// Deadline of [`MetaNode::write`], [`MetaNode::linearizable_map`], of membership
+    /// changes and of the HTTP handlers behind them. Default 5 s.
     pub request_timeout: Duration,
 }
 
@@ -191,46 +196,6 @@ pub enum ReadError {
     Decode(#[source] FormatError),
 }
 
-/// Why a membership operation was refused or failed.
-#[derive(Debug, thiserror::Error)]
-pub enum MembershipError {
-    /// Only the leader changes membership; it is named when known.
-    #[error("this member is not the leader (leader: {:?})", .0.leader_id)]
-    NotLeader(LeaderHint),
-    /// The group was initialized already.
-    #[error("the group is initialized already")]
-    AlreadyInitialized,
-    /// The new configuration has no voter.
-    #[error("a configuration needs at least one voter")]
-    NoVoters,
-    /// A voter named is not a member (add it as a learner first).
-    #[error("member {0} is not in the group; add it as a learner first")]
-    UnknownMember(NodeId),
-    /// Too few of the new voters are caught up to form a quorum: the group would stall.
-    #[error(
-        "only {caught_up} of the voters {voters:?} are caught up with the leader; a quorum needs {needed}"
-    )]
-    WouldLoseQuorum {
-        /// The voters asked for.
-        voters: BTreeSet<NodeId>,
-        /// How many of them are caught up.
-        caught_up: usize,
-        /// A majority of them.
-        needed: usize,
-    },
-    /// A learner did not catch up within the deadline.
-    #[error("member {id} did not catch up within {waited:?}")]
-    NotCaughtUp {
-        /// The learner.
-        id: NodeId,
-        /// How long it was given.
-        waited: Duration,
-    },
-    /// Raft refused or failed the change.
-    #[error("raft: {0}")]
-    Raft(String),
-}
-
 /// A running metadata member. Stop it with [`MetaNode::shutdown`]; dropping it leaves Raft
 /// and the server running until the runtime ends.
 pub struct MetaNode {
@@ -240,6 +205,7 @@ pub struct MetaNode {
     raft: Raft<MapRaft>,
     reader: MapReader,
     client: PeerClient,
+    membership: Membership,
     tuning: RaftTuning,
     server: StdMutex<Option<RunningServer>>,
 }
@@ -306,10 +272,17 @@ impl MetaNode {
         )
         .await?;
 
+        let membership = Membership::new(
+            config.id,
+            raft.clone(),
+            reader.clone(),
+            tuning.request_timeout,
+        );
         let state = Arc::new(ServerState {
             id: config.id,
             raft: raft.clone(),
             reader: reader.clone(),
+            membership: membership.clone(),
             secret: config.secret,
             request_timeout: tuning.request_timeout,
         });
@@ -331,6 +304,7 @@ impl MetaNode {
             raft,
             reader,
             client,
+            membership,
             tuning,
             server: StdMutex::new(Some(RunningServer {
                 stop: stop_tx,
@@ -381,40 +355,38 @@ impl MetaNode {
         self.raft.metrics().borrow().current_leader
     }
 
+    /// Returns this member's membership operations (what the HTTP API calls too).
+    #[must_use]
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Returns this member's view of the group and of its map.
+    #[must_use]
+    pub fn status(&self) -> MemberStatus {
+        self.membership.status()
+    }
+
     /// Initializes a new group whose voters are `members` (id → address); call it on one
-    /// of them.
+    /// of them. See [`Membership::initialize`].
     ///
     /// # Errors
-    /// [`MembershipError::AlreadyInitialized`], [`MembershipError::NoVoters`], or
-    /// [`MembershipError::Raft`].
+    /// [`MembershipError`].
     pub async fn initialize(
         &self,
         members: BTreeMap<NodeId, String>,
     ) -> Result<(), MembershipError> {
-        if members.is_empty() {
-            return Err(MembershipError::NoVoters);
-        }
-        let nodes: BTreeMap<NodeId, BasicNode> = members
-            .into_iter()
-            .map(|(id, addr)| (id, BasicNode::new(addr)))
-            .collect();
-        match self.raft.initialize(nodes).await {
-            Ok(()) => Ok(()),
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
-                Err(MembershipError::AlreadyInitialized)
-            }
-            Err(e) => Err(MembershipError::Raft(e.to_string())),
-        }
+        self.membership.initialize(members).await.map(drop)
     }
 
     /// Adds member `id` at `addr` as a learner (on the leader): it starts receiving the log,
     /// or a snapshot when the log it needs was purged. Returns once the change is committed.
+    /// See [`Membership::add_learner`].
     ///
     /// # Errors
-    /// [`MembershipError::NotLeader`] or [`MembershipError::Raft`].
+    /// [`MembershipError`].
     pub async fn add_learner(&self, id: NodeId, addr: &str) -> Result<(), MembershipError> {
-        let added = self.bounded(self.raft.add_learner(id, BasicNode::new(addr), false));
-        membership_result(added.await?)
+        self.membership.add_learner(id, addr).await.map(drop)
     }
 
     /// Waits until the leader (this member) has replicated its whole log, as of the call, to
@@ -427,63 +399,19 @@ impl MetaNode {
         id: NodeId,
         timeout: Duration,
     ) -> Result<(), MembershipError> {
-        let metrics = self.leader_metrics()?;
-        let target = metrics.last_log_index.unwrap_or(0);
-        let waited = self
-            .raft
-            .wait(Some(timeout))
-            .metrics(
-                |m| matched_index(m, id).is_some_and(|i| i >= target),
-                "learner caught up",
-            )
-            .await;
-        waited
-            .map(|_| ())
-            .map_err(|_| MembershipError::NotCaughtUp {
-                id,
-                waited: timeout,
-            })
+        self.membership.wait_caught_up(id, timeout).await
     }
 
     /// Makes `voters` the group's voters (on the leader), through a joint configuration;
     /// voters left out are removed from the group. Returns once the change is committed.
+    /// See [`Membership::change_membership`].
     ///
     /// # Errors
     /// [`MembershipError::NoVoters`], [`MembershipError::UnknownMember`] and
     /// [`MembershipError::WouldLoseQuorum`] before anything is proposed;
-    /// [`MembershipError::NotLeader`] or [`MembershipError::Raft`].
+    /// [`MembershipError::NotLeader`] or a failure of Raft.
     pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<(), MembershipError> {
-        if voters.is_empty() {
-            return Err(MembershipError::NoVoters);
-        }
-        let metrics = self.leader_metrics()?;
-        let membership = metrics.membership_config.membership();
-        if let Some(&unknown) = voters.iter().find(|&v| membership.get_node(v).is_none()) {
-            return Err(MembershipError::UnknownMember(unknown));
-        }
-        let last = metrics.last_log_index.unwrap_or(0);
-        let caught_up = voters
-            .iter()
-            .filter(|&&v| {
-                v == self.id
-                    || matched_index(&metrics, v)
-                        .is_some_and(|i| i.saturating_add(CAUGHT_UP_LAG_ENTRIES) >= last)
-            })
-            .count();
-        let needed = voters.len() / 2 + 1;
-        if caught_up < needed {
-            return Err(MembershipError::WouldLoseQuorum {
-                voters,
-                caught_up,
-                needed,
-            });
-        }
-        info!(?voters, "changing metadata voters");
-        let changed = self.bounded(
-            self.raft
-                .change_membership(ChangeMembers::ReplaceAllVoters(voters), false),
-        );
-        membership_result(changed.await?)
+        self.membership.change_membership(voters).await.map(drop)
     }
 
     /// Stops Raft and the HTTP server. The member's files stay; a new [`MetaNode::start`]
@@ -520,37 +448,6 @@ impl MetaNode {
         }
         info!(id = self.id, "metadata member stopped");
     }
-
-    /// Returns this member's metrics if it is the leader.
-    fn leader_metrics(&self) -> Result<RaftMetrics<NodeId, BasicNode>, MembershipError> {
-        let metrics = self.raft.metrics().borrow().clone();
-        if metrics.current_leader == Some(self.id) && metrics.replication.is_some() {
-            return Ok(metrics);
-        }
-        let leader_addr = metrics.current_leader.and_then(|l| {
-            metrics
-                .membership_config
-                .membership()
-                .get_node(&l)
-                .map(|n| n.addr.clone())
-        });
-        Err(MembershipError::NotLeader(LeaderHint {
-            leader_id: metrics.current_leader,
-            leader_addr,
-        }))
-    }
-
-    /// Bounds a Raft membership call by the request deadline.
-    async fn bounded<T>(&self, call: impl Future<Output = T>) -> Result<T, MembershipError> {
-        tokio::time::timeout(self.tuning.request_timeout, call)
-            .await
-            .map_err(|_| {
-                MembershipError::Raft(format!(
-                    "not committed within {:?}",
-                    self.tuning.request_timeout
-                ))
-            })
-    }
 }
 
 /// Opens the log store, waiting a bounded time for a previous owner in this process (a
@@ -584,27 +481,4 @@ fn raft_config(tuning: &RaftTuning) -> Result<Config, Box<openraft::ConfigError>
     }
     .validate()
     .map_err(Box::new)
-}
-
-/// Returns the last log index the leader knows member `id` holds.
-fn matched_index(metrics: &RaftMetrics<NodeId, BasicNode>, id: NodeId) -> Option<u64> {
-    metrics
-        .replication
-        .as_ref()?
-        .get(&id)
-        .copied()
-        .flatten()
-        .map(|log_id| log_id.index)
-}
-
-fn membership_result<T>(
-    result: Result<T, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>,
-) -> Result<(), MembershipError> {
-    match result {
-        Ok(_) => Ok(()),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            Err(MembershipError::NotLeader(f.into()))
-        }
-        Err(e) => Err(MembershipError::Raft(e.to_string())),
-    }
 }

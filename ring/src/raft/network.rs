@@ -1,6 +1,6 @@
 //! The Raft group's client side over HTTP/1.1: [`PeerClient`] sends signed requests to
-//! other metadata members, and [`HttpNetworkFactory`] builds openraft's per-target
-//! [`RaftNetwork`] clients on it.
+//! metadata members (from other members, and from `nimbus admin`), and
+//! [`HttpNetworkFactory`] builds openraft's per-target [`RaftNetwork`] clients on it.
 //!
 //! A Raft RPC is `POST http://{addr}/raft/append|vote|snapshot` with openraft's request as a
 //! JSON body; the answer is `200` with openraft's `Result<response, RaftError>` as JSON (see
@@ -47,6 +47,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::debug;
 
+use super::server::LeaderHint;
 use super::{MapRaft, NodeId};
 
 /// Header naming the member a Raft RPC is meant for.
@@ -64,6 +65,14 @@ pub mod paths {
     pub const WRITE: &str = "/meta/write";
     /// The encoded map.
     pub const MAP: &str = "/meta/map";
+    /// Initializes a new group.
+    pub const INIT: &str = "/meta/init";
+    /// Adds a learner.
+    pub const LEARNERS: &str = "/meta/learners";
+    /// Sets the voters.
+    pub const VOTERS: &str = "/meta/voters";
+    /// A member's view of the group and its map.
+    pub const STATUS: &str = "/meta/status";
 }
 
 /// The largest answer read from a Raft RPC (they are small: a vote, a log id).
@@ -149,6 +158,38 @@ pub struct PeerResponse {
     pub status: StatusCode,
     /// The body, read in full.
     pub body: Bytes,
+}
+
+impl PeerResponse {
+    /// Returns the `error` code of an error answer (`{"error": code, "message": …}`).
+    #[must_use]
+    pub fn error_code(&self) -> Option<String> {
+        let value: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        value.get("error")?.as_str().map(str::to_owned)
+    }
+
+    /// Returns the `message` of an error answer, or else the start of the body as text.
+    #[must_use]
+    pub fn error_message(&self) -> String {
+        let message = serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v.get("message")?.as_str().map(str::to_owned));
+        message.unwrap_or_else(|| {
+            String::from_utf8_lossy(&self.body)
+                .chars()
+                .take(200)
+                .collect()
+        })
+    }
+
+    /// Returns the leader hint of a `421 not_leader` answer (empty when unreadable).
+    #[must_use]
+    pub fn leader_hint(&self) -> LeaderHint {
+        serde_json::from_slice(&self.body).unwrap_or(LeaderHint {
+            leader_id: None,
+            leader_addr: None,
+        })
+    }
 }
 
 /// One request to a member.

@@ -10,25 +10,42 @@
 //! | POST | `/raft/snapshot` | openraft `InstallSnapshotRequest` (one chunk), JSON | 200, `Result<InstallSnapshotResponse, RaftError>` JSON |
 //! | POST | `/meta/write` | a [`MapCommand`], JSON | 200 once committed, the [`MapResponse`] JSON (`{"Ok":…}` or `{"Err":…}`: a command the map refused is committed and answered too) |
 //! | GET | `/meta/map[?linearizable=true]` | — | 200, [`ClusterMap::encode`] bytes, with [`VERSION_HEADER`] |
+//! | POST | `/meta/init` | [`InitRequest`] JSON: `{"members": {"1": "10.0.0.1:7001", …}}` | 200, the [`MembershipView`] JSON, once this member is initialized |
+//! | POST | `/meta/learners` | [`AddLearnerRequest`] JSON: `{"id": 4, "addr": …}` | 200, the [`MembershipView`] JSON, once committed (leader only) |
+//! | POST | `/meta/voters` | [`VotersRequest`] JSON: `{"voters": [1, 2, 3]}` | 200, the [`MembershipView`] JSON, once committed (leader only) |
+//! | GET | `/meta/status` | — | 200, this member's [`MemberStatus`] JSON |
 //!
-//! Other answers, each with a JSON body `{"error": code, "message": …}`:
+//! Other answers, each with a JSON body `{"error": code, "message": …}`; a membership
+//! change is refused before anything is proposed with 400 or 409:
 //!
 //! ```text
 //! 400 bad_request     the body or query does not parse
+//! 400 no_voters       /meta/init or /meta/voters named no member
+//! 400 bad_address     a member address is not host:port
+//! 400 not_in_members  /meta/init reached a member that is not among those named
+//! 409 already_initialized  /meta/init on a member that is in a group already
+//! 409 member_exists   /meta/learners named a member that is in the group at another address
+//! 409 unknown_member  /meta/voters named a member that is not in the group (add a learner)
+//! 409 would_lose_quorum    /meta/voters named voters whose majority is not caught up
+//! 409 membership_change_refused  Raft refused the change (another one is in progress)
 //! 401 unauthenticated a credential header is missing
 //! 403 forbidden       malformed credentials, a bad signature, or a date too far off
-//! 421 not_leader      /meta/write or a linearizable read reached a member that is not the
+//! 421 not_leader      /meta/write, /meta/learners, /meta/voters or a linearizable read
+//!                     reached a member that is not the
 //!                     leader; the body adds "leader_id" and "leader_addr" so the caller
 //!                     resends there. Members do not forward: one hop, no loops.
 //! 421 wrong_member    a Raft RPC named another member in x-nimbus-raft-target
 //! 503 no_leader       no leader is known yet (nothing was proposed; retry)
 //! 503 unavailable     no quorum answered, or the member stopped (a write may be applied)
-//! 504 timeout         a write was not committed in time; it may still be
+//! 504 timeout         a write or membership change was not committed in time; it may
+//!                     still be
 //! 500 internal        Raft failed on this member (details in its log)
 //! ```
 //!
 //! **Boundary:** this is the wire contract between metadata members, and with the
 //! storage nodes and proxies that write to and read the map.
+
+mod membership;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -48,13 +65,18 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::group::{Membership, MembershipError};
 use super::network::{TARGET_HEADER, paths};
 use super::state_machine::MapReader;
 use super::{MapRaft, NodeId};
 use crate::map::{ClusterMap, MapCommand};
 
+pub use membership::{AddLearnerRequest, InitRequest, VotersRequest};
+
 #[cfg(doc)]
 use super::MapResponse;
+#[cfg(doc)]
+use super::group::{MemberStatus, MembershipView};
 
 /// Header of `GET /meta/map` answers: the map's [`ClusterMap::version`].
 pub const VERSION_HEADER: &str = "x-nimbus-map-version";
@@ -96,6 +118,8 @@ pub struct ServerState {
     pub raft: Raft<MapRaft>,
     /// Its applied map.
     pub reader: MapReader,
+    /// Its membership operations.
+    pub membership: Membership,
     /// The cluster secret requests are checked with.
     pub secret: ClusterSecret,
     /// How long a write or a linearizable read may wait for Raft.
@@ -120,6 +144,10 @@ pub fn router(state: Arc<ServerState>) -> Router {
     let meta = Router::new()
         .route(paths::WRITE, post(write))
         .route(paths::MAP, get(map))
+        .route(paths::INIT, post(membership::init))
+        .route(paths::LEARNERS, post(membership::add_learner))
+        .route(paths::VOTERS, post(membership::voters))
+        .route(paths::STATUS, get(membership::status))
         .layer(DefaultBodyLimit::max(MAX_WRITE_BODY_BYTES));
     raft.merge(meta)
         .layer(axum::middleware::from_fn_with_state(
@@ -158,9 +186,22 @@ pub enum ApiError {
     /// A write not committed within the deadline; it may still be.
     #[error("not committed within {0:?}; the write may still be applied")]
     Timeout(Duration),
+    /// A membership operation was refused or failed (never
+    /// [`MembershipError::NotLeader`]: that one is [`ApiError::NotLeader`]).
+    #[error("{0}")]
+    Membership(MembershipError),
     /// Raft failed on this member.
     #[error("raft: {0}")]
     Internal(String),
+}
+
+impl From<MembershipError> for ApiError {
+    fn from(e: MembershipError) -> Self {
+        match e {
+            MembershipError::NotLeader(hint) => ApiError::NotLeader(hint),
+            other => ApiError::Membership(other),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -176,6 +217,25 @@ impl IntoResponse for ApiError {
             ApiError::NotLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, NO_LEADER),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ApiError::Membership(e) => match e {
+                MembershipError::NoVoters => (StatusCode::BAD_REQUEST, "no_voters"),
+                MembershipError::BadAddress { .. } => (StatusCode::BAD_REQUEST, "bad_address"),
+                MembershipError::NotInMembers { .. } => (StatusCode::BAD_REQUEST, "not_in_members"),
+                MembershipError::AlreadyInitialized => {
+                    (StatusCode::CONFLICT, "already_initialized")
+                }
+                MembershipError::MemberExists { .. } => (StatusCode::CONFLICT, "member_exists"),
+                MembershipError::UnknownMember(_) => (StatusCode::CONFLICT, "unknown_member"),
+                MembershipError::WouldLoseQuorum { .. } => {
+                    (StatusCode::CONFLICT, "would_lose_quorum")
+                }
+                MembershipError::NotCaughtUp { .. } => (StatusCode::CONFLICT, "not_caught_up"),
+                MembershipError::Refused(_) => (StatusCode::CONFLICT, "membership_change_refused"),
+                MembershipError::NotLeader(_) => (StatusCode::MISDIRECTED_REQUEST, "not_leader"),
+                MembershipError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+                MembershipError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                MembershipError::Raft(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -238,6 +298,7 @@ fn check_signature(secret: &ClusterSecret, request: &Request) -> Result<(), ApiE
     Ok(())
 }
 
+/// Parses a JSON body, or refuses it with 400.
 fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(e.to_string()))
 }

@@ -83,8 +83,8 @@ impl MetaNode {
                         WriteError::OutcomeUnknown(format!("unreadable answer: {e}"))
                     });
                 }
-                421 => leader = self.remote_leader(leader_hint(&answer.body)).await,
-                503 if error_code(&answer.body).as_deref() == Some(server::NO_LEADER) => {
+                421 => leader = self.remote_leader(answer.leader_hint()).await,
+                503 if answer.error_code().as_deref() == Some(server::NO_LEADER) => {
                     pause(deadline).await;
                 }
                 503 | 504 => return Err(WriteError::OutcomeUnknown(body_text(&answer.body))),
@@ -145,7 +145,7 @@ impl MetaNode {
                         .map_err(ReadError::Decode)?;
                     return Ok(Arc::new(map));
                 }
-                421 => leader = self.remote_leader(leader_hint(&answer.body)).await,
+                421 => leader = self.remote_leader(answer.leader_hint()).await,
                 503 => pause(deadline).await,
                 status => {
                     return Err(ReadError::Leader(format!(
@@ -173,20 +173,6 @@ impl MetaNode {
 /// Sleeps [`RETRY_PAUSE`], or until `deadline` if sooner.
 async fn pause(deadline: Instant) {
     tokio::time::sleep_until(deadline.min(Instant::now() + RETRY_PAUSE)).await;
-}
-
-/// Returns the leader hint of a 421 answer (none when unreadable: ask the local Raft).
-fn leader_hint(body: &[u8]) -> LeaderHint {
-    serde_json::from_slice(body).unwrap_or(LeaderHint {
-        leader_id: None,
-        leader_addr: None,
-    })
-}
-
-/// Returns the `error` code of an error answer.
-fn error_code(body: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    value.get("error")?.as_str().map(str::to_owned)
 }
 
 fn body_text(body: &[u8]) -> String {

@@ -1,0 +1,218 @@
+//! The metadata group hosted by storage-node processes: kill -9 the Raft leader during a
+//! stream of bucket creates; no acknowledged create is lost, none is applied twice, and the
+//! killed member catches up when it returns.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use nimbus_ring::map::ClusterMap;
+use serde_json::{Value, json};
+
+use crate::Node;
+use crate::client::{Auth, send};
+
+/// Sends a signed JSON request to a metadata member.
+fn call(
+    node: &Node,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> std::io::Result<(u16, Value)> {
+    let auth = Auth::Signed {
+        secret: &node.secret,
+        epoch: 0,
+        skew_secs: 0,
+    };
+    let bytes = if body.is_null() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(body).unwrap()
+    };
+    let extra = [("content-type", "application/json".to_owned())];
+    let r = send(addr, method, path, &auth, &extra, &bytes, None)?;
+    let value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    Ok((r.status, value))
+}
+
+/// Writes a map command through any live member, following leader hints and retrying
+/// while a leader is elected. Returns the committed response, or an error when the outcome
+/// is unknown.
+fn write(nodes: &[Option<Node>], command: &Value) -> Result<Value, String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let live: Vec<&Node> = nodes.iter().flatten().collect();
+    let mut target = live[0].meta_addr.unwrap();
+    while Instant::now() < deadline {
+        match call(live[0], target, "POST", "/meta/write", command) {
+            Ok((200, v)) => return Ok(v),
+            Ok((421, v)) => {
+                if let Some(addr) = v["leader_addr"].as_str().and_then(|a| a.parse().ok()) {
+                    target = addr;
+                    continue;
+                }
+            }
+            Ok((503, v)) if v["error"] == "no_leader" => {}
+            Ok((status, v)) => return Err(format!("{status}: {v}")),
+            Err(_) => {}
+        }
+        // the member is down or has no leader yet: try another one
+        std::thread::sleep(Duration::from_millis(100));
+        let i = live
+            .iter()
+            .position(|n| n.meta_addr == Some(target))
+            .map_or(0, |i| i + 1);
+        target = live[i % live.len()].meta_addr.unwrap();
+    }
+    Err("no leader within 20 s".into())
+}
+
+fn map_of(node: &Node) -> ClusterMap {
+    let auth = Auth::Signed {
+        secret: &node.secret,
+        epoch: 0,
+        skew_secs: 0,
+    };
+    let r = send(
+        node.meta_addr.unwrap(),
+        "GET",
+        "/meta/map",
+        &auth,
+        &[],
+        &[],
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    ClusterMap::decode(&r.body).unwrap()
+}
+
+#[test]
+fn killing_the_metadata_leader_loses_no_acknowledged_bucket_create() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Fixed metadata ports: a member that restarts must come back at its address.
+    let ports: Vec<u16> = (0..3)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let mut nodes: Vec<Option<Node>> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Some(Node::start_with(d.path(), Some((i as u64 + 1, ports[i])))))
+        .collect();
+    let members: serde_json::Map<String, Value> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                (i + 1).to_string(),
+                json!(n.as_ref().unwrap().meta_addr.unwrap().to_string()),
+            )
+        })
+        .collect();
+    let first = nodes[0].as_ref().unwrap();
+    let (status, body) = call(
+        first,
+        first.meta_addr.unwrap(),
+        "POST",
+        "/meta/init",
+        &json!({ "members": members }),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    let policy = json!({"command": "create_policy", "spec": "rep3", "part_power": 4, "min_part_hours": 0,
+        "seed": 1, "hash_key": vec![7u8; 32], "make_default": true});
+    write(&nodes, &policy).unwrap();
+    write(
+        &nodes,
+        &json!({"command": "create_account", "name": "AUTH_a", "now_ms": 1}),
+    )
+    .unwrap();
+    let base = map_of(nodes[0].as_ref().unwrap()).version();
+
+    let mut acknowledged = BTreeSet::new();
+    let mut attempted = BTreeSet::new();
+    let mut killed = None;
+    for i in 0..60 {
+        let name = format!("bucket-{i:03}");
+        attempted.insert(name.clone());
+        let create = json!({"command": "create_bucket", "name": name, "owner": "AUTH_a",
+            "policy": null, "shards": null, "now_ms": 2});
+        match write(&nodes, &create) {
+            Ok(v) if v.get("Ok").is_some() => {
+                acknowledged.insert(name);
+            }
+            // a retry of a create whose first attempt landed
+            Ok(v) if v["Err"]["error"] == "bucket_exists" => {
+                acknowledged.insert(name);
+            }
+            Ok(v) => panic!("{name}: refused: {v}"),
+            Err(e) => eprintln!("{name}: outcome unknown: {e}"),
+        }
+        if i == 20 {
+            // find the leader through a follower's hint, and kill -9 it
+            let probe = json!({"command": "delete_bucket", "name": "no-such-bucket"});
+            let live = nodes.iter().flatten().next().unwrap();
+            let mut leader = None;
+            for n in nodes.iter().flatten() {
+                if let Ok((421, v)) =
+                    call(live, n.meta_addr.unwrap(), "POST", "/meta/write", &probe)
+                {
+                    leader = v["leader_addr"].as_str().map(str::to_owned);
+                    break;
+                }
+            }
+            let leader = leader.expect("a follower knows the leader");
+            let index = nodes
+                .iter()
+                .position(|n| {
+                    n.as_ref()
+                        .is_some_and(|n| n.meta_addr.unwrap().to_string() == leader)
+                })
+                .unwrap();
+            nodes[index].take().unwrap().kill();
+            killed = Some(index);
+            eprintln!("killed the leader, member {}", index + 1);
+        }
+    }
+    let killed = killed.unwrap();
+    assert!(
+        acknowledged.len() >= 50,
+        "only {} creates acknowledged",
+        acknowledged.len()
+    );
+
+    let survivor = nodes.iter().flatten().next().unwrap();
+    let map = map_of(survivor);
+    let buckets: BTreeSet<String> = map
+        .buckets_of("AUTH_a")
+        .map(|(n, _)| n.to_owned())
+        .collect();
+    for name in &acknowledged {
+        assert!(buckets.contains(name), "acknowledged {name} is lost");
+    }
+    assert!(buckets.is_subset(&attempted));
+    // each create applied once: the map's version counts one change per bucket
+    assert_eq!(map.version(), base + buckets.len() as u64);
+
+    // the killed member comes back and catches up from its files and the leader
+    nodes[killed] = Some(Node::start_with(
+        dirs[killed].path(),
+        Some((killed as u64 + 1, ports[killed])),
+    ));
+    let back = nodes[killed].as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while map_of(back).encode() != map.encode() {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted member did not catch up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
