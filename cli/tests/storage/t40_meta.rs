@@ -178,7 +178,15 @@ fn killing_the_metadata_leader_loses_no_acknowledged_bucket_create() {
                 .unwrap();
             nodes[index].take().unwrap().kill();
             killed = Some(index);
-            eprintln!("killed the leader, member {}", index + 1);
+            let killed_at = Instant::now();
+            let probe =
+                json!({"command": "create_account", "name": "AUTH_after_kill", "now_ms": 3});
+            write(&nodes, &probe).unwrap();
+            eprintln!(
+                "killed the leader (member {}); next commit {} ms later",
+                index + 1,
+                killed_at.elapsed().as_millis()
+            );
         }
     }
     let killed = killed.unwrap();
@@ -188,8 +196,19 @@ fn killing_the_metadata_leader_loses_no_acknowledged_bucket_create() {
         acknowledged.len()
     );
 
-    let survivor = nodes.iter().flatten().next().unwrap();
-    let map = map_of(survivor);
+    // The survivors' local maps may trail the leader's commit by a moment: wait for them
+    // to agree, then check.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let map = loop {
+        let maps: Vec<ClusterMap> = nodes.iter().flatten().map(map_of).collect();
+        if maps.windows(2).all(|w| w[0].encode() == w[1].encode())
+            && maps[0].version() >= base + acknowledged.len() as u64 + 1
+        {
+            break maps.into_iter().next().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the survivors did not converge");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let buckets: BTreeSet<String> = map
         .buckets_of("AUTH_a")
         .map(|(n, _)| n.to_owned())
@@ -198,8 +217,9 @@ fn killing_the_metadata_leader_loses_no_acknowledged_bucket_create() {
         assert!(buckets.contains(name), "acknowledged {name} is lost");
     }
     assert!(buckets.is_subset(&attempted));
-    // each create applied once: the map's version counts one change per bucket
-    assert_eq!(map.version(), base + buckets.len() as u64);
+    // each create applied once: the map's version counts one change per bucket (and the
+    // one account created right after the kill)
+    assert_eq!(map.version(), base + buckets.len() as u64 + 1);
 
     // the killed member comes back and catches up from its files and the leader
     nodes[killed] = Some(Node::start_with(
@@ -214,5 +234,97 @@ fn killing_the_metadata_leader_loses_no_acknowledged_bucket_create() {
             "the restarted member did not catch up"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts `n` nodes hosting members `1..=n` on fixed ports and initializes the group.
+fn start_group(n: usize) -> (Vec<tempfile::TempDir>, Vec<u16>, Vec<Option<Node>>) {
+    let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ports: Vec<u16> = (0..n)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let nodes: Vec<Option<Node>> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Some(Node::start_with(d.path(), Some((i as u64 + 1, ports[i])))))
+        .collect();
+    let members: serde_json::Map<String, Value> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                (i + 1).to_string(),
+                json!(n.as_ref().unwrap().meta_addr.unwrap().to_string()),
+            )
+        })
+        .collect();
+    let first = nodes[0].as_ref().unwrap();
+    let (status, body) = call(
+        first,
+        first.meta_addr.unwrap(),
+        "POST",
+        "/meta/init",
+        &json!({ "members": members }),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    (dirs, ports, nodes)
+}
+
+fn account(name: &str) -> Value {
+    json!({"command": "create_account", "name": name, "now_ms": 1})
+}
+
+#[test]
+fn five_voters_commit_with_any_two_killed_and_all_restart_to_the_same_map() {
+    let (dirs, ports, mut nodes) = start_group(5);
+    for i in 0..10 {
+        write(&nodes, &account(&format!("AUTH_{i}"))).unwrap();
+    }
+    // kill -9 two members at once (the first two: the leader among them or not)
+    for i in [0, 1] {
+        nodes[i].take().unwrap().kill();
+    }
+    for i in 10..20 {
+        write(&nodes, &account(&format!("AUTH_{i}"))).unwrap();
+    }
+    wait_converged(&nodes, 20);
+
+    // every process stops; all restart from their files and agree on the same map
+    for n in &mut nodes {
+        if let Some(n) = n.take() {
+            n.kill();
+        }
+    }
+    let nodes: Vec<Option<Node>> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Some(Node::start_with(d.path(), Some((i as u64 + 1, ports[i])))))
+        .collect();
+    write(&nodes, &account("AUTH_after_restart")).unwrap();
+    wait_converged(&nodes, 21);
+}
+
+/// Waits until every live member's local map is the same and holds `accounts` accounts.
+fn wait_converged(nodes: &[Option<Node>], accounts: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let maps: Vec<Vec<u8>> = nodes.iter().flatten().map(|n| map_of(n).encode()).collect();
+        let all_equal = maps.windows(2).all(|w| w[0] == w[1]);
+        let complete = ClusterMap::decode(&maps[0]).unwrap().accounts().count() == accounts;
+        if all_equal && complete {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the members did not converge on {accounts} accounts"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
