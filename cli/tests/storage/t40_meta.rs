@@ -328,3 +328,124 @@ fn wait_converged(nodes: &[Option<Node>], accounts: usize) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn membership_changes_under_load_lose_no_write() {
+    let (mut dirs, mut ports, mut nodes) = start_group(3);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let nodes_for_writer: Vec<SocketAddr> = nodes
+        .iter()
+        .flatten()
+        .map(|n| n.meta_addr.unwrap())
+        .collect();
+    let secret = nodes[0].as_ref().unwrap().secret.clone();
+    // a writer streaming account creates through the first three members
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut acknowledged = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let name = format!("AUTH_load_{i}");
+                if write_to(&secret, &nodes_for_writer, &account(&name)).is_ok() {
+                    acknowledged.push(name);
+                }
+            }
+            acknowledged
+        })
+    };
+    // a fourth node joins as a learner, then becomes a voter; then member 3 is removed
+    dirs.push(tempfile::tempdir().unwrap());
+    ports.push(
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port(),
+    );
+    nodes.push(Some(Node::start_with(dirs[3].path(), Some((4, ports[3])))));
+    let new_addr = nodes[3].as_ref().unwrap().meta_addr.unwrap().to_string();
+    let learner = json!({"id": 4, "addr": new_addr});
+    post_to_leader(&nodes, "/meta/learners", &learner);
+    post_to_leader(&nodes, "/meta/voters", &json!({"voters": [1, 2, 3, 4]}));
+    post_to_leader(&nodes, "/meta/voters", &json!({"voters": [1, 2, 4]}));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acknowledged = writer.join().unwrap();
+    assert!(
+        acknowledged.len() > 10,
+        "only {} writes acknowledged",
+        acknowledged.len()
+    );
+
+    // members 1, 2 and 4 hold every acknowledged write
+    nodes[2].take().unwrap().kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let maps: Vec<ClusterMap> = nodes.iter().flatten().map(map_of).collect();
+        let agree = maps.windows(2).all(|w| w[0].encode() == w[1].encode());
+        if agree && acknowledged.iter().all(|a| maps[0].account(a).is_some()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members did not converge on every acknowledged write"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Writes through the given member addresses, following hints (no `Node` needed).
+fn write_to(
+    secret: &nimbus_core::auth::ClusterSecret,
+    addrs: &[SocketAddr],
+    command: &Value,
+) -> Result<Value, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut target = addrs[0];
+    let auth = Auth::Signed {
+        secret,
+        epoch: 0,
+        skew_secs: 0,
+    };
+    let body = serde_json::to_vec(command).unwrap();
+    let extra = [("content-type", "application/json".to_owned())];
+    while Instant::now() < deadline {
+        match send(target, "POST", "/meta/write", &auth, &extra, &body, None) {
+            Ok(r) if r.status == 200 => {
+                return Ok(serde_json::from_slice(&r.body).unwrap_or(Value::Null));
+            }
+            Ok(r) if r.status == 421 => {
+                let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+                if let Some(a) = v["leader_addr"].as_str().and_then(|a| a.parse().ok()) {
+                    target = a;
+                    continue;
+                }
+            }
+            Ok(r) if r.status == 503 => {}
+            Ok(r) => return Err(format!("{}", r.status)),
+            Err(e) => return Err(e.to_string()),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err("timeout".into())
+}
+
+/// Posts a membership request to whichever member leads.
+fn post_to_leader(nodes: &[Option<Node>], path: &str, body: &Value) {
+    let live: Vec<&Node> = nodes.iter().flatten().collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for n in &live {
+            if let Ok((status, v)) = call(n, n.meta_addr.unwrap(), "POST", path, body) {
+                if status == 200 {
+                    return;
+                }
+                assert!(status == 421 || status == 503, "{path}: {status} {v}");
+            }
+        }
+        assert!(Instant::now() < deadline, "{path}: no leader took it");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
