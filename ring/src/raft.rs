@@ -38,6 +38,7 @@
 //! entry points move them to tokio's blocking pool.
 
 pub mod group;
+pub mod liveness;
 pub mod log_store;
 pub mod network;
 pub mod server;

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -30,6 +31,38 @@ pub struct Config {
     /// Present on metadata members: this node also hosts a voter (or learner) of the cluster
     /// map's Raft group.
     pub meta: Option<MetaSection>,
+    /// Present when the node heartbeats its devices to the metadata members, whose leader
+    /// marks a device down when its heartbeats stop. Absent: no heartbeats.
+    pub heartbeat: Option<HeartbeatSection>,
+}
+
+/// Where and how often the node heartbeats.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatSection {
+    /// Metadata API addresses (`host:port`) of some or all members: the node asks them for
+    /// the leader and follows its hints. At least one.
+    pub members: Vec<String>,
+    /// Milliseconds between heartbeats; each heartbeat, leader hints included, must be
+    /// delivered within one interval. 50 to 60000; keep it well below the leader's
+    /// liveness timeout (15 s). Default 1000.
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub interval_ms: u64,
+    /// The node's address as its devices are placed in the rings (`ip:port`). Default: the
+    /// address the internal API is bound to (`listen`), which must then not be a wildcard.
+    pub node: Option<SocketAddr>,
+}
+
+impl HeartbeatSection {
+    /// Returns the interval between heartbeats.
+    #[must_use]
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+}
+
+fn default_heartbeat_interval_ms() -> u64 {
+    1000
 }
 
 /// A metadata member's settings.
@@ -221,11 +254,42 @@ impl Config {
                 problems.push(format!("meta.dir {} is not absolute", meta.dir.display()));
             }
         }
+        if let Some(heartbeat) = &self.heartbeat {
+            heartbeat_problems(heartbeat, self.listen, &mut problems);
+        }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(ConfigError { problems })
         }
+    }
+}
+
+/// Checks the `[heartbeat]` section of a node listening on `listen`.
+fn heartbeat_problems(h: &HeartbeatSection, listen: SocketAddr, problems: &mut Vec<String>) {
+    if h.members.is_empty() {
+        problems.push("heartbeat.members is empty: name at least one metadata member".into());
+    }
+    for member in &h.members {
+        let port = member
+            .rsplit_once(':')
+            .map(|(host, port)| (host, port.parse::<u16>()));
+        if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
+            problems.push(format!("heartbeat.members: {member:?} is not host:port"));
+        }
+    }
+    if !(50..=60_000).contains(&h.interval_ms) {
+        problems.push(format!(
+            "heartbeat.interval_ms = {}: use 50 to 60000",
+            h.interval_ms
+        ));
+    }
+    let node = h.node.unwrap_or(listen);
+    if node.ip().is_unspecified() {
+        problems.push(format!(
+            "heartbeat: the node address {node} is a wildcard; set heartbeat.node to the \
+             address its devices have in the rings"
+        ));
     }
 }
 
@@ -239,6 +303,34 @@ mod tests {
         let c = Config::from_toml(text).unwrap();
         assert_eq!(c.devices.len(), 2);
         assert_eq!(c.io_engine_kind(), Ok(IoEngineKind::Auto));
+        let heartbeat = c.heartbeat.unwrap();
+        assert_eq!(heartbeat.members.len(), 3);
+        assert_eq!(heartbeat.interval(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn heartbeat_problems_are_reported_with_the_others() {
+        let text = r#"
+            listen = "0.0.0.0:6200"
+            cluster_secret_file = "/etc/nimbus/secret"
+            [[device]]
+            name = "sdb"
+            path = "/srv/sdb"
+            [heartbeat]
+            members = ["10.0.0.1:6300", "10.0.0.2", ":6300", "10.0.0.3:0"]
+            interval_ms = 10
+        "#;
+        let err = Config::from_toml(text).unwrap_err();
+        assert_eq!(err.problems.len(), 5, "{err}");
+        let fixed = text
+            .replace(r#", "10.0.0.2", ":6300", "10.0.0.3:0""#, "")
+            .replace("interval_ms = 10", "node = \"10.0.0.7:6200\"");
+        let c = Config::from_toml(&fixed).unwrap();
+        let heartbeat = c.heartbeat.unwrap();
+        assert_eq!(heartbeat.interval_ms, 1000);
+        assert_eq!(heartbeat.node, Some("10.0.0.7:6200".parse().unwrap()));
+        let empty = fixed.replace(r#"members = ["10.0.0.1:6300"]"#, "members = []");
+        assert_eq!(Config::from_toml(&empty).unwrap_err().problems.len(), 1);
     }
 
     #[test]

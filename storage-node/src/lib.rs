@@ -5,6 +5,7 @@
 //!   thread) and `portable` (blocking calls on a dedicated pool), behind [`io::Engine`].
 //! - [`store`]: fragment files: write protocol, range reads that verify, quarantine.
 //! - [`index`]: the index store: index entries per shard, sequence numbers, conditional apply.
+//! - [`heartbeat`]: heartbeats of the node's devices to the metadata leader.
 //!
 //! **Invariant:** only `io::uring` contains `unsafe` code.
 
@@ -12,6 +13,7 @@
 
 pub mod api;
 pub mod config;
+pub mod heartbeat;
 pub mod index;
 pub mod io;
 pub mod node;

@@ -1,6 +1,9 @@
 //! Starting a storage node: read the secret, open every device (engine, fragment store,
-//! index store), start the metadata member if configured, bind the internal API and serve
-//! until told to stop.
+//! index store), start the metadata member if configured, bind the internal API, start
+//! heartbeats if configured, and serve until told to stop.
+//!
+//! **Invariant:** every task the node spawns is owned by its [`RunningNode`] and stopped by
+//! [`RunningNode::wait`] once the server has stopped.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,10 +13,14 @@ use std::sync::Arc;
 
 use nimbus_core::auth::{AuthError, ClusterSecret};
 use nimbus_ring::raft::group::{MetaConfig, MetaNode, RaftTuning};
+use nimbus_ring::raft::network::PeerClient;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::api::{self, Device, NodeState};
 use crate::config::Config;
+use crate::heartbeat::Heartbeats;
 use crate::index::IndexStore;
 use crate::io::Engine;
 use crate::store::{FragmentStore, StoreConfig, StoreError};
@@ -77,11 +84,22 @@ pub struct RunningNode {
     pub engines: Vec<(String, &'static str)>,
     /// The metadata member this node hosts, if configured.
     pub meta: Option<MetaNode>,
-    server: tokio::task::JoinHandle<Result<(), NodeError>>,
+    server: JoinHandle<Result<(), NodeError>>,
+    heartbeats: Option<RunningHeartbeats>,
 }
 
+/// The heartbeat task and the sender that stops it.
+struct RunningHeartbeats {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// How long the heartbeat task may take to stop (it stops at once, even mid-call).
+const HEARTBEAT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl RunningNode {
-    /// Waits until the server stops (after the shutdown future given to [`start`] resolves).
+    /// Waits until the server stops (after the shutdown future given to [`start`] resolves),
+    /// then stops the heartbeats and the metadata member.
     ///
     /// # Errors
     /// [`NodeError::Serve`] when serving failed.
@@ -92,6 +110,18 @@ impl RunningNode {
                 source: std::io::Error::other(join.to_string()),
             })
         });
+        if let Some(RunningHeartbeats { stop, task }) = self.heartbeats {
+            stop.send_replace(true);
+            let abort = task.abort_handle();
+            match tokio::time::timeout(HEARTBEAT_STOP_TIMEOUT, task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "heartbeat task failed"),
+                Err(_) => {
+                    tracing::warn!("heartbeat task did not stop in time; aborting it");
+                    abort.abort();
+                }
+            }
+        }
         if let Some(meta) = &self.meta {
             meta.shutdown().await;
         }
@@ -172,7 +202,8 @@ pub async fn start(
         }
         None => None,
     };
-    let state = Arc::new(NodeState::new(secret, devices, 0));
+    let device_names = config.devices.iter().map(|d| d.name.clone()).collect();
+    let state = Arc::new(NodeState::new(secret.clone(), devices, 0));
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| NodeError::Serve {
@@ -183,6 +214,22 @@ pub async fn start(
         addr: config.listen,
         source,
     })?;
+    let heartbeats = config.heartbeat.as_ref().map(|h| {
+        let node = h.node.unwrap_or(local_addr);
+        let sender = Heartbeats::new(
+            PeerClient::new(secret),
+            h.members.clone(),
+            node,
+            device_names,
+            h.interval(),
+        );
+        let (stop, stopped) = watch::channel(false);
+        tracing::info!(%node, members = ?h.members, interval_ms = h.interval_ms, "heartbeats started");
+        RunningHeartbeats {
+            stop,
+            task: tokio::spawn(sender.run(stopped)),
+        }
+    });
     let app = api::router(state);
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -198,5 +245,6 @@ pub async fn start(
         engines,
         meta,
         server,
+        heartbeats,
     })
 }

@@ -5,13 +5,19 @@
 //! <dir>/raft-log.redb          log_store::LogStore
 //! <dir>/snapshots/             snapshot_file, written by state_machine::MapStateMachine
 //! http://<listen>/raft/…       peers' Raft RPCs      (server)
-//! http://<listen>/meta/…       writes, map reads,    (server)
-//!                              membership, status
+//! http://<listen>/meta/…       writes, map reads     (server)
+//!                              and watches,
+//!                              membership, status,
+//!                              heartbeats            (server → liveness)
 //! ```
 //!
 //! Writes go to the leader from any member: [`MetaNode::write`] proposes locally when this
 //! member leads, and otherwise sends the command to the leader's `/meta/write`, following
 //! the leader hints members answer with, until a deadline.
+//!
+//! Storage nodes heartbeat to the leader; its liveness task (`raft::liveness`) marks their
+//! devices down and up in the map. Every member runs that task; it acts only while its
+//! member leads, with a fresh tracker per term.
 //!
 //! **Invariants:**
 //! - A write is retried only when it certainly was not proposed: a member that is not the
@@ -20,6 +26,8 @@
 //!   (a retried create then answers "exists").
 //! - Every wait is bounded: by [`RaftTuning::request_timeout`] for writes, reads and
 //!   membership checks, by the RPC deadlines of `raft::network` for peers.
+//! - Every task a member spawns (its HTTP server, its liveness task) is owned by the
+//!   [`MetaNode`] and stopped by [`MetaNode::shutdown`].
 //! - Membership changes go through [`Membership`] (also behind the HTTP API), which refuses
 //!   a change that would leave no voter, name a member the group does not know, or make
 //!   voters whose majority is not caught up with the leader before anything is proposed.
@@ -33,7 +41,7 @@ use std::time::Duration;
 
 use nimbus_core::auth::ClusterSecret;
 use openraft::{BasicNode, Config, Raft, RaftMetrics, SnapshotPolicy};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -45,12 +53,14 @@ pub use membership::{
     MemberState, MemberStatus, Membership, MembershipError, MembershipView, check_voters,
 };
 
+use super::liveness::Liveness;
 use super::log_store::{LogStore, OpenError};
 use super::network::{HttpNetworkFactory, PeerClient};
 use super::server::{self, ServerState};
 use super::state_machine::{MapReader, MapStateMachine, StateMachineOpenError};
 use super::{MapRaft, NodeId};
 use crate::error::FormatError;
+use crate::liveness::LivenessConfig;
 use crate::map::ClusterMap;
 
 /// Snapshot chunk size sent per `/raft/snapshot` request.
@@ -61,6 +71,9 @@ pub const CAUGHT_UP_LAG_ENTRIES: u64 = 100;
 
 /// How long to pause before asking again who leads, while an election is under way.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// How long the liveness task may take to stop (it stops between Raft writes).
+const LIVENESS_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a stopping server may take to finish its requests before it is dropped.
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -87,8 +100,15 @@ pub struct RaftTuning {
     /// catches up without a snapshot. Default 1000.
     pub logs_kept_after_snapshot: u64,
     /// Deadline of [`MetaNode::write`], [`MetaNode::linearizable_map`], of membership
-    /// changes and of the HTTP handlers behind them. Default 5 s.
+    /// changes and of the HTTP handlers behind them, and of each device state change the
+    /// leader's liveness task writes. Default 5 s.
     pub request_timeout: Duration,
+    /// When the leader marks a device down (unheard of for `timeout_ms`, default 15 s) and
+    /// how it damps flapping; see [`LivenessConfig`].
+    pub liveness: LivenessConfig,
+    /// How often the leader compares heartbeats with the map and proposes the changes.
+    /// Default 1 s.
+    pub liveness_tick: Duration,
 }
 
 impl Default for RaftTuning {
@@ -101,6 +121,8 @@ impl Default for RaftTuning {
             snapshot_every_logs: 1000,
             logs_kept_after_snapshot: 1000,
             request_timeout: Duration::from_secs(5),
+            liveness: LivenessConfig::default(),
+            liveness_tick: Duration::from_secs(1),
         }
     }
 }
@@ -207,13 +229,17 @@ pub struct MetaNode {
     client: PeerClient,
     membership: Membership,
     tuning: RaftTuning,
-    server: StdMutex<Option<RunningServer>>,
+    running: StdMutex<Option<Running>>,
 }
 
-/// The HTTP server's task and the sender that stops it.
-struct RunningServer {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<()>>,
+/// The member's tasks and the senders that stop them.
+struct Running {
+    /// Stops the HTTP server (gracefully: requests in flight finish).
+    stop_server: oneshot::Sender<()>,
+    server: JoinHandle<std::io::Result<()>>,
+    /// Turns `true` to stop the liveness task and end waiting watches.
+    stopping: watch::Sender<bool>,
+    liveness: JoinHandle<()>,
 }
 
 impl fmt::Debug for MetaNode {
@@ -278,6 +304,15 @@ impl MetaNode {
             reader.clone(),
             tuning.request_timeout,
         );
+        let liveness = Arc::new(Liveness::new(
+            config.id,
+            raft.clone(),
+            reader.clone(),
+            tuning.liveness,
+            tuning.liveness_tick,
+            tuning.request_timeout,
+        ));
+        let (stopping, stopping_rx) = watch::channel(false);
         let state = Arc::new(ServerState {
             id: config.id,
             raft: raft.clone(),
@@ -285,7 +320,11 @@ impl MetaNode {
             membership: membership.clone(),
             secret: config.secret,
             request_timeout: tuning.request_timeout,
+            liveness: Arc::clone(&liveness),
+            stopping: stopping_rx.clone(),
+            watchers: Semaphore::new(server::MAX_WATCHERS),
         });
+        let liveness = tokio::spawn(async move { liveness.run(stopping_rx).await });
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let app = server::router(state);
         let serving = tokio::spawn(async move {
@@ -306,9 +345,11 @@ impl MetaNode {
             client,
             membership,
             tuning,
-            server: StdMutex::new(Some(RunningServer {
-                stop: stop_tx,
-                task: serving,
+            running: StdMutex::new(Some(Running {
+                stop_server: stop_tx,
+                server: serving,
+                stopping,
+                liveness,
             })),
         })
     }
@@ -414,22 +455,38 @@ impl MetaNode {
         self.membership.change_membership(voters).await.map(drop)
     }
 
-    /// Stops Raft and the HTTP server. The member's files stay; a new [`MetaNode::start`]
-    /// on the same directory resumes it.
+    /// Stops the liveness task, Raft and the HTTP server (waiting watches are answered
+    /// 503). The member's files stay; a new [`MetaNode::start`] on the same directory
+    /// resumes it.
     pub async fn shutdown(&self) {
-        let server = self
-            .server
+        let running = self
+            .running
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        let Some(RunningServer {
-            stop,
-            task: serving,
-        }) = server
+        let Some(Running {
+            stop_server,
+            server: serving,
+            stopping,
+            liveness,
+        }) = running
         else {
             return;
         };
-        let _ = stop.send(());
+        stopping.send_replace(true);
+        let abort = liveness.abort_handle();
+        match tokio::time::timeout(LIVENESS_STOP_TIMEOUT, liveness).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(id = self.id, error = %e, "liveness task failed"),
+            Err(_) => {
+                warn!(
+                    id = self.id,
+                    "liveness task did not stop in time; aborting it"
+                );
+                abort.abort();
+            }
+        }
+        let _ = stop_server.send(());
         if let Err(e) = self.raft.shutdown().await {
             warn!(id = self.id, error = %e, "raft task ended abnormally");
         }

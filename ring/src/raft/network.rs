@@ -73,6 +73,8 @@ pub mod paths {
     pub const VOTERS: &str = "/meta/voters";
     /// A member's view of the group and its map.
     pub const STATUS: &str = "/meta/status";
+    /// A storage node's heartbeat: the devices it runs (leader only).
+    pub const HEARTBEAT: &str = "/meta/heartbeat";
 }
 
 /// The largest answer read from a Raft RPC (they are small: a vote, a log id).

@@ -10,6 +10,8 @@
 //! | POST | `/raft/snapshot` | openraft `InstallSnapshotRequest` (one chunk), JSON | 200, `Result<InstallSnapshotResponse, RaftError>` JSON |
 //! | POST | `/meta/write` | a [`MapCommand`], JSON | 200 once committed, the [`MapResponse`] JSON (`{"Ok":…}` or `{"Err":…}`: a command the map refused is committed and answered too) |
 //! | GET | `/meta/map[?linearizable=true]` | — | 200, [`ClusterMap::encode`] bytes, with [`VERSION_HEADER`] |
+//! | GET | `/meta/map?since=V[&wait_ms=N][&linearizable=true]` | — | a watch: 200 and the map as above once this member's map is newer than version `V` (at once if it already is), waiting up to `N` ms (default 0, at most [`MAX_WATCH_WAIT`]); else 304 with [`VERSION_HEADER`] and no body |
+//! | POST | `/meta/heartbeat` | [`HeartbeatRequest`] JSON: `{"node": "10.0.0.7:6200", "devices": ["sdb", "sdc"]}` | 200, [`HeartbeatResponse`] JSON, once the leader recorded it (leader only; the time is the leader's) |
 //! | POST | `/meta/init` | [`InitRequest`] JSON: `{"members": {"1": "10.0.0.1:7001", …}}` | 200, the [`MembershipView`] JSON, once this member is initialized |
 //! | POST | `/meta/learners` | [`AddLearnerRequest`] JSON: `{"id": 4, "addr": …}` | 200, the [`MembershipView`] JSON, once committed (leader only) |
 //! | POST | `/meta/voters` | [`VotersRequest`] JSON: `{"voters": [1, 2, 3]}` | 200, the [`MembershipView`] JSON, once committed (leader only) |
@@ -19,7 +21,8 @@
 //! change is refused before anything is proposed with 400 or 409:
 //!
 //! ```text
-//! 400 bad_request     the body or query does not parse
+//! 400 bad_request     the body or query does not parse (or `wait_ms` without `since`, or
+//!                     a heartbeat naming too many devices or a malformed name)
 //! 400 no_voters       /meta/init or /meta/voters named no member
 //! 400 bad_address     a member address is not host:port
 //! 400 not_in_members  /meta/init reached a member that is not among those named
@@ -30,21 +33,27 @@
 //! 409 membership_change_refused  Raft refused the change (another one is in progress)
 //! 401 unauthenticated a credential header is missing
 //! 403 forbidden       malformed credentials, a bad signature, or a date too far off
-//! 421 not_leader      /meta/write, /meta/learners, /meta/voters or a linearizable read
-//!                     reached a member that is not the
-//!                     leader; the body adds "leader_id" and "leader_addr" so the caller
-//!                     resends there. Members do not forward: one hop, no loops.
+//! 421 not_leader      /meta/write, /meta/learners, /meta/voters, /meta/heartbeat or a
+//!                     linearizable read reached a member that is not the leader; the
+//!                     body adds "leader_id" and "leader_addr" so the caller resends
+//!                     there. Members do not forward: one hop, no loops.
 //! 421 wrong_member    a Raft RPC named another member in x-nimbus-raft-target
 //! 503 no_leader       no leader is known yet (nothing was proposed; retry)
-//! 503 unavailable     no quorum answered, or the member stopped (a write may be applied)
+//! 503 unavailable     no quorum answered, or the member stopped (a write may be applied;
+//!                     a watch ends with it when its member stops)
 //! 504 timeout         a write or membership change was not committed in time; it may
 //!                     still be
 //! 500 internal        Raft failed on this member (details in its log)
 //! ```
 //!
+//! A watch holds its request open for at most [`MAX_WATCH_WAIT`], and at most
+//! [`MAX_WATCHERS`] watches wait at once per member; beyond that a watch is answered at once,
+//! as with `wait_ms=0`. A watcher's client timeout must exceed its `wait_ms`.
+//!
 //! **Boundary:** this is the wire contract between metadata members, and with the
 //! storage nodes and proxies that write to and read the map.
 
+mod heartbeat;
 mod membership;
 
 use std::sync::Arc;
@@ -64,13 +73,16 @@ use openraft::{BasicNode, Raft};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::{Semaphore, watch};
 
 use super::group::{Membership, MembershipError};
+use super::liveness::Liveness;
 use super::network::{TARGET_HEADER, paths};
 use super::state_machine::MapReader;
 use super::{MapRaft, NodeId};
 use crate::map::{ClusterMap, MapCommand};
 
+pub use heartbeat::{HeartbeatRequest, HeartbeatResponse, MAX_HEARTBEAT_DEVICES};
 pub use membership::{AddLearnerRequest, InitRequest, VotersRequest};
 
 #[cfg(doc)]
@@ -87,6 +99,13 @@ pub const MAX_RAFT_BODY_BYTES: usize = 16 << 20;
 
 /// The largest `/meta/write` body accepted.
 pub const MAX_WRITE_BODY_BYTES: usize = 1 << 20;
+
+/// The longest a watch (`GET /meta/map?since=…&wait_ms=…`) waits for a newer map; a
+/// longer `wait_ms` is cut to it.
+pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(30);
+
+/// The most watches that wait at once on one member.
+pub const MAX_WATCHERS: usize = 4096;
 
 /// The error code of a 503 answer to a request that was refused before anything was
 /// proposed, because no leader is known yet (an election is under way): safe to retry.
@@ -124,6 +143,12 @@ pub struct ServerState {
     pub secret: ClusterSecret,
     /// How long a write or a linearizable read may wait for Raft.
     pub request_timeout: Duration,
+    /// The liveness duty that heartbeats are recorded by.
+    pub liveness: Arc<Liveness>,
+    /// Turns `true` when the member stops: waiting watches end at once.
+    pub stopping: watch::Receiver<bool>,
+    /// Permits of the watches that may wait at once ([`MAX_WATCHERS`]).
+    pub watchers: Semaphore,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -148,6 +173,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route(paths::LEARNERS, post(membership::add_learner))
         .route(paths::VOTERS, post(membership::voters))
         .route(paths::STATUS, get(membership::status))
+        .route(paths::HEARTBEAT, post(heartbeat::heartbeat))
         .layer(DefaultBodyLimit::max(MAX_WRITE_BODY_BYTES));
     raft.merge(meta)
         .layer(axum::middleware::from_fn_with_state(
@@ -371,6 +397,10 @@ async fn write(State(state): State<Arc<ServerState>>, body: Bytes) -> Result<Res
 struct MapQuery {
     /// Confirm leadership with a quorum (read index) before reading.
     linearizable: Option<bool>,
+    /// Watch: answer with a map newer than this version, or 304.
+    since: Option<u64>,
+    /// Watch: how long to wait for a newer map, in milliseconds. Default 0.
+    wait_ms: Option<u64>,
 }
 
 async fn map(
@@ -378,11 +408,57 @@ async fn map(
     query: Result<Query<MapQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if query.wait_ms.is_some() && query.since.is_none() {
+        return Err(ApiError::BadRequest("wait_ms needs since".to_owned()));
+    }
     if query.linearizable == Some(true) {
         ensure_linearizable(&state).await?;
     }
-    let map = state.reader.current();
-    encoded_map_response(map).await
+    let Some(since) = query.since else {
+        return encoded_map_response(state.reader.current()).await;
+    };
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(MAX_WATCH_WAIT);
+    match watch_map(&state, since, wait).await? {
+        Some(map) => encoded_map_response(map).await,
+        None => Ok(not_modified(&state.reader.current())),
+    }
+}
+
+/// Returns this member's map once it is newer than version `since`, or `None` when none
+/// came within `wait` (or `wait` is zero, or too many watches wait already).
+async fn watch_map(
+    state: &ServerState,
+    since: u64,
+    wait: Duration,
+) -> Result<Option<Arc<ClusterMap>>, ApiError> {
+    let current = state.reader.current();
+    if current.version() > since {
+        return Ok(Some(current));
+    }
+    let Ok(_permit) = state.watchers.try_acquire() else {
+        tracing::debug!(since, "too many watches waiting; answering at once");
+        return Ok(None);
+    };
+    let mut stopping = state.stopping.clone();
+    let newer = tokio::select! {
+        newer = tokio::time::timeout(wait, state.reader.wait_newer_than(since)) => newer,
+        _ = stopping.wait_for(|stopped| *stopped) => Ok(Err(super::state_machine::MapClosed)),
+    };
+    match newer {
+        Ok(Ok(map)) => Ok(Some(map)),
+        Ok(Err(closed)) => Err(ApiError::Unavailable(closed.to_string())),
+        // A map applied just as the wait ran out is still an answer.
+        Err(_elapsed) => Ok(Some(state.reader.current()).filter(|m| m.version() > since)),
+    }
+}
+
+/// The `304 Not Modified` answer of a watch: no body, the member's version and epoch.
+fn not_modified(map: &ClusterMap) -> Response {
+    let mut response = StatusCode::NOT_MODIFIED.into_response();
+    let headers = response.headers_mut();
+    headers.insert(VERSION_HEADER, HeaderValue::from(map.version()));
+    headers.insert(EPOCH_HEADER, HeaderValue::from(map.epoch().0));
+    response
 }
 
 /// Waits until this member is the leader confirmed by a quorum and has applied everything
