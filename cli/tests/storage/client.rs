@@ -51,7 +51,7 @@ pub fn send(
     body: &[u8],
     declared: Option<usize>,
 ) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect(addr)?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut head =
         format!("{method} {path_and_query} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");

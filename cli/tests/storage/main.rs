@@ -9,6 +9,7 @@ mod t10_api;
 mod t20_crash;
 mod t30_index;
 mod t40_meta;
+mod t50_partition;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
