@@ -79,6 +79,18 @@ pub struct MetaSection {
     pub listen: SocketAddr,
     /// The address other members and clients reach it at, when not `listen`.
     pub advertise: Option<String>,
+    /// A snapshot of the map is taken once this many log entries were applied since the
+    /// last one. Default 1000.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every_logs: u64,
+    /// Log entries kept behind the last snapshot, so that a briefly lagging member catches up
+    /// without one. Default 1000.
+    #[serde(default = "default_snapshot_every")]
+    pub logs_kept_after_snapshot: u64,
+}
+
+fn default_snapshot_every() -> u64 {
+    1000
 }
 
 fn default_meta_listen() -> SocketAddr {
@@ -249,6 +261,9 @@ impl Config {
         if let Some(meta) = &self.meta {
             if meta.id == 0 {
                 problems.push("meta.id must be a positive integer".into());
+            }
+            if meta.snapshot_every_logs == 0 {
+                problems.push("meta.snapshot_every_logs must be at least 1".into());
             }
             if meta.dir.is_relative() {
                 problems.push(format!("meta.dir {} is not absolute", meta.dir.display()));

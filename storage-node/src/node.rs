@@ -193,7 +193,11 @@ pub async fn start(
                 listen: m.listen,
                 advertise: m.advertise.clone(),
                 secret: secret.clone(),
-                tuning: RaftTuning::default(),
+                tuning: RaftTuning {
+                    snapshot_every_logs: m.snapshot_every_logs,
+                    logs_kept_after_snapshot: m.logs_kept_after_snapshot,
+                    ..RaftTuning::default()
+                },
             })
             .await
             .map_err(|e| NodeError::Meta(format!("{e:#}")))?;

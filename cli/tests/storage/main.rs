@@ -60,7 +60,9 @@ impl Node {
             "#,
             dir = dir.display(),
             meta = meta.map_or(String::new(), |(id, port)| format!(
-                "[meta]\nid = {id}\ndir = \"{}/meta\"\nlisten = \"127.0.0.1:{port}\"",
+                // Small snapshots that purge the whole log: a member that joins late can
+                // only catch up through a snapshot.
+                "[meta]\nid = {id}\ndir = \"{}/meta\"\nlisten = \"127.0.0.1:{port}\"\nsnapshot_every_logs = 16\nlogs_kept_after_snapshot = 0",
                 dir.display()
             )),
         );

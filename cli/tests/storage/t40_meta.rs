@@ -355,6 +355,12 @@ fn membership_changes_under_load_lose_no_write() {
             acknowledged
         })
     };
+    // enough writes that the leader has snapshotted and purged its whole log (the members
+    // snapshot every 16 entries and keep none behind): the newcomer can only catch up
+    // through a snapshot
+    for i in 0..40 {
+        write(&nodes, &account(&format!("AUTH_early_{i}"))).unwrap();
+    }
     // a fourth node joins as a learner, then becomes a voter; then member 3 is removed
     dirs.push(tempfile::tempdir().unwrap());
     ports.push(
@@ -379,6 +385,13 @@ fn membership_changes_under_load_lose_no_write() {
         acknowledged.len()
     );
 
+    assert!(
+        dirs[3]
+            .path()
+            .join("meta/snapshots/current.snapshot")
+            .is_file(),
+        "the new member holds no snapshot"
+    );
     // members 1, 2 and 4 hold every acknowledged write
     nodes[2].take().unwrap().kill();
     let deadline = Instant::now() + Duration::from_secs(20);
