@@ -100,6 +100,64 @@ impl ClusterSecret {
     }
 }
 
+/// The credential headers of a request, as received.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestCredentials<'a> {
+    /// `authorization`.
+    pub authorization: Option<&'a str>,
+    /// [`DATE_HEADER`].
+    pub date: Option<&'a str>,
+    /// [`EPOCH_HEADER`].
+    pub epoch: Option<&'a str>,
+}
+
+/// Why a request was refused, and how to answer: missing credentials are a 401, wrong ones
+/// a 403.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestAuthError {
+    /// A credential header is missing (401).
+    #[error("authentication required")]
+    Missing,
+    /// Credentials are malformed, do not verify, or the date is too far off (403).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+}
+
+impl ClusterSecret {
+    /// Checks a request's credentials against its method, path and query, and the receiver's
+    /// clock (`now_secs`); returns the sender's epoch.
+    ///
+    /// # Errors
+    /// [`RequestAuthError::Missing`] without all three headers; [`RequestAuthError::Forbidden`]
+    /// for malformed values, a bad signature, or a date more than [`MAX_SKEW_SECS`] away.
+    pub fn check_request(
+        &self,
+        credentials: RequestCredentials<'_>,
+        method: &str,
+        path_and_query: &str,
+        now_secs: u64,
+    ) -> Result<u64, RequestAuthError> {
+        let (Some(authorization), Some(date), Some(epoch)) = (
+            credentials.authorization,
+            credentials.date,
+            credentials.epoch,
+        ) else {
+            return Err(RequestAuthError::Missing);
+        };
+        let malformed = |what: &str| RequestAuthError::Forbidden(format!("malformed {what}"));
+        let date: u64 = date.parse().map_err(|_| malformed(DATE_HEADER))?;
+        let epoch: u64 = epoch.parse().map_err(|_| malformed(EPOCH_HEADER))?;
+        self.verify(authorization, method, path_and_query, date, epoch)
+            .map_err(|e| RequestAuthError::Forbidden(e.to_string()))?;
+        if now_secs.abs_diff(date) > MAX_SKEW_SECS {
+            return Err(RequestAuthError::Forbidden(format!(
+                "request date {date} is more than {MAX_SKEW_SECS} s from the receiver's clock"
+            )));
+        }
+        Ok(epoch)
+    }
+}
+
 /// Why a request is not authenticated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -151,5 +209,43 @@ mod tests {
         assert_eq!(format!("{secret:?}"), "ClusterSecret(..)");
         assert_eq!(ClusterSecret::from_hex(&secret.to_hex()).unwrap(), secret);
         assert!(ClusterSecret::from_hex("abc").is_err());
+    }
+
+    #[test]
+    fn requests_are_checked_for_presence_signature_and_date() {
+        let secret = ClusterSecret::new([3; 32]);
+        let now = 1_700_000_000;
+        let auth = secret.sign("GET", "/x", now, 7);
+        let date = now.to_string();
+        let creds = RequestCredentials {
+            authorization: Some(&auth),
+            date: Some(&date),
+            epoch: Some("7"),
+        };
+        assert_eq!(secret.check_request(creds, "GET", "/x", now + 10), Ok(7));
+        let missing = RequestCredentials {
+            epoch: None,
+            ..creds
+        };
+        assert_eq!(
+            secret.check_request(missing, "GET", "/x", now),
+            Err(RequestAuthError::Missing)
+        );
+        assert!(matches!(
+            secret.check_request(creds, "GET", "/x", now + 3600),
+            Err(RequestAuthError::Forbidden(_))
+        ));
+        assert!(matches!(
+            secret.check_request(creds, "GET", "/y", now),
+            Err(RequestAuthError::Forbidden(_))
+        ));
+        let garbled = RequestCredentials {
+            date: Some("soon"),
+            ..creds
+        };
+        assert!(matches!(
+            secret.check_request(garbled, "GET", "/x", now),
+            Err(RequestAuthError::Forbidden(_))
+        ));
     }
 }

@@ -89,42 +89,7 @@ fn map_of(node: &Node) -> ClusterMap {
 
 #[test]
 fn killing_the_metadata_leader_loses_no_acknowledged_bucket_create() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    // Fixed metadata ports: a member that restarts must come back at its address.
-    let ports: Vec<u16> = (0..3)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
-    let mut nodes: Vec<Option<Node>> = dirs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| Some(Node::start_with(d.path(), Some((i as u64 + 1, ports[i])))))
-        .collect();
-    let members: serde_json::Map<String, Value> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            (
-                (i + 1).to_string(),
-                json!(n.as_ref().unwrap().meta_addr.unwrap().to_string()),
-            )
-        })
-        .collect();
-    let first = nodes[0].as_ref().unwrap();
-    let (status, body) = call(
-        first,
-        first.meta_addr.unwrap(),
-        "POST",
-        "/meta/init",
-        &json!({ "members": members }),
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{body}");
+    let (dirs, ports, mut nodes) = start_group(3);
 
     let policy = json!({"command": "create_policy", "spec": "rep3", "part_power": 4, "min_part_hours": 0,
         "seed": 1, "hash_key": vec![7u8; 32], "make_default": true});

@@ -67,7 +67,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use nimbus_core::auth::{ClusterSecret, DATE_HEADER, EPOCH_HEADER, MAX_SKEW_SECS};
+use nimbus_core::auth::{
+    ClusterSecret, DATE_HEADER, EPOCH_HEADER, RequestAuthError, RequestCredentials,
+};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{BasicNode, Raft};
 use serde::de::DeserializeOwned;
@@ -293,35 +295,22 @@ async fn authenticate(
 
 fn check_signature(secret: &ClusterSecret, request: &Request) -> Result<(), ApiError> {
     let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
-    let (Some(authorization), Some(date), Some(epoch)) = (
-        header(header::AUTHORIZATION.as_str()),
-        header(DATE_HEADER),
-        header(EPOCH_HEADER),
-    ) else {
-        return Err(ApiError::Unauthenticated);
+    let credentials = RequestCredentials {
+        authorization: header(header::AUTHORIZATION.as_str()),
+        date: header(DATE_HEADER),
+        epoch: header(EPOCH_HEADER),
     };
-    let malformed = |what: &str| ApiError::Forbidden(format!("malformed {what}"));
-    let date: u64 = date.parse().map_err(|_| malformed(DATE_HEADER))?;
-    let epoch: u64 = epoch.parse().map_err(|_| malformed(EPOCH_HEADER))?;
     let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    secret
-        .verify(
-            authorization,
-            request.method().as_str(),
-            path_and_query,
-            date,
-            epoch,
-        )
-        .map_err(|e| ApiError::Forbidden(e.to_string()))?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    if now.abs_diff(date) > MAX_SKEW_SECS {
-        return Err(ApiError::Forbidden(format!(
-            "request date {date} is more than {MAX_SKEW_SECS} s from this member's clock"
-        )));
-    }
-    Ok(())
+    secret
+        .check_request(credentials, request.method().as_str(), path_and_query, now)
+        .map(|_epoch| ())
+        .map_err(|e| match e {
+            RequestAuthError::Missing => ApiError::Unauthenticated,
+            RequestAuthError::Forbidden(why) => ApiError::Forbidden(why),
+        })
 }
 
 /// Parses a JSON body, or refuses it with 400.

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use nimbus_core::auth::{DATE_HEADER, EPOCH_HEADER, MAX_SKEW_SECS};
+use nimbus_core::auth::{DATE_HEADER, EPOCH_HEADER, RequestAuthError, RequestCredentials};
 
 use super::{ApiError, NodeState};
 
@@ -25,34 +25,21 @@ pub(super) async fn authenticate(
 
 fn check(state: &NodeState, request: &Request) -> Result<(), ApiError> {
     let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
-    let (Some(authorization), Some(date), Some(epoch)) = (
-        header("authorization"),
-        header(DATE_HEADER),
-        header(EPOCH_HEADER),
-    ) else {
-        return Err(ApiError::Unauthenticated);
+    let credentials = RequestCredentials {
+        authorization: header("authorization"),
+        date: header(DATE_HEADER),
+        epoch: header(EPOCH_HEADER),
     };
-    let bad = |what: &str| ApiError::Forbidden(format!("malformed {what}"));
-    let date: u64 = date.parse().map_err(|_| bad(DATE_HEADER))?;
-    let epoch: u64 = epoch.parse().map_err(|_| bad(EPOCH_HEADER))?;
     let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    state
-        .secret
-        .verify(
-            authorization,
-            request.method().as_str(),
-            path_and_query,
-            date,
-            epoch,
-        )
-        .map_err(|e| ApiError::Forbidden(e.to_string()))?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    if now.abs_diff(date) > MAX_SKEW_SECS {
-        return Err(ApiError::Forbidden(format!(
-            "request date {date} is more than {MAX_SKEW_SECS} s from this node's clock"
-        )));
-    }
+    let epoch = state
+        .secret
+        .check_request(credentials, request.method().as_str(), path_and_query, now)
+        .map_err(|e| match e {
+            RequestAuthError::Missing => ApiError::Unauthenticated,
+            RequestAuthError::Forbidden(why) => ApiError::Forbidden(why),
+        })?;
     state.observe_epoch(epoch)
 }
