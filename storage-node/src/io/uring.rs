@@ -130,12 +130,10 @@ pub(super) struct Ring {
 impl Ring {
     /// Sets up the ring, registers the pool's buffers and starts the ring thread.
     pub(super) fn start(entries: u32, pool: &BufPool) -> io::Result<Ring> {
-        // The ring thread reaps right after every wait: the kernel need not interrupt anyone
-        // to run completion work (COOP_TASKRUN; older kernels lack it).
-        let ring = IoUring::builder()
-            .setup_coop_taskrun()
-            .build(entries)
-            .or_else(|_| IoUring::new(entries))?;
+        // No COOP_TASKRUN: operations are submitted from tokio's worker threads, and some
+        // completions are finished as task work of the submitting thread; without the
+        // kernel's interruption, a worker parked in epoll_wait would hold them back.
+        let ring = IoUring::new(entries)?;
         let iovecs: Vec<libc::iovec> = pool
             .regions()
             .iter()
