@@ -96,6 +96,11 @@ enum MetaCommand {
         /// The address members reach it at, host:port.
         addr: String,
     },
+    /// Remove a learner from the group (a voter leaves through `voters` first).
+    RemoveLearner {
+        /// Its id.
+        id: NodeId,
+    },
     /// Make exactly these members the voters; members left out leave the group.
     Voters {
         /// The voters' ids.
@@ -176,6 +181,13 @@ async fn meta(client: &MetaClient, command: MetaCommand) -> Result<Report> {
             let view = client.add_learner(id, addr.clone()).await?;
             Ok(output::membership(
                 &format!("member {id} at {addr} is a learner"),
+                &view,
+            ))
+        }
+        MetaCommand::RemoveLearner { id } => {
+            let view = client.remove_learner(id).await?;
+            Ok(output::membership(
+                &format!("member {id} left the group"),
                 &view,
             ))
         }

@@ -562,6 +562,11 @@ fn commands_reach_the_leader_from_any_member_given() {
         out.ends_with(&format!("learners {}\n", cluster.pair(4))),
         "{out}"
     );
+    // a learner can leave again, and join again
+    let out = run(&["meta", "remove-learner", "4"]);
+    assert!(out.starts_with("member 4 left the group"), "{out}");
+    assert!(out.ends_with("learners none\n"), "{out}");
+    run(&["meta", "add-learner", "4", &cluster.addr(4)]);
     let out = run(&["meta", "voters", "1", "2", "3", "4"]);
     assert_eq!(
         out,
@@ -578,6 +583,13 @@ fn commands_reach_the_leader_from_any_member_given() {
     assert!(
         statuses.lines().any(|l| l.starts_with("member 4: ")),
         "{statuses}"
+    );
+    // a voter does not leave as a learner
+    let refused = cluster.nimbus_via(&via, &["meta", "remove-learner", "4"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is a voter"),
+        "{refused:?}"
     );
     let map = cluster.map();
     assert!(map.bucket("from-a-follower").is_some());

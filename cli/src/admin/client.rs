@@ -24,7 +24,8 @@ use nimbus_ring::map::{ClusterMap, MapCommand};
 use nimbus_ring::raft::group::{MemberStatus, MembershipView};
 use nimbus_ring::raft::network::{PeerClient, PeerError, PeerResponse, paths};
 use nimbus_ring::raft::server::{
-    AddLearnerRequest, InitRequest, MAX_WRITE_BODY_BYTES, NO_LEADER, VotersRequest,
+    AddLearnerRequest, InitRequest, MAX_WRITE_BODY_BYTES, NO_LEADER, RemoveLearnerRequest,
+    VotersRequest,
 };
 use nimbus_ring::raft::snapshot_file::MAX_SNAPSHOT_BYTES;
 use nimbus_ring::raft::{MapResponse, NodeId};
@@ -186,6 +187,21 @@ impl MetaClient {
         let body = AddLearnerRequest { id, addr };
         let call = Call {
             path: paths::LEARNERS,
+            body: Some(&body),
+            leader_only: true,
+            max_answer_bytes: MAX_JSON_ANSWER_BYTES,
+        };
+        json_answer(self.call(&call).await?, true)
+    }
+
+    /// Removes learner `id`, through the leader.
+    ///
+    /// # Errors
+    /// No member reachable, no leader, a refused request (a voter, an unknown member).
+    pub async fn remove_learner(&self, id: NodeId) -> Result<MembershipView> {
+        let body = RemoveLearnerRequest { id };
+        let call = Call {
+            path: paths::REMOVE_LEARNER,
             body: Some(&body),
             leader_only: true,
             max_answer_bytes: MAX_JSON_ANSWER_BYTES,

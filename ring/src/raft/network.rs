@@ -69,6 +69,8 @@ pub mod paths {
     pub const INIT: &str = "/meta/init";
     /// Adds a learner.
     pub const LEARNERS: &str = "/meta/learners";
+    /// Removing a learner.
+    pub const REMOVE_LEARNER: &str = "/meta/learners/remove";
     /// Sets the voters.
     pub const VOTERS: &str = "/meta/voters";
     /// A member's view of the group and its map.

@@ -14,6 +14,7 @@
 //! | POST | `/meta/heartbeat` | [`HeartbeatRequest`] JSON: `{"node": "10.0.0.7:6200", "devices": ["sdb", "sdc"]}` | 200, [`HeartbeatResponse`] JSON, once the leader recorded it (leader only; the time is the leader's) |
 //! | POST | `/meta/init` | [`InitRequest`] JSON: `{"members": {"1": "10.0.0.1:7001", …}}` | 200, the [`MembershipView`] JSON, once this member is initialized |
 //! | POST | `/meta/learners` | [`AddLearnerRequest`] JSON: `{"id": 4, "addr": …}` | 200, the [`MembershipView`] JSON, once committed (leader only) |
+//! | POST | `/meta/learners/remove` | [`RemoveLearnerRequest`] JSON: `{"id": 4}` | 200, the [`MembershipView`] JSON, once the learner is removed (leader only; 409 for a voter or an unknown member) |
 //! | POST | `/meta/voters` | [`VotersRequest`] JSON: `{"voters": [1, 2, 3]}` | 200, the [`MembershipView`] JSON, once committed (leader only) |
 //! | GET | `/meta/status` | — | 200, this member's [`MemberStatus`] JSON |
 //!
@@ -85,7 +86,7 @@ use super::{MapRaft, NodeId};
 use crate::map::{ClusterMap, MapCommand};
 
 pub use heartbeat::{HeartbeatRequest, HeartbeatResponse, MAX_HEARTBEAT_DEVICES};
-pub use membership::{AddLearnerRequest, InitRequest, VotersRequest};
+pub use membership::{AddLearnerRequest, InitRequest, RemoveLearnerRequest, VotersRequest};
 
 #[cfg(doc)]
 use super::MapResponse;
@@ -173,6 +174,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route(paths::MAP, get(map))
         .route(paths::INIT, post(membership::init))
         .route(paths::LEARNERS, post(membership::add_learner))
+        .route(paths::REMOVE_LEARNER, post(membership::remove_learner))
         .route(paths::VOTERS, post(membership::voters))
         .route(paths::STATUS, get(membership::status))
         .route(paths::HEARTBEAT, post(heartbeat::heartbeat))

@@ -352,6 +352,32 @@ impl Membership {
         self.committed(changed.await?)
     }
 
+    /// Removes learner `id` from the group (on the leader). Returns once the change is
+    /// committed, with the group's membership. A voter is not removed this way: change the
+    /// voters first.
+    ///
+    /// # Errors
+    /// [`MembershipError::UnknownMember`] and [`MembershipError::Refused`] (a voter) before
+    /// anything is proposed; [`MembershipError::NotLeader`]; a failure of Raft after.
+    pub async fn remove_learner(&self, id: NodeId) -> Result<MembershipView, MembershipError> {
+        let metrics = self.leader_metrics()?;
+        let membership = metrics.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(MembershipError::UnknownMember(id));
+        }
+        if membership.voter_ids().any(|v| v == id) {
+            return Err(MembershipError::Refused(format!(
+                "member {id} is a voter; change the voters first"
+            )));
+        }
+        info!(id, "removing a metadata learner");
+        let removed = self.bounded(
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false),
+        );
+        self.committed(removed.await?)
+    }
+
     /// Returns this member's view of the group and of its map.
     #[must_use]
     pub fn status(&self) -> MemberStatus {

@@ -32,6 +32,14 @@ pub struct AddLearnerRequest {
     pub addr: String,
 }
 
+/// The body of `POST /meta/learners/remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveLearnerRequest {
+    /// The learner's id.
+    pub id: NodeId,
+}
+
 /// The body of `POST /meta/voters`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,6 +76,15 @@ pub(super) async fn voters(
 ) -> Result<Response, ApiError> {
     let request: VotersRequest = parse_json(&body)?;
     let view = state.membership.change_membership(request.voters).await?;
+    Ok(Json(view).into_response())
+}
+
+pub(super) async fn remove_learner(
+    State(state): State<Arc<ServerState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: RemoveLearnerRequest = parse_json(&body)?;
+    let view = state.membership.remove_learner(request.id).await?;
     Ok(Json(view).into_response())
 }
 
