@@ -157,9 +157,18 @@ impl FromStr for StoragePolicy {
     }
 }
 
-fn validate_name(name: &str) -> Result<(), PolicyError> {
+/// Checks a storage policy name: 1 to 64 of `a-z 0-9 . _ + -`, not starting with `.` (names
+/// are directory names on every device, so `.` and `..` must never be one).
+///
+/// # Errors
+/// [`PolicyError::BadName`].
+pub fn validate_name(name: &str) -> Result<(), PolicyError> {
     let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._+-".contains(c);
-    if name.is_empty() || name.len() > MAX_NAME_BYTES || !name.chars().all(allowed) {
+    if name.is_empty()
+        || name.len() > MAX_NAME_BYTES
+        || name.starts_with('.')
+        || !name.chars().all(allowed)
+    {
         return Err(PolicyError::BadName {
             name: name.to_owned(),
         });
@@ -178,8 +187,10 @@ pub enum PolicyError {
         /// What was given.
         spec: String,
     },
-    /// The name is empty, too long, or has characters outside `a-z 0-9 . _ + -`.
-    #[error("bad storage policy name {name:?}: use 1 to 64 of a-z, 0-9, '.', '_', '+' and '-'")]
+    /// The name is empty, too long, has characters outside `a-z 0-9 . _ + -`, or starts with `.`.
+    #[error(
+        "bad storage policy name {name:?}: use 1 to 64 of a-z, 0-9, '.', '_', '+' and '-', not starting with '.'"
+    )]
     BadName {
         /// What was given.
         name: String,
@@ -224,5 +235,8 @@ mod tests {
             );
         }
         assert!(StoragePolicy::new("Gold", PolicyKind::Replication { replicas: 3 }).is_err());
+        for dotted in ["..", ".", ".rep3"] {
+            assert!(validate_name(dotted).is_err(), "{dotted}");
+        }
     }
 }

@@ -55,22 +55,32 @@ pub struct Location {
     pub name: String,
 }
 
+/// Checks a device name: 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with a dot. The one
+/// rule for device names, in rings, node configurations and heartbeats.
+///
+/// # Errors
+/// [`BuilderError::BadDeviceName`].
+pub fn validate_device_name(name: &str) -> Result<(), BuilderError> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    if name.is_empty()
+        || name.len() > MAX_DEVICE_NAME_BYTES
+        || name.starts_with('.')
+        || !name.chars().all(ok)
+    {
+        return Err(BuilderError::BadDeviceName {
+            name: name.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 impl Location {
-    /// Checks the device name: 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with a dot.
+    /// Checks the device name; see [`validate_device_name`].
     ///
     /// # Errors
     /// [`BuilderError::BadDeviceName`].
     pub fn validate(&self) -> Result<(), BuilderError> {
-        let ok = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
-        let name = &self.name;
-        if name.is_empty()
-            || name.len() > MAX_DEVICE_NAME_BYTES
-            || name.starts_with('.')
-            || !name.chars().all(ok)
-        {
-            return Err(BuilderError::BadDeviceName { name: name.clone() });
-        }
-        Ok(())
+        validate_device_name(&self.name)
     }
 }
 

@@ -233,16 +233,8 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         let mut paths = std::collections::HashSet::new();
         for d in &self.devices {
-            let ok = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
-            if d.name.is_empty()
-                || d.name.len() > 64
-                || d.name.starts_with('.')
-                || !d.name.chars().all(ok)
-            {
-                problems.push(format!(
-                    "device name {:?}: use 1 to 64 of A-Z a-z 0-9 . _ -",
-                    d.name
-                ));
+            if let Err(e) = nimbus_ring::device::validate_device_name(&d.name) {
+                problems.push(e.to_string());
             }
             if !names.insert(d.name.clone()) {
                 problems.push(format!("device {:?} is listed twice", d.name));

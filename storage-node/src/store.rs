@@ -225,17 +225,9 @@ impl FragmentStore {
     }
 
     fn check_policy(policy: &str) -> Result<(), StoreError> {
-        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._+-".contains(c);
-        if policy.is_empty()
-            || policy.len() > 64
-            || !policy.chars().all(ok)
-            || policy.starts_with('.')
-        {
-            return Err(StoreError::BadRequest {
-                reason: format!("bad storage policy name {policy:?}"),
-            });
-        }
-        Ok(())
+        nimbus_core::policy::validate_name(policy).map_err(|e| StoreError::BadRequest {
+            reason: e.to_string(),
+        })
     }
 
     /// Fails with [`StoreError::Full`] when the file system is below the reserve.
@@ -291,9 +283,10 @@ impl FragmentStore {
         match self.engine.rename(&pending, &done).await {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return match self.engine.open(&done, Default::default()).await {
-                    Ok(_) => Ok(()),
-                    Err(_) => Err(StoreError::NotFound { path: pending }),
+                return match self.engine.try_exists(&done).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(StoreError::NotFound { path: pending }),
+                    Err(e) => Err(StoreError::io(&done, e)),
                 };
             }
             Err(e) => return Err(StoreError::io(&pending, e)),

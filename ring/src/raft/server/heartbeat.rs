@@ -16,9 +16,6 @@ use super::{ApiError, ServerState, parse_json};
 /// The most devices one heartbeat may name.
 pub const MAX_HEARTBEAT_DEVICES: usize = 1024;
 
-/// The longest device name a heartbeat may carry (as a storage node's configuration allows).
-const MAX_DEVICE_NAME_BYTES: usize = 64;
-
 /// The body of `POST /meta/heartbeat`: a storage node's devices that are running. It
 /// carries no time: the leader's clock decides when a device was last heard of.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +39,7 @@ pub struct HeartbeatResponse {
 
 impl HeartbeatRequest {
     /// Refuses a heartbeat naming more than [`MAX_HEARTBEAT_DEVICES`] devices, or a device
-    /// whose name is empty, longer than 64 bytes, or has control characters.
+    /// whose name breaks the device-name rule (`crate::device::validate_device_name`).
     fn check(&self) -> Result<(), ApiError> {
         if self.devices.len() > MAX_HEARTBEAT_DEVICES {
             return Err(ApiError::BadRequest(format!(
@@ -50,17 +47,11 @@ impl HeartbeatRequest {
                 self.devices.len()
             )));
         }
-        let bad = self.devices.iter().find(|name| {
-            name.is_empty()
-                || name.len() > MAX_DEVICE_NAME_BYTES
-                || name.chars().any(char::is_control)
-        });
-        match bad {
-            Some(name) => Err(ApiError::BadRequest(format!(
-                "device name {name:?}: use 1 to {MAX_DEVICE_NAME_BYTES} printable bytes"
-            ))),
-            None => Ok(()),
+        for name in &self.devices {
+            crate::device::validate_device_name(name)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         }
+        Ok(())
     }
 }
 
