@@ -59,6 +59,24 @@ impl fmt::Display for Epoch {
 #[serde(transparent)]
 pub struct VersionId(pub u64);
 
+/// Bits of a [`VersionId`] below the microseconds: the tiebreak.
+pub const VERSION_TIEBREAK_BITS: u32 = 12;
+
+impl VersionId {
+    /// Returns the version of a write at `micros` (since the Unix epoch) with `tiebreak`
+    /// (its low [`VERSION_TIEBREAK_BITS`] bits are used).
+    #[must_use]
+    pub fn from_parts(micros: u64, tiebreak: u16) -> VersionId {
+        VersionId((micros << VERSION_TIEBREAK_BITS) | u64::from(tiebreak & 0xfff))
+    }
+
+    /// Returns the time of the write, in microseconds since the Unix epoch.
+    #[must_use]
+    pub fn micros(self) -> u64 {
+        self.0 >> VERSION_TIEBREAK_BITS
+    }
+}
+
 impl fmt::Display for VersionId {
     /// 16 lowercase hex digits, so that versions sort as strings the way they sort as numbers.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -79,6 +79,24 @@ pub const MAX_INLINE_BYTES: usize = 1024 * 1024;
 const KIND_TOMBSTONE: u8 = 0;
 const KIND_INLINE: u8 = 1;
 const KIND_FRAGMENTS: u8 = 2;
+const KIND_PARTS: u8 = 3;
+
+/// The most parts a multipart object has (S3's limit).
+pub const MAX_PARTS: usize = 10_000;
+
+/// One part of an object uploaded in parts: its own fragments, named by the part's version
+/// under the object's path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Part {
+    /// The version naming the part's fragments.
+    pub version: VersionId,
+    /// The part's bytes.
+    pub size: u64,
+    /// Bytes per segment of the part's fragments; never zero.
+    pub segment_bytes: u32,
+    /// The blake3 of the part's bytes.
+    pub blake3: [u8; 32],
+}
 
 /// Where an object version's bytes are.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +112,9 @@ pub enum EntryData {
         /// Bytes per segment, before erasure coding; never zero.
         segment_bytes: u32,
     },
+    /// In parts (a multipart upload), in order, each in fragment files of its own version;
+    /// their sizes add up to the entry's size.
+    Parts(Vec<Part>),
 }
 
 /// What the index knows about one object key: its current version and how to read it.
@@ -159,6 +180,21 @@ impl ShardId {
         check_len("account", self.account.len(), 1, MAX_NAME_BYTES)?;
         check_len("container", self.container.len(), 1, MAX_NAME_BYTES)
     }
+}
+
+/// Returns the index shard of `key` in a container of `shards` shards: the first 8 bytes of
+/// the key's blake3, little-endian, modulo `shards` (0 when `shards` is 0). Every proxy and
+/// node computes the same shard for a key; the shard count is fixed when the container is
+/// created.
+#[must_use]
+pub fn shard_of(key: &str, shards: u16) -> u16 {
+    if shards == 0 {
+        return 0;
+    }
+    let hash = blake3::hash(key.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.as_bytes()[..8]);
+    (u64::from_le_bytes(first) % u64::from(shards)) as u16
 }
 
 /// Checks that an object key is 1 to [`MAX_KEY_BYTES`] bytes.
@@ -266,6 +302,20 @@ impl IndexEntry {
                 Ok(())
             }
             EntryData::Fragments { segment_bytes: 0 } => Err(EntryError::ZeroSegmentBytes),
+            EntryData::Parts(parts) => {
+                check_count("parts", parts.len(), MAX_PARTS)?;
+                if parts.is_empty() {
+                    return Err(EntryError::Empty { field: "parts" });
+                }
+                if parts.iter().any(|p| p.segment_bytes == 0) {
+                    return Err(EntryError::ZeroSegmentBytes);
+                }
+                let total = parts.iter().try_fold(0u64, |sum, p| sum.checked_add(p.size));
+                if total != Some(self.size) {
+                    return Err(EntryError::PartsSizeMismatch { size: self.size });
+                }
+                Ok(())
+            }
             EntryData::Tombstone | EntryData::Fragments { .. } => Ok(()),
         }
     }
@@ -314,6 +364,16 @@ impl IndexEntry {
             EntryData::Fragments { segment_bytes } => {
                 w.put_u8(KIND_FRAGMENTS);
                 w.put_u32(*segment_bytes);
+            }
+            EntryData::Parts(parts) => {
+                w.put_u8(KIND_PARTS);
+                w.put_u32(u32::try_from(parts.len()).expect("validated: at most 10,000"));
+                for p in parts {
+                    w.put_u64(p.version.0);
+                    w.put_u64(p.size);
+                    w.put_u32(p.segment_bytes);
+                    w.put_bytes(&p.blake3);
+                }
             }
         }
         w.into_inner()
@@ -367,6 +427,25 @@ impl IndexEntry {
             KIND_FRAGMENTS => EntryData::Fragments {
                 segment_bytes: r.u32("segment bytes")?,
             },
+            KIND_PARTS => {
+                let count = usize::try_from(r.u32("part count")?).unwrap_or(usize::MAX);
+                check_count("parts", count, MAX_PARTS)?;
+                let mut parts = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let version = VersionId(r.u64("part version")?);
+                    let size = r.u64("part size")?;
+                    let segment_bytes = r.u32("part segment bytes")?;
+                    let mut blake3 = [0; 32];
+                    blake3.copy_from_slice(r.bytes(32, "part blake3")?);
+                    parts.push(Part {
+                        version,
+                        size,
+                        segment_bytes,
+                        blake3,
+                    });
+                }
+                EntryData::Parts(parts)
+            }
             kind => return Err(EntryDecodeError::UnknownDataKind { kind }),
         };
         r.finish()?;
@@ -419,6 +498,12 @@ pub enum EntryError {
     #[error("a tombstone has size 0, not {size}")]
     TombstoneWithSize {
         /// The size given.
+        size: u64,
+    },
+    /// Parts whose sizes do not add up to the entry's size.
+    #[error("the entry's size is {size} but its parts add up to another")]
+    PartsSizeMismatch {
+        /// The entry's size.
         size: u64,
     },
     /// Inline data whose length is not the entry's size.

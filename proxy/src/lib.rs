@@ -4,7 +4,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod config;
+pub mod data;
+pub mod error;
+pub mod index;
+pub mod meta_write;
+pub mod node_client;
+pub mod placement;
+pub mod s3;
 pub mod server;
 
 pub use config::ProxyConfig;

@@ -4,12 +4,28 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::Router;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use nimbus_core::auth::{AuthError, ClusterSecret};
+use nimbus_ring::raft::network::PeerClient;
+use s3s::service::{S3Service, S3ServiceBuilder};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::cluster::{Cluster, Watcher};
 use crate::config::ProxyConfig;
+use crate::data::{DataPath, VersionClock};
+use crate::index::IndexClient;
+use crate::node_client::NodeClient;
+use crate::s3::{MapAuth, NimbusS3, S3State};
+
+/// How long a starting proxy waits for a metadata member to give it the map.
+const MAP_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Why a proxy could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +41,9 @@ pub enum ProxyError {
         /// What is wrong.
         reason: String,
     },
+    /// No metadata member gave the proxy the cluster map.
+    #[error("{0}")]
+    Map(String),
     /// The listen address could not be bound, or serving failed.
     #[error("S3 API on {addr}: {source}")]
     Serve {
@@ -40,6 +59,7 @@ pub struct RunningProxy {
     /// The address the S3 API listens on (useful with port 0).
     pub local_addr: SocketAddr,
     server: JoinHandle<Result<(), ProxyError>>,
+    _watcher: Watcher,
 }
 
 impl RunningProxy {
@@ -68,6 +88,30 @@ pub async fn start(
     config
         .validate()
         .map_err(|e| ProxyError::Config(e.to_string()))?;
+    let secret = read_secret(config).await?;
+    let (cluster, watcher) = Cluster::start(PeerClient::new(secret.clone()), config.meta.clone(), MAP_DEADLINE)
+        .await
+        .map_err(|e| ProxyError::Map(e.to_string()))?;
+    let nodes = NodeClient::new(secret);
+    let state = Arc::new(S3State {
+        cluster: cluster.clone(),
+        index: IndexClient::new(nodes.clone(), cluster.clone()),
+        data: DataPath {
+            nodes,
+            segment_bytes: config.segment_bytes,
+            clock: Arc::new(VersionClock::new()),
+        },
+        region: config.region.clone(),
+        inline_max: u64::from(config.inline_max),
+    });
+    let mut builder = S3ServiceBuilder::new(NimbusS3(state));
+    builder.set_auth(MapAuth(cluster));
+    if !config.s3_domains.is_empty() {
+        let host = s3s::host::MultiDomain::new(&config.s3_domains)
+            .map_err(|e| ProxyError::Config(format!("s3_domains: {e}")))?;
+        builder.set_host(host);
+    }
+    let s3 = builder.build();
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ProxyError::Serve {
@@ -78,7 +122,10 @@ pub async fn start(
         addr: config.listen,
         source,
     })?;
-    let app = Router::new().route("/health", get(|| async { "ok" }));
+    let app = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .fallback(serve_s3)
+        .with_state(s3);
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -88,5 +135,37 @@ pub async fn start(
                 source,
             })
     });
-    Ok(RunningProxy { local_addr, server })
+    Ok(RunningProxy {
+        local_addr,
+        server,
+        _watcher: watcher,
+    })
+}
+
+/// Everything but the proxy's own routes is S3.
+async fn serve_s3(State(s3): State<S3Service>, request: Request) -> Response {
+    match s3.call(request.map(s3s::Body::http_body_unsync)).await {
+        Ok(response) => response.map(axum::body::Body::new).into_response(),
+        Err(error) => {
+            tracing::error!(?error, "S3 request failed outside any operation");
+            (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+        }
+    }
+}
+
+async fn read_secret(config: &ProxyConfig) -> Result<ClusterSecret, ProxyError> {
+    let path = config.cluster_secret_file.clone();
+    let read = path.clone();
+    let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(read))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| ProxyError::Secret {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    ClusterSecret::from_hex(&text).map_err(|e: AuthError| ProxyError::Secret {
+        path,
+        reason: e.to_string(),
+    })
 }

@@ -18,6 +18,7 @@
 mod auth;
 mod fragments;
 mod index;
+pub mod peering;
 
 pub use index::PRECONDITION;
 
@@ -65,16 +66,31 @@ pub struct NodeState {
     devices: HashMap<String, Device>,
     /// The newest ring epoch seen; requests from older epochs are refused as stale.
     epoch: AtomicU64,
+    /// This node's address as the rings place its devices (to find itself among a shard's
+    /// replicas).
+    node: Option<std::net::SocketAddr>,
+    /// Other nodes' internal API, for peering.
+    peers: nimbus_ring::raft::network::PeerClient,
+    /// Which shards were peered in which epoch.
+    peering: peering::Peering,
 }
 
 impl NodeState {
     /// Returns the state for a node with these devices.
     #[must_use]
-    pub fn new(secret: ClusterSecret, devices: HashMap<String, Device>, epoch: u64) -> Self {
+    pub fn new(
+        secret: ClusterSecret,
+        devices: HashMap<String, Device>,
+        epoch: u64,
+        node: Option<std::net::SocketAddr>,
+    ) -> Self {
         NodeState {
+            peers: nimbus_ring::raft::network::PeerClient::new(secret.clone()),
             secret,
             devices,
             epoch: AtomicU64::new(epoch),
+            node,
+            peering: peering::Peering::default(),
         }
     }
 
@@ -158,6 +174,9 @@ pub enum ApiError {
         /// What was looked for.
         what: String,
     },
+    /// Too few peers answered (peering a shard): retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// A store error.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -172,6 +191,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::StaleEpoch { .. } => (StatusCode::CONFLICT, "stale_epoch"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::BadRequest(_) | ApiError::Store(StoreError::BadRequest { .. }) => {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }

@@ -232,6 +232,27 @@ impl IndexStore {
         entry: IndexEntry,
         cond: Precondition,
     ) -> Result<u64, ApplyError> {
+        self.apply_from(shard, key, entry, cond, 0).await
+    }
+
+    /// As [`IndexStore::apply`], giving the write a sequence number of at least
+    /// `seq_floor`. A primary appointed in a later ring epoch starts its numbers above
+    /// every number an earlier primary could have given (`epoch << 32`), so that a write
+    /// the earlier primary never got acknowledged cannot share a number with a new one.
+    ///
+    /// # Errors
+    /// As [`IndexStore::apply`].
+    ///
+    /// # Cancel safety
+    /// As [`IndexStore::apply`].
+    pub async fn apply_from(
+        &self,
+        shard: &ShardId,
+        key: &str,
+        entry: IndexEntry,
+        cond: Precondition,
+        seq_floor: u64,
+    ) -> Result<u64, ApplyError> {
         let invalid = |source| ApplyError::Invalid {
             shard: shard.clone(),
             key: key.to_owned(),
@@ -246,6 +267,7 @@ impl IndexStore {
             key: key.to_owned(),
             entry: entry.encode(),
             cond,
+            seq_floor,
         };
         let (reply, answer) = oneshot::channel();
         self.send(Request::Apply(Job::new(write, reply))).await?;

@@ -207,7 +207,6 @@ pub async fn start(
         None => None,
     };
     let device_names = config.devices.iter().map(|d| d.name.clone()).collect();
-    let state = Arc::new(NodeState::new(secret.clone(), devices, 0));
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| NodeError::Serve {
@@ -218,6 +217,12 @@ pub async fn start(
         addr: config.listen,
         source,
     })?;
+    let node_addr = config
+        .heartbeat
+        .as_ref()
+        .and_then(|h| h.node)
+        .unwrap_or(local_addr);
+    let state = Arc::new(NodeState::new(secret.clone(), devices, 0, Some(node_addr)));
     let heartbeats = config.heartbeat.as_ref().map(|h| {
         let node = h.node.unwrap_or(local_addr);
         let sender = Heartbeats::new(

@@ -199,6 +199,7 @@ impl PeerResponse {
 /// One request to a member.
 struct PeerCall<'a> {
     method: Method,
+    epoch: u64,
     addr: &'a str,
     path_and_query: &'a str,
     body: Bytes,
@@ -255,6 +256,7 @@ impl PeerClient {
             addr,
             path_and_query: path,
             body: Bytes::from(body),
+            epoch: 0,
             target,
             timeout,
             max_response_bytes,
@@ -279,6 +281,37 @@ impl PeerClient {
             addr,
             path_and_query,
             body: Bytes::new(),
+            epoch: 0,
+            target: None,
+            timeout,
+            max_response_bytes,
+        })
+        .await
+    }
+
+    /// Sends `method path_and_query` with a binary `body`, signed for ring epoch `epoch`
+    /// (storage nodes refuse requests from epochs older than they have seen), and reads an
+    /// answer of up to `max_response_bytes`.
+    ///
+    /// # Errors
+    /// [`PeerError`]; [`PeerError::not_sent`] tells whether a retry is safe.
+    #[allow(clippy::too_many_arguments)] // one call, spelled out
+    pub async fn send_bytes(
+        &self,
+        method: Method,
+        addr: &str,
+        path_and_query: &str,
+        epoch: u64,
+        body: Bytes,
+        timeout: Duration,
+        max_response_bytes: usize,
+    ) -> Result<PeerResponse, PeerError> {
+        self.send(PeerCall {
+            method,
+            addr,
+            path_and_query,
+            body,
+            epoch,
             target: None,
             timeout,
             max_response_bytes,
@@ -332,12 +365,12 @@ impl PeerClient {
             .map_or(0, |d| d.as_secs());
         let authorization = self
             .secret
-            .sign(call.method.as_str(), call.path_and_query, date, 0);
+            .sign(call.method.as_str(), call.path_and_query, date, call.epoch);
         let mut builder = Request::builder()
             .method(call.method.clone())
             .uri(format!("http://{}{}", call.addr, call.path_and_query))
             .header(DATE_HEADER, date)
-            .header(EPOCH_HEADER, 0)
+            .header(EPOCH_HEADER, call.epoch)
             .header("authorization", authorization);
         if !call.body.is_empty() {
             builder = builder.header("content-type", HeaderValue::from_static("application/json"));

@@ -3,10 +3,10 @@
 //!
 //! | method | path (under `/v1/index/{device}/{account}/{container}/{shard}`) | does |
 //! |---|---|---|
-//! | PUT | `?key=` + `x-nimbus-precondition` | apply as the shard's primary → `{"seq"}`, or 412 |
+//! | PUT | `?key=` + `x-nimbus-precondition` [+ `x-nimbus-replicas`] | apply as the shard's primary (peering first, see `api::peering`) → `{"seq"}`, or 412 |
 //! | PUT | `/replicated?key=&seq=` | apply a primary's write as a replica → `{"applied"}` |
 //! | GET | `?key=` | the key's record (tombstones included), or 404 |
-//! | GET | `/list?prefix=&start_after=&limit=&tombstones=` | records in key order |
+//! | GET | `/list?prefix=&start_after=&limit=&tombstones=` [+ `x-nimbus-replicas`] | records in key order (as primary: peering first) |
 //! | GET | `/since?seq=&limit=` | records newer than `seq`, in seq order |
 //! | GET | `/last-seq` | `{"seq"}` |
 
@@ -23,7 +23,7 @@ use nimbus_core::index::{IndexEntry, IndexRecord, ShardId, encode_records};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, NodeState};
+use super::{ApiError, NodeState, peering};
 use crate::index::{ApplyError, IndexStore, ListQuery, Precondition, ReplicateError};
 
 /// Header carrying a primary write's condition: `none`, `if-none-match`, `if-match <etag>`
@@ -98,6 +98,41 @@ struct KeyQuery {
     key: String,
 }
 
+/// The epoch a request was signed for (checked by authentication before any handler).
+fn request_epoch(headers: &HeaderMap) -> u64 {
+    headers
+        .get(nimbus_core::auth::EPOCH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Peers the shard first when the request names its replicas (it comes to this device as
+/// the shard's primary).
+async fn peer_if_primary(
+    state: &NodeState,
+    device: &str,
+    index: &IndexStore,
+    id: &ShardId,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    if let Some(replicas) = peering::parse_replicas(headers)? {
+        state
+            .peering
+            .ensure(
+                &state.peers,
+                index,
+                device,
+                state.node,
+                id,
+                request_epoch(headers),
+                &replicas,
+            )
+            .await?;
+    }
+    Ok(())
+}
+
 async fn apply(
     State(state): State<Arc<NodeState>>,
     Path(path): ShardPath,
@@ -105,10 +140,14 @@ async fn apply(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let device = path.0.clone();
     let (index, id) = shard(&state, path)?;
     let entry = decode_entry(&body)?;
     let condition = parse_precondition(&headers)?;
-    match index.apply(&id, &q.key, entry, condition).await {
+    peer_if_primary(&state, &device, index, &id, &headers).await?;
+    // A primary of a later epoch numbers above every earlier primary (see `apply_from`).
+    let floor = request_epoch(&headers) << 32;
+    match index.apply_from(&id, &q.key, entry, condition, floor).await {
         Ok(seq) => Ok(axum::Json(json!({ "seq": seq })).into_response()),
         Err(ApplyError::PreconditionFailed { current, .. }) => {
             let current = current.map(|r| {
@@ -185,8 +224,11 @@ async fn list(
     State(state): State<Arc<NodeState>>,
     Path(path): ShardPath,
     Query(q): Query<ListParams>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let device = path.0.clone();
     let (index, id) = shard(&state, path)?;
+    peer_if_primary(&state, &device, index, &id, &headers).await?;
     let query = ListQuery {
         prefix: q.prefix,
         start_after: q.start_after,

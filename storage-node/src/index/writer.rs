@@ -45,6 +45,8 @@ pub(super) struct ApplyWrite {
     /// The encoded, validated entry.
     pub(super) entry: Vec<u8>,
     pub(super) cond: Precondition,
+    /// The least sequence number to assign (see [`super::IndexStore::apply_from`]).
+    pub(super) seq_floor: u64,
 }
 
 /// A write as a replica: store the primary's record unless a newer one is stored.
@@ -330,7 +332,10 @@ impl Write for ApplyWrite {
             }
         }
         let last_seq = tables.last_seq(&self.prefix)?;
-        let seq = last_seq.checked_add(1).ok_or(Corruption::SeqExhausted)?;
+        let seq = last_seq
+            .checked_add(1)
+            .ok_or(Corruption::SeqExhausted)?
+            .max(self.seq_floor);
         tables.store(&self.prefix, &self.key, &self.entry, seq, old_seq, last_seq)?;
         Ok(Ok(seq))
     }

@@ -1,0 +1,12 @@
+//! The S3 API end to end: `nimbus dev` (real processes on loopback: 6 storage nodes, 5 of
+//! them metadata voters, and a proxy) driven by the official AWS SDK for Rust.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test that cannot set itself up should panic
+#![allow(clippy::disallowed_methods)] // test threads may block
+
+mod cluster;
+mod t10_objects;
+mod t20_list;
+mod t30_errors;
+mod t40_conditional;
+mod t50_faults;

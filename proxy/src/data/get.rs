@@ -1,0 +1,312 @@
+//! A GET's fragments: `k` fragment streams opened on the range's fragment bytes (slot
+//! devices first, then handoffs; parity fragments when a data fragment cannot be had), read
+//! segment by segment, decoded only when a data fragment is missing. A stream that fails
+//! mid-way is reopened elsewhere at the segment it was reading, so degraded reads are
+//! transparent to the client. A whole-object read is checked against its blake3 at the end;
+//! a mismatch breaks the body off rather than let it complete.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::pin::Pin;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Method, StatusCode};
+use nimbus_core::codec::SegmentSpan;
+use nimbus_ring::map::DeviceKey;
+use tokio::sync::mpsc;
+
+use super::{DataPath, FragmentName, Shape};
+use crate::error::DataError;
+use crate::node_client::{ChannelStream, empty_body};
+use crate::placement::Place;
+
+/// A response body: the object's bytes (or range), streamed.
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync>>;
+
+/// Segments decoded ahead of the client.
+const AHEAD: usize = 2;
+
+/// Where a fragment may be: a device and the fragment file's index there.
+type Source = (DeviceKey, usize);
+
+/// One fragment's byte stream from one device.
+struct FragmentStream {
+    /// The logical fragment (its index in the codec: data `0..k`, parity `k..k+m`).
+    fragment: usize,
+    /// Places still untried.
+    sources: VecDeque<Source>,
+    body: Incoming,
+    buf: BytesMut,
+    /// The fragment offset of `buf`'s first byte.
+    offset: u64,
+}
+
+/// What a read needs to open fragment streams.
+struct Opener {
+    data: DataPath,
+    name: FragmentName,
+    epoch: u64,
+    /// Per logical fragment, where it may be, best first.
+    sources: Vec<VecDeque<Source>>,
+    /// The fragment bytes the whole read needs.
+    end: u64,
+}
+
+impl Opener {
+    fn new(data: &DataPath, place: &Place, name: &FragmentName, shape: &Shape, end: u64) -> Self {
+        let up: Vec<(usize, &DeviceKey)> = place
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, up))| *up)
+            .map(|(i, (d, _))| (i, d))
+            .collect();
+        let sources = if shape.copies {
+            // Any replica is "fragment 0"; each is stored under its slot's index.
+            let mut all: VecDeque<Source> = up.iter().map(|(i, d)| ((*d).clone(), *i)).collect();
+            for h in &place.handoffs {
+                for i in 0..shape.slots {
+                    all.push_back((h.clone(), i));
+                }
+            }
+            vec![all]
+        } else {
+            (0..shape.slots)
+                .map(|i| {
+                    let mut s: VecDeque<Source> = up
+                        .iter()
+                        .filter(|(slot, _)| *slot == i)
+                        .map(|(_, d)| ((*d).clone(), i))
+                        .collect();
+                    s.extend(place.handoffs.iter().map(|h| (h.clone(), i)));
+                    s
+                })
+                .collect()
+        };
+        Opener {
+            data: data.clone(),
+            name: name.clone(),
+            epoch: place.epoch,
+            sources,
+            end,
+        }
+    }
+
+    /// Opens logical fragment `fragment` at `offset`, trying its sources in order.
+    async fn open(&self, fragment: usize, mut sources: VecDeque<Source>, offset: u64) -> Result<FragmentStream, String> {
+        let mut last = String::from("no source");
+        while let Some((device, index)) = sources.pop_front() {
+            let path = format!(
+                "{}&offset={offset}&length={}",
+                self.name.api_path(&device, index, ""),
+                self.end - offset
+            );
+            match self
+                .data
+                .nodes
+                .send(device.node, Method::GET, &path, self.epoch, &[], empty_body())
+                .await
+            {
+                Ok(answer) if answer.status() == StatusCode::OK => {
+                    return Ok(FragmentStream {
+                        fragment,
+                        sources,
+                        body: answer.into_body(),
+                        buf: BytesMut::new(),
+                        offset,
+                    });
+                }
+                Ok(answer) => last = format!("{}/{}: {}", device.node, device.device, answer.status()),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
+    }
+}
+
+impl FragmentStream {
+    /// Reads the next `n` bytes.
+    async fn read_exact(&mut self, n: usize) -> Result<Bytes, String> {
+        while self.buf.len() < n {
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("fragment body ended early".into()),
+            }
+        }
+        self.offset += n as u64;
+        Ok(self.buf.split_to(n).freeze())
+    }
+}
+
+/// Reads `range` of an object of `size` bytes stored as fragments; opens the fragment
+/// streams before returning, so that an object with too few fragments fails before any
+/// byte is sent. `blake3` (given for whole-object reads) is checked at the end.
+///
+/// # Errors
+/// [`DataError::Unavailable`] when fewer than `k` fragments can be opened.
+pub async fn read_object(
+    data: &DataPath,
+    place: &Place,
+    name: &FragmentName,
+    shape: &Shape,
+    size: u64,
+    segment_bytes: u32,
+    range: Range<u64>,
+    blake3: Option<[u8; 32]>,
+) -> Result<BodyStream, DataError> {
+    let codec = &shape.codec;
+    let spans = codec
+        .segment_spans(size, segment_bytes, range.clone())
+        .map_err(|e| DataError::Internal(e.to_string()))?;
+    if range.is_empty() {
+        return Ok(Box::pin(futures_util::stream::empty()));
+    }
+    let mut first_spans = codec
+        .segment_spans(size, segment_bytes, range.start..range.start + 1)
+        .map_err(|e| DataError::Internal(e.to_string()))?;
+    let mut last_spans = codec
+        .segment_spans(size, segment_bytes, range.end - 1..range.end)
+        .map_err(|e| DataError::Internal(e.to_string()))?;
+    let (Some(first), Some(last)) = (first_spans.next(), last_spans.next()) else {
+        return Err(DataError::Internal("a non-empty range touches no segment".into()));
+    };
+    let start = first.fragment_range.start;
+    let opener = Opener::new(data, place, name, shape, last.fragment_range.end);
+    let k = codec.data();
+    let logical = opener.sources.len();
+    // Open the data fragments at once; then parity (or, for copies, nothing more) for each
+    // that failed.
+    let opens = (0..k.min(logical)).map(|i| opener.open(i, opener.sources[i].clone(), start));
+    let mut streams = Vec::with_capacity(k);
+    let mut errors = Vec::new();
+    for opened in futures_util::future::join_all(opens).await {
+        match opened {
+            Ok(s) => streams.push(s),
+            Err(e) => errors.push(e),
+        }
+    }
+    let mut next_fragment = k;
+    while streams.len() < k && next_fragment < logical {
+        match opener
+            .open(next_fragment, opener.sources[next_fragment].clone(), start)
+            .await
+        {
+            Ok(s) => streams.push(s),
+            Err(e) => errors.push(e),
+        }
+        next_fragment += 1;
+    }
+    if streams.len() < k {
+        return Err(DataError::Unavailable(format!(
+            "{} of {k} fragments readable: {}",
+            streams.len(),
+            errors.join("; ")
+        )));
+    }
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(AHEAD);
+    let shape = shape.clone();
+    let path = name.path.clone();
+    tokio::spawn(async move {
+        let mut reading = Reading {
+            opener,
+            shape,
+            streams,
+            next_fragment,
+            hasher: blake3.map(|b| (blake3::Hasher::new(), b)),
+        };
+        for span in spans {
+            match reading.segment(&span).await {
+                Ok(bytes) => {
+                    if tx.send(Ok(bytes)).await.is_err() {
+                        return; // the client went away
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%path, error = %e, "GET broke off");
+                    let _ = tx.send(Err(std::io::Error::other(e))).await;
+                    return;
+                }
+            }
+        }
+        if let Some((hasher, expected)) = reading.hasher
+            && *hasher.finalize().as_bytes() != expected
+        {
+            tracing::error!(%path, "object bytes do not match their blake3; body broken off");
+            let _ = tx
+                .send(Err(std::io::Error::other("object failed its end-to-end check")))
+                .await;
+        }
+    });
+    Ok(Box::pin(ChannelStream(rx)))
+}
+
+/// A read under way.
+struct Reading {
+    opener: Opener,
+    shape: Shape,
+    streams: Vec<FragmentStream>,
+    next_fragment: usize,
+    hasher: Option<(blake3::Hasher, [u8; 32])>,
+}
+
+impl Reading {
+    /// Returns the requested bytes of one segment.
+    async fn segment(&mut self, span: &SegmentSpan) -> Result<Bytes, String> {
+        let len = (span.fragment_range.end - span.fragment_range.start) as usize;
+        let mut pieces: Vec<Option<Bytes>> = vec![None; self.streams.len()];
+        let reads = self.streams.iter_mut().map(|s| s.read_exact(len));
+        let results = futures_util::future::join_all(reads).await;
+        let mut failed = Vec::new();
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(b) => pieces[i] = Some(b),
+                Err(e) => failed.push((i, e)),
+            }
+        }
+        // Replace each failed stream: the same fragment elsewhere, else another fragment.
+        for (i, error) in failed {
+            let fragment = self.streams[i].fragment;
+            tracing::debug!(fragment, %error, "fragment stream failed; reopening");
+            let sources = std::mem::take(&mut self.streams[i].sources);
+            let at = span.fragment_range.start;
+            let mut replacement = self.opener.open(fragment, sources, at).await;
+            while replacement.is_err() && self.next_fragment < self.opener.sources.len() {
+                let f = self.next_fragment;
+                self.next_fragment += 1;
+                replacement = self.opener.open(f, self.opener.sources[f].clone(), at).await;
+            }
+            let mut stream = replacement.map_err(|e| format!("too few fragments: {e}"))?;
+            pieces[i] = Some(stream.read_exact(len).await?);
+            self.streams[i] = stream;
+        }
+        let segment = if self.shape.copies {
+            pieces
+                .into_iter()
+                .next()
+                .flatten()
+                .ok_or_else(|| "no replica".to_owned())?
+        } else {
+            let mut fragments: Vec<Option<Vec<u8>>> = vec![None; self.shape.slots];
+            for (stream, piece) in self.streams.iter().zip(pieces) {
+                fragments[stream.fragment] = piece.map(|b| b.to_vec());
+            }
+            self.shape
+                .codec
+                .reconstruct(&mut fragments, span.segment_len)
+                .map_err(|e| e.to_string())?
+        };
+        let wanted = segment.slice(span.segment_range.clone());
+        if let Some((hasher, _)) = &mut self.hasher {
+            hasher.update(&wanted);
+        }
+        Ok(wanted)
+    }
+}

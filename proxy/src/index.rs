@@ -1,0 +1,464 @@
+//! The proxy's side of index replication (DESIGN.md, "Index"). A container's index is split
+//! into shards (`core::index::shard_of`); a shard lives on the `r` slot devices of its
+//! partition in the index policy's ring. Writes go to the shard's primary (the first slot
+//! device the map has up), which applies the write and any condition atomically and gives
+//! it the shard's next sequence number; the write is then copied to the other replicas and
+//! acknowledged once a majority of the `r` hold it durably. Reads ask every replica that is
+//! up and take the newest record among a majority of answers, so a read sees every
+//! acknowledged write even while the map still names a dead primary.
+
+use std::collections::BinaryHeap;
+use std::cmp::Reverse;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use hyper::{Method, StatusCode};
+use nimbus_core::index::{IndexEntry, IndexRecord, decode_records, shard_of};
+use nimbus_ring::map::{ClusterMap, DeviceKey};
+use tokio::time::Instant;
+
+use crate::cluster::Cluster;
+use crate::error::DataError;
+use crate::node_client::{NodeClient, SmallAnswer, encode_query};
+use crate::placement::Place;
+
+/// How long one call to a replica may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write or read keeps retrying while the map catches up with a dead primary
+/// (the metadata leader marks a silent device down after its liveness timeout).
+const RETRY_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a read keeps trying to reach a majority: replicas that refuse connections are
+/// down, and a newer map does not bring them back.
+const READ_DEADLINE: Duration = Duration::from_secs(3);
+/// How long to wait for a newer map before retrying anyway.
+const MAP_WAIT: Duration = Duration::from_millis(500);
+/// The header of a primary write's condition (storage node's `api::PRECONDITION`).
+const PRECONDITION: &str = "x-nimbus-precondition";
+/// The header naming a shard's replicas on requests to its primary, which peers with them
+/// first in each new epoch (storage node's `api::peering::REPLICAS`).
+const REPLICAS: &str = "x-nimbus-replicas";
+
+/// The [`REPLICAS`] header's value: every slot device, in slot order.
+fn replicas_header(place: &Place) -> String {
+    place
+        .slots
+        .iter()
+        .map(|(d, _)| format!("{}/{}", d.node, d.device))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A write's condition, checked by the shard's primary atomically with the write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// None.
+    None,
+    /// No live entry (`If-None-Match: *`).
+    IfNoneMatch,
+    /// A live entry with this ETag (`If-Match`).
+    IfMatch(String),
+}
+
+impl Condition {
+    fn header(&self) -> String {
+        match self {
+            Condition::None => "none".to_owned(),
+            Condition::IfNoneMatch => "if-none-match".to_owned(),
+            Condition::IfMatch(etag) => format!("if-match {etag}"),
+        }
+    }
+}
+
+/// A shard of a container.
+#[derive(Clone, Debug)]
+pub struct Shard<'a> {
+    /// The account.
+    pub account: &'a str,
+    /// The container.
+    pub container: &'a str,
+    /// The shard number.
+    pub shard: u16,
+}
+
+impl Shard<'_> {
+    fn name(&self) -> String {
+        format!("{}/{}/{}", self.account, self.container, self.shard)
+    }
+
+    fn path(&self, device: &DeviceKey, rest: &str) -> String {
+        format!(
+            "/v1/index/{}/{}/{}/{}{rest}",
+            encode_query(&device.device),
+            encode_query(self.account),
+            encode_query(self.container),
+            self.shard
+        )
+    }
+}
+
+/// Returns the index policy's name.
+///
+/// # Errors
+/// [`DataError::Unavailable`] when the map names none.
+pub fn index_policy(map: &ClusterMap) -> Result<&str, DataError> {
+    map.index_policy()
+        .ok_or_else(|| DataError::Unavailable("the cluster map names no index policy".into()))
+}
+
+/// Reads and writes index entries. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct IndexClient {
+    nodes: NodeClient,
+    cluster: Cluster,
+}
+
+impl IndexClient {
+    /// Returns a client over `nodes`, placing shards by `cluster`'s newest map.
+    #[must_use]
+    pub fn new(nodes: NodeClient, cluster: Cluster) -> Self {
+        IndexClient { nodes, cluster }
+    }
+
+    fn place(map: &ClusterMap, shard: &Shard<'_>) -> Result<Place, DataError> {
+        Place::of(map, index_policy(map)?, &shard.name())
+    }
+
+    /// Returns the shard of `key` in a container of `shards` shards.
+    #[must_use]
+    pub fn shard_of<'a>(account: &'a str, container: &'a str, key: &str, shards: u16) -> Shard<'a> {
+        Shard {
+            account,
+            container,
+            shard: shard_of(key, shards),
+        }
+    }
+
+    /// Writes `entry` for `key` under `condition`; returns its sequence number once a
+    /// majority of the shard's replicas hold it durably.
+    ///
+    /// # Errors
+    /// [`DataError::PreconditionFailed`], or [`DataError::Unavailable`] when no primary or
+    /// too few replicas answered before the deadline.
+    pub async fn write(
+        &self,
+        shard: &Shard<'_>,
+        key: &str,
+        entry: &IndexEntry,
+        condition: &Condition,
+    ) -> Result<u64, DataError> {
+        let body = Bytes::from(entry.encode());
+        let query = format!("?key={}", encode_query(key));
+        let started = Instant::now();
+        let mut last = String::from("no primary");
+        loop {
+            let map = self.cluster.map();
+            let place = Self::place(&map, shard)?;
+            if let Some((primary, _)) = place.slots.iter().find(|(_, up)| *up) {
+                let answer = self
+                    .nodes
+                    .call(
+                        primary,
+                        Method::PUT,
+                        &shard.path(primary, &query),
+                        place.epoch,
+                        &[
+                            (PRECONDITION, condition.header()),
+                            (REPLICAS, replicas_header(&place)),
+                        ],
+                        body.clone(),
+                        CALL_TIMEOUT,
+                    )
+                    .await;
+                match answer {
+                    Ok(a) if a.status == StatusCode::OK => {
+                        let seq = parse_seq(&a)?;
+                        self.replicate(&place, shard, primary, key, seq, &body).await?;
+                        return Ok(seq);
+                    }
+                    Ok(a) if a.status == StatusCode::PRECONDITION_FAILED => {
+                        return Err(DataError::PreconditionFailed);
+                    }
+                    Ok(a) if a.status == StatusCode::BAD_REQUEST => {
+                        return Err(DataError::BadRequest(answer_text(&a)));
+                    }
+                    Ok(a) => last = format!("{}: {} {}", primary.node, a.status, answer_text(&a)),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            if started.elapsed() > RETRY_DEADLINE {
+                return Err(DataError::Unavailable(format!("index shard {}: {last}", shard.name())));
+            }
+            self.cluster.newer_than(map.version(), MAP_WAIT).await;
+        }
+    }
+
+    /// Copies the primary's record to the other replicas; returns once a majority of all
+    /// `r` (the primary included) hold it. The copies still under way go on in the
+    /// background.
+    async fn replicate(
+        &self,
+        place: &Place,
+        shard: &Shard<'_>,
+        primary: &DeviceKey,
+        key: &str,
+        seq: u64,
+        body: &Bytes,
+    ) -> Result<(), DataError> {
+        let majority = place.slots.len() / 2 + 1;
+        let mut held = 1usize;
+        if held >= majority {
+            return Ok(());
+        }
+        let query = format!("/replicated?key={}&seq={seq}", encode_query(key));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bool>(place.slots.len());
+        let mut sent = 0usize;
+        for (device, up) in &place.slots {
+            if device == primary || !*up {
+                continue;
+            }
+            sent += 1;
+            let nodes = self.nodes.clone();
+            let device = device.clone();
+            let path = shard.path(&device, &query);
+            let body = body.clone();
+            let epoch = place.epoch;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let ok = matches!(
+                    nodes.call(&device, Method::PUT, &path, epoch, &[], body, CALL_TIMEOUT).await,
+                    Ok(a) if a.status == StatusCode::OK
+                );
+                let _ = tx.send(ok).await;
+            });
+        }
+        drop(tx);
+        let mut answered = 0usize;
+        while let Some(ok) = rx.recv().await {
+            answered += 1;
+            held += usize::from(ok);
+            if held >= majority {
+                return Ok(());
+            }
+            if answered == sent {
+                break;
+            }
+        }
+        Err(DataError::Unavailable(format!(
+            "index shard {}: the write reached {held} of {} replicas, {majority} needed",
+            shard.name(),
+            place.slots.len()
+        )))
+    }
+
+    /// Reads `key`'s newest record (tombstones included) from a majority of the shard's
+    /// replicas.
+    ///
+    /// # Errors
+    /// [`DataError::Unavailable`] when fewer than a majority answered before the deadline.
+    pub async fn read(&self, shard: &Shard<'_>, key: &str) -> Result<Option<IndexRecord>, DataError> {
+        let query = format!("?key={}", encode_query(key));
+        let started = Instant::now();
+        loop {
+            let map = self.cluster.map();
+            let place = Self::place(&map, shard)?;
+            let majority = place.slots.len() / 2 + 1;
+            let mut calls: FuturesUnordered<_> = place
+                .slots
+                .iter()
+                .filter(|(_, up)| *up)
+                .map(|(device, _)| {
+                    let path = shard.path(device, &query);
+                    let nodes = &self.nodes;
+                    async move {
+                        nodes
+                            .call(device, Method::GET, &path, place.epoch, &[], Bytes::new(), CALL_TIMEOUT)
+                            .await
+                    }
+                })
+                .collect();
+            let mut answers = 0usize;
+            let mut newest: Option<IndexRecord> = None;
+            let mut last = String::from("no replica up");
+            while let Some(answer) = calls.next().await {
+                match answer {
+                    Ok(a) if a.status == StatusCode::OK => {
+                        let records = decode_records(&a.body)
+                            .map_err(|e| DataError::Internal(format!("index answer: {e}")))?;
+                        for r in records {
+                            if newest.as_ref().is_none_or(|n| r.seq > n.seq) {
+                                newest = Some(r);
+                            }
+                        }
+                        answers += 1;
+                    }
+                    Ok(a) if a.status == StatusCode::NOT_FOUND => answers += 1,
+                    Ok(a) => last = format!("{} {}", a.status, answer_text(&a)),
+                    Err(e) => last = e.to_string(),
+                }
+                if answers >= majority {
+                    return Ok(newest);
+                }
+            }
+            if started.elapsed() > READ_DEADLINE {
+                return Err(DataError::Unavailable(format!(
+                    "index shard {}: {answers} of {majority} replicas answered ({last})",
+                    shard.name()
+                )));
+            }
+            self.cluster.newer_than(map.version(), MAP_WAIT).await;
+        }
+    }
+
+    /// Lists up to `limit` live records of one shard with keys after `start_after` that
+    /// start with `prefix`, in key order, from its primary (or the next replica up).
+    async fn list_shard(
+        &self,
+        shard: &Shard<'_>,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<IndexRecord>, DataError> {
+        let mut query = format!("/list?prefix={}&limit={limit}", encode_query(prefix));
+        if let Some(after) = start_after {
+            query.push_str(&format!("&start_after={}", encode_query(after)));
+        }
+        let started = Instant::now();
+        loop {
+            let map = self.cluster.map();
+            let place = Self::place(&map, shard)?;
+            let mut last = String::from("no replica up");
+            let replicas = [(REPLICAS, replicas_header(&place))];
+            // The primary, peering first; should it fail, the next replica up becomes the
+            // one asked (and peers in turn).
+            for (device, _) in place.slots.iter().filter(|(_, up)| *up) {
+                let path = shard.path(device, &query);
+                match self
+                    .nodes
+                    .call(device, Method::GET, &path, place.epoch, &replicas, Bytes::new(), CALL_TIMEOUT)
+                    .await
+                {
+                    Ok(a) if a.status == StatusCode::OK => {
+                        return decode_records(&a.body)
+                            .map_err(|e| DataError::Internal(format!("index answer: {e}")));
+                    }
+                    Ok(a) => last = format!("{} {}", a.status, answer_text(&a)),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            if started.elapsed() > RETRY_DEADLINE {
+                return Err(DataError::Unavailable(format!(
+                    "index shard {}: {last}",
+                    shard.name()
+                )));
+            }
+            self.cluster.newer_than(map.version(), MAP_WAIT).await;
+        }
+    }
+
+    /// Lists up to `limit` live records of a container of `shards` shards, merging the
+    /// shards in key order.
+    ///
+    /// # Errors
+    /// [`DataError::Unavailable`] when a shard could not be read.
+    pub async fn list(
+        &self,
+        account: &str,
+        container: &str,
+        shards: u16,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<IndexRecord>, DataError> {
+        let this = Arc::new(self.clone());
+        let calls = (0..shards.max(1)).map(|shard| {
+            let this = Arc::clone(&this);
+            async move {
+                let shard = Shard {
+                    account,
+                    container,
+                    shard,
+                };
+                this.list_shard(&shard, prefix, start_after, limit).await
+            }
+        });
+        let pages = futures_util::future::try_join_all(calls).await?;
+        Ok(merge(pages, limit))
+    }
+
+    /// Tells whether a container has no live entries.
+    ///
+    /// # Errors
+    /// As [`IndexClient::list`].
+    pub async fn is_empty(&self, account: &str, container: &str, shards: u16) -> Result<bool, DataError> {
+        Ok(self.list(account, container, shards, "", None, 1).await?.is_empty())
+    }
+}
+
+/// Merges pages sorted by key into one sorted page of at most `limit`.
+fn merge(pages: Vec<Vec<IndexRecord>>, limit: usize) -> Vec<IndexRecord> {
+    let mut iters: Vec<_> = pages.into_iter().map(Vec::into_iter).collect();
+    let mut heap = BinaryHeap::new();
+    let mut heads: Vec<Option<IndexRecord>> = Vec::with_capacity(iters.len());
+    for (i, it) in iters.iter_mut().enumerate() {
+        let head = it.next();
+        if let Some(r) = &head {
+            heap.push(Reverse((r.key.clone(), i)));
+        }
+        heads.push(head);
+    }
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let Some(Reverse((_, i))) = heap.pop() else {
+            break;
+        };
+        if let Some(r) = heads[i].take() {
+            out.push(r);
+        }
+        heads[i] = iters[i].next();
+        if let Some(r) = &heads[i] {
+            heap.push(Reverse((r.key.clone(), i)));
+        }
+    }
+    out
+}
+
+fn parse_seq(answer: &SmallAnswer) -> Result<u64, DataError> {
+    serde_json::from_slice::<serde_json::Value>(&answer.body)
+        .ok()
+        .and_then(|v| v.get("seq")?.as_u64())
+        .ok_or_else(|| DataError::Internal("index write answer without seq".into()))
+}
+
+fn answer_text(answer: &SmallAnswer) -> String {
+    String::from_utf8_lossy(&answer.body).chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nimbus_core::ids::VersionId;
+
+    fn record(key: &str) -> IndexRecord {
+        IndexRecord {
+            seq: 1,
+            key: key.to_owned(),
+            entry: IndexEntry::tombstone(VersionId(1), "ec4+2"),
+        }
+    }
+
+    #[test]
+    fn merge_interleaves_shards_in_key_order_up_to_the_limit() {
+        let pages = vec![
+            vec![record("a"), record("d")],
+            vec![],
+            vec![record("b"), record("c"), record("e")],
+        ];
+        let keys: Vec<_> = merge(pages.clone(), 10).into_iter().map(|r| r.key).collect();
+        assert_eq!(keys, ["a", "b", "c", "d", "e"]);
+        let keys: Vec<_> = merge(pages, 3).into_iter().map(|r| r.key).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+    }
+}

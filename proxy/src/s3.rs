@@ -1,0 +1,135 @@
+//! The S3 API: `s3s` parses requests, checks SigV4 (headers, presigned, and the streaming
+//! `aws-chunked` forms) and writes the XML; this module answers each operation from the
+//! cluster map (buckets), the index (keys) and the data path (bytes).
+
+mod buckets;
+mod error;
+mod list;
+mod objects;
+
+use std::sync::Arc;
+
+use s3s::auth::{S3Auth, SecretKey};
+use s3s::dto::*;
+use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
+
+use crate::cluster::Cluster;
+use crate::data::DataPath;
+use crate::index::IndexClient;
+
+pub use error::to_s3;
+
+/// What every S3 operation shares.
+#[derive(Debug)]
+pub struct S3State {
+    /// The newest cluster map.
+    pub cluster: Cluster,
+    /// The index.
+    pub index: IndexClient,
+    /// The data path.
+    pub data: DataPath,
+    /// The region answered.
+    pub region: String,
+    /// Objects up to this size are stored inline.
+    pub inline_max: u64,
+}
+
+/// The S3 service: a cheap handle on the shared state.
+#[derive(Clone, Debug)]
+pub struct NimbusS3(pub Arc<S3State>);
+
+/// SigV4 secrets from the cluster map's S3 credentials.
+#[derive(Debug)]
+pub struct MapAuth(pub Cluster);
+
+#[async_trait::async_trait]
+impl S3Auth for MapAuth {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        let map = self.0.map();
+        match map.credential(access_key) {
+            Some(c) if c.kind == nimbus_ring::map::CredentialKind::S3 => Ok(SecretKey::from(c.secret.clone())),
+            _ => Err(s3_error!(InvalidAccessKeyId)),
+        }
+    }
+}
+
+/// Returns the account the request's credentials act for.
+fn account_of<T>(state: &S3State, req: &S3Request<T>) -> S3Result<String> {
+    let Some(credentials) = &req.credentials else {
+        return Err(s3_error!(AccessDenied, "anonymous requests are not allowed"));
+    };
+    let map = state.cluster.map();
+    map.credential(&credentials.access_key)
+        .map(|c| c.account.clone())
+        .ok_or_else(|| s3_error!(InvalidAccessKeyId))
+}
+
+#[async_trait::async_trait]
+impl S3 for NimbusS3 {
+    async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+        let account = account_of(&self.0, &req)?;
+        buckets::list(&self.0, &account)
+    }
+
+    async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
+        let account = account_of(&self.0, &req)?;
+        buckets::create(&self.0, &account, req).await
+    }
+
+    async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
+        let account = account_of(&self.0, &req)?;
+        buckets::owned(&self.0, &account, &req.input.bucket)?;
+        Ok(S3Response::new(HeadBucketOutput {
+            bucket_region: Some(self.0.region.clone()),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
+        let account = account_of(&self.0, &req)?;
+        buckets::delete(&self.0, &account, &req.input.bucket).await
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        let account = account_of(&self.0, &req)?;
+        buckets::owned(&self.0, &account, &req.input.bucket)?;
+        // us-east-1 is spelled as no constraint, as S3 does.
+        let constraint = (self.0.region != "us-east-1").then(|| BucketLocationConstraint::from(self.0.region.clone()));
+        Ok(S3Response::new(GetBucketLocationOutput {
+            location_constraint: constraint,
+        }))
+    }
+
+    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        let account = account_of(&self.0, &req)?;
+        objects::put(&self.0, &account, req).await
+    }
+
+    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        let account = account_of(&self.0, &req)?;
+        objects::get(&self.0, &account, req).await
+    }
+
+    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        let account = account_of(&self.0, &req)?;
+        objects::head(&self.0, &account, req).await
+    }
+
+    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let account = account_of(&self.0, &req)?;
+        objects::delete(&self.0, &account, req).await
+    }
+
+    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let account = account_of(&self.0, &req)?;
+        list::v2(&self.0, &account, req.input).await
+    }
+
+    async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
+        let account = account_of(&self.0, &req)?;
+        list::v1(&self.0, &account, req.input).await
+    }
+}

@@ -1,0 +1,577 @@
+//! Objects: PUT streams through the data path (or inline into the index entry), then
+//! writes the index entry, then answers; GET and HEAD read the index entry first.
+
+use std::ops::Range as ByteRange;
+use std::time::{Duration, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use hyper::StatusCode;
+use nimbus_core::ids::VersionId;
+use nimbus_core::index::{EntryData, IndexEntry, Part, validate_key};
+use nimbus_ring::map::Bucket;
+use s3s::dto::*;
+use s3s::{S3Error, S3Request, S3Response, S3Result, s3_error};
+
+use super::S3State;
+use super::buckets::owned;
+use super::error::to_s3;
+use crate::data::{self, FragmentName, PutBody, Shape};
+use crate::error::DataError;
+use crate::index::{Condition, IndexClient};
+use crate::placement::Place;
+
+/// Names under which the standard headers are kept among an entry's metadata pairs: a
+/// leading ':' cannot begin a user metadata name (an HTTP header name), so they never clash.
+const CACHE_CONTROL: &str = ":cache-control";
+const CONTENT_DISPOSITION: &str = ":content-disposition";
+const CONTENT_ENCODING: &str = ":content-encoding";
+const CONTENT_LANGUAGE: &str = ":content-language";
+const EXPIRES: &str = ":expires";
+
+pub(super) fn check_key(key: &str) -> S3Result<()> {
+    validate_key(key).map_err(|e| {
+        if key.is_empty() {
+            s3_error!(InvalidArgument, "{e}")
+        } else {
+            s3_error!(KeyTooLongError, "{e}")
+        }
+    })
+}
+
+pub(super) fn object_path(account: &str, bucket: &str, key: &str) -> String {
+    format!("{account}/{bucket}/{key}")
+}
+
+pub(super) fn last_modified(version: VersionId) -> Timestamp {
+    Timestamp::from(UNIX_EPOCH + Duration::from_micros(version.micros()))
+}
+
+pub(super) fn etag_value(etag: &str) -> ETag {
+    ETag::Strong(etag.to_owned())
+}
+
+fn format_http_date(t: &Timestamp) -> Option<String> {
+    let mut buf = Vec::new();
+    t.format(TimestampFormat::HttpDate, &mut buf).ok()?;
+    String::from_utf8(buf).ok()
+}
+
+/// The standard headers an object keeps (`Cache-Control` and friends).
+#[derive(Default)]
+pub(super) struct Standard {
+    pub cache_control: Option<String>,
+    pub content_disposition: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_language: Option<String>,
+    pub expires: Option<Timestamp>,
+}
+
+/// The user metadata and standard headers of a PUT, as entry pairs.
+pub(super) fn metadata_pairs(metadata: Option<&Metadata>, standard: Standard) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = metadata
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    pairs.sort();
+    let standard = [
+        (CACHE_CONTROL, standard.cache_control),
+        (CONTENT_DISPOSITION, standard.content_disposition),
+        (CONTENT_ENCODING, standard.content_encoding),
+        (CONTENT_LANGUAGE, standard.content_language),
+        (EXPIRES, standard.expires.as_ref().and_then(format_http_date)),
+    ];
+    for (name, value) in standard {
+        if let Some(v) = value {
+            pairs.push((name.to_owned(), v));
+        }
+    }
+    pairs
+}
+
+/// What a GET or HEAD answers besides the body, from an entry.
+struct Described {
+    metadata: Metadata,
+    cache_control: Option<String>,
+    content_disposition: Option<String>,
+    content_encoding: Option<String>,
+    content_language: Option<String>,
+    expires: Option<Timestamp>,
+}
+
+fn describe(entry: &IndexEntry) -> Described {
+    let mut d = Described {
+        metadata: Metadata::new(),
+        cache_control: None,
+        content_disposition: None,
+        content_encoding: None,
+        content_language: None,
+        expires: None,
+    };
+    for (k, v) in &entry.user_metadata {
+        match k.as_str() {
+            CACHE_CONTROL => d.cache_control = Some(v.clone()),
+            CONTENT_DISPOSITION => d.content_disposition = Some(v.clone()),
+            CONTENT_ENCODING => d.content_encoding = Some(v.clone()),
+            CONTENT_LANGUAGE => d.content_language = Some(v.clone()),
+            EXPIRES => d.expires = Timestamp::parse(TimestampFormat::HttpDate, v).ok(),
+            _ => {
+                d.metadata.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    d
+}
+
+fn condition_of(input: &PutObjectInput) -> S3Result<Condition> {
+    match (&input.if_none_match, &input.if_match) {
+        (Some(_), Some(_)) => Err(s3_error!(
+            InvalidArgument,
+            "If-Match and If-None-Match together are not supported"
+        )),
+        (Some(c), None) if c.is_any() => Ok(Condition::IfNoneMatch),
+        (Some(_), None) => Err(s3_error!(NotImplemented, "If-None-Match on PUT takes only *")),
+        (None, Some(c)) => match c.as_etag() {
+            Some(etag) => Ok(Condition::IfMatch(etag.value().to_owned())),
+            None => Err(s3_error!(NotImplemented, "If-Match: * on PUT is not supported")),
+        },
+        (None, None) => Ok(Condition::None),
+    }
+}
+
+/// Parses `Content-MD5`: the base64 of 16 bytes.
+pub(super) fn content_md5(value: Option<&String>) -> S3Result<Option<[u8; 16]>> {
+    let Some(b64) = value else { return Ok(None) };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .ok()
+        .filter(|b| b.len() == 16)
+        .ok_or_else(|| s3_error!(InvalidDigest, "Content-MD5 is not the base64 of 16 bytes"))?;
+    let mut md5 = [0u8; 16];
+    md5.copy_from_slice(&bytes);
+    Ok(Some(md5))
+}
+
+/// The declared length of a body, or the S3 error for its absence.
+pub(super) fn declared_length(content_length: Option<i64>) -> S3Result<u64> {
+    match content_length {
+        Some(n) if n >= 0 => Ok(n as u64),
+        Some(_) => Err(s3_error!(InvalidArgument, "negative Content-Length")),
+        None => Err(s3_error!(MissingContentLength)),
+    }
+}
+
+/// A body stored: its digests and where its bytes are.
+pub(super) struct Stored {
+    pub digests: data::Digests,
+    pub data: EntryData,
+}
+
+/// Stores a body as version `version` of `account/bucket/key`: inline when `inline` allows
+/// and it is small enough, else as fragments of `policy`; checks `Content-MD5` before
+/// anything is committed.
+#[allow(clippy::too_many_arguments)] // one call site each, spelled out
+pub(super) async fn store_body(
+    state: &S3State,
+    account: &str,
+    bucket: &str,
+    key: &str,
+    policy: &str,
+    version: VersionId,
+    body: Option<StreamingBlob>,
+    declared: u64,
+    md5: Option<[u8; 16]>,
+    inline: bool,
+) -> S3Result<Stored> {
+    let body = PutBody {
+        stream: body.unwrap_or_else(|| {
+            StreamingBlob::wrap(futures_util::stream::empty::<Result<Bytes, std::io::Error>>())
+        }),
+        declared,
+    };
+    let check_md5 = |digests: &data::Digests| -> Result<(), DataError> {
+        match md5 {
+            Some(expected) if expected != digests.md5 => Err(DataError::BadDigest(
+                "the Content-MD5 you specified did not match what we received".into(),
+            )),
+            _ => Ok(()),
+        }
+    };
+    if declared == 0 || (inline && declared <= state.inline_max) {
+        let (bytes, digests) = data::read_small(body).await.map_err(to_s3)?;
+        check_md5(&digests).map_err(to_s3)?;
+        return Ok(Stored {
+            digests,
+            data: EntryData::Inline(bytes.to_vec()),
+        });
+    }
+    let path = object_path(account, bucket, key);
+    let map = state.cluster.map();
+    let place = Place::of(&map, policy, &path).map_err(to_s3)?;
+    let shape = Shape::of(&place.policy).map_err(to_s3)?;
+    let name = FragmentName {
+        policy: policy.to_owned(),
+        partition: place.partition,
+        version,
+        path,
+    };
+    let digests = data::put_fragments(&state.data, &place, &name, &shape, body, check_md5)
+        .await
+        .map_err(to_s3)?;
+    Ok(Stored {
+        digests,
+        data: EntryData::Fragments {
+            segment_bytes: state.data.segment_bytes,
+        },
+    })
+}
+
+pub async fn put(
+    state: &S3State,
+    account: &str,
+    req: S3Request<PutObjectInput>,
+) -> S3Result<S3Response<PutObjectOutput>> {
+    let mut input = req.input;
+    let bucket = owned(state, account, &input.bucket)?;
+    check_key(&input.key)?;
+    let declared = declared_length(input.content_length)?;
+    let md5 = content_md5(input.content_md5.as_ref())?;
+    let condition = condition_of(&input)?;
+    let version = state.data.clock.next();
+    let Stored { digests, data } = store_body(
+        state,
+        account,
+        &input.bucket,
+        &input.key,
+        &bucket.policy,
+        version,
+        input.body.take(),
+        declared,
+        md5,
+        true,
+    )
+    .await?;
+    let etag = hex::encode(digests.md5);
+    let standard = Standard {
+        cache_control: input.cache_control.take(),
+        content_disposition: input.content_disposition.take(),
+        content_encoding: input.content_encoding.take(),
+        content_language: input.content_language.take(),
+        expires: input.expires.take(),
+    };
+    let entry = IndexEntry {
+        version,
+        size: digests.bytes,
+        etag: etag.clone(),
+        blake3: digests.blake3,
+        client_checksums: Vec::new(),
+        content_type: input.content_type.clone().unwrap_or_default(),
+        user_metadata: metadata_pairs(input.metadata.as_ref(), standard),
+        policy: bucket.policy.clone(),
+        data,
+    };
+    entry
+        .validate()
+        .map_err(|e| s3_error!(MetadataTooLarge, "{e}"))?;
+    let shard = IndexClient::shard_of(account, &input.bucket, &input.key, bucket.shards);
+    state
+        .index
+        .write(&shard, &input.key, &entry, &condition)
+        .await
+        .map_err(to_s3)?;
+    Ok(S3Response::new(PutObjectOutput {
+        e_tag: Some(etag_value(&etag)),
+        size: Some(digests.bytes as i64),
+        ..Default::default()
+    }))
+}
+
+/// Reads the key's live entry, or `NoSuchKey`.
+async fn live_entry(state: &S3State, account: &str, bucket: &Bucket, name: &str, key: &str) -> S3Result<IndexEntry> {
+    check_key(key)?;
+    let shard = IndexClient::shard_of(account, name, key, bucket.shards);
+    match state.index.read(&shard, key).await.map_err(to_s3)? {
+        Some(record) if !record.entry.is_tombstone() => Ok(record.entry),
+        _ => Err(s3_error!(NoSuchKey)),
+    }
+}
+
+/// The read conditions of GET and HEAD, checked in RFC 9110's order: `If-Match`, then
+/// `If-Unmodified-Since` (412), then `If-None-Match`, then `If-Modified-Since` (304).
+struct ReadConditions<'a> {
+    if_match: Option<&'a IfMatch>,
+    if_unmodified_since: Option<&'a Timestamp>,
+    if_none_match: Option<&'a IfNoneMatch>,
+    if_modified_since: Option<&'a Timestamp>,
+}
+
+fn etag_matches(condition: &ETagCondition, etag: &str) -> bool {
+    match condition.as_etag() {
+        None => true,
+        Some(e) => e.value() == etag,
+    }
+}
+
+/// Whole seconds, as HTTP dates carry them.
+fn seconds(t: &Timestamp) -> i64 {
+    time::OffsetDateTime::from(t.clone()).unix_timestamp()
+}
+
+impl ReadConditions<'_> {
+    fn check(&self, entry: &IndexEntry) -> S3Result<()> {
+        let modified = seconds(&last_modified(entry.version));
+        if let Some(c) = self.if_match {
+            if !etag_matches(c, &entry.etag) {
+                return Err(s3_error!(PreconditionFailed));
+            }
+        } else if let Some(t) = self.if_unmodified_since
+            && modified > seconds(t)
+        {
+            return Err(s3_error!(PreconditionFailed));
+        }
+        if let Some(c) = self.if_none_match {
+            if etag_matches(c, &entry.etag) {
+                return Err(not_modified(entry));
+            }
+        } else if let Some(t) = self.if_modified_since
+            && modified <= seconds(t)
+        {
+            return Err(not_modified(entry));
+        }
+        Ok(())
+    }
+}
+
+fn not_modified(entry: &IndexEntry) -> S3Error {
+    let mut e = s3_error!(NotModified);
+    let mut headers = hyper::HeaderMap::new();
+    if let Ok(v) = etag_value(&entry.etag).to_http_header() {
+        headers.insert(hyper::header::ETAG, v);
+    }
+    e.set_headers(headers);
+    e
+}
+
+fn byte_range(range: Option<&Range>, size: u64) -> S3Result<Option<ByteRange<u64>>> {
+    match range {
+        None => Ok(None),
+        Some(r) => r
+            .check(size)
+            .map(Some)
+            .map_err(|_| s3_error!(InvalidRange, "the range is not satisfiable for an object of {size} bytes")),
+    }
+}
+
+pub async fn get(
+    state: &S3State,
+    account: &str,
+    req: S3Request<GetObjectInput>,
+) -> S3Result<S3Response<GetObjectOutput>> {
+    let input = req.input;
+    let bucket = owned(state, account, &input.bucket)?;
+    let entry = live_entry(state, account, &bucket, &input.bucket, &input.key).await?;
+    ReadConditions {
+        if_match: input.if_match.as_ref(),
+        if_unmodified_since: input.if_unmodified_since.as_ref(),
+        if_none_match: input.if_none_match.as_ref(),
+        if_modified_since: input.if_modified_since.as_ref(),
+    }
+    .check(&entry)?;
+    let size = entry.size;
+    let range = byte_range(input.range.as_ref(), size)?;
+    let wanted = range.clone().unwrap_or(0..size);
+    let body: data::BodyStream = match &entry.data {
+        EntryData::Inline(bytes) => {
+            let slice = Bytes::copy_from_slice(&bytes[wanted.start as usize..wanted.end as usize]);
+            Box::pin(futures_util::stream::iter([Ok(slice)]))
+        }
+        EntryData::Fragments { segment_bytes } => {
+            let path = object_path(account, &input.bucket, &input.key);
+            let map = state.cluster.map();
+            let place = Place::of(&map, &entry.policy, &path).map_err(to_s3)?;
+            let shape = Shape::of(&place.policy).map_err(to_s3)?;
+            let name = FragmentName {
+                policy: entry.policy.clone(),
+                partition: place.partition,
+                version: entry.version,
+                path,
+            };
+            let whole = range.is_none().then_some(entry.blake3);
+            data::read_object(&state.data, &place, &name, &shape, size, *segment_bytes, wanted.clone(), whole)
+                .await
+                .map_err(to_s3)?
+        }
+        EntryData::Parts(parts) => {
+            read_parts(state, account, &input.bucket, &input.key, &entry.policy, parts, wanted.clone()).await?
+        }
+        EntryData::Tombstone => return Err(s3_error!(NoSuchKey)),
+    };
+    let d = describe(&entry);
+    let output = GetObjectOutput {
+        body: Some(StreamingBlob::wrap(body)),
+        accept_ranges: Some("bytes".to_owned()),
+        content_length: Some((wanted.end - wanted.start) as i64),
+        content_range: range
+            .as_ref()
+            .map(|r| format!("bytes {}-{}/{size}", r.start, r.end.saturating_sub(1))),
+        content_type: Some(
+            input
+                .response_content_type
+                .clone()
+                .unwrap_or_else(|| entry.content_type.clone()),
+        )
+        .filter(|t| !t.is_empty()),
+        cache_control: input.response_cache_control.clone().or(d.cache_control),
+        content_disposition: input.response_content_disposition.clone().or(d.content_disposition),
+        content_encoding: input.response_content_encoding.clone().or(d.content_encoding),
+        content_language: input.response_content_language.clone().or(d.content_language),
+        expires: input.response_expires.clone().or(d.expires),
+        e_tag: Some(etag_value(&entry.etag)),
+        last_modified: Some(last_modified(entry.version)),
+        metadata: Some(d.metadata).filter(|m| !m.is_empty()),
+        ..Default::default()
+    };
+    if range.is_some() {
+        Ok(S3Response::with_status(output, StatusCode::PARTIAL_CONTENT))
+    } else {
+        Ok(S3Response::new(output))
+    }
+}
+
+/// Reads `range` of an object stored in parts: each part that the range touches, in order,
+/// reading only the segments it needs. The first part is opened before this returns (so an
+/// unreadable object fails before any byte is sent); a later part that cannot be read
+/// breaks the body off.
+async fn read_parts(
+    state: &S3State,
+    account: &str,
+    bucket: &str,
+    key: &str,
+    policy: &str,
+    parts: &[Part],
+    range: ByteRange<u64>,
+) -> S3Result<data::BodyStream> {
+    let path = object_path(account, bucket, key);
+    let map = state.cluster.map();
+    let place = Place::of(&map, policy, &path).map_err(to_s3)?;
+    let shape = Shape::of(&place.policy).map_err(to_s3)?;
+    // (part, range within it) for every part the range touches.
+    let mut pieces = Vec::new();
+    let mut start = 0u64;
+    for part in parts {
+        let end = start + part.size;
+        let lo = range.start.max(start);
+        let hi = range.end.min(end);
+        if lo < hi {
+            pieces.push((part.clone(), lo - start..hi - start));
+        }
+        start = end;
+    }
+    let open = move |data: crate::data::DataPath, place: Place, shape: Shape, path: String, policy: String, part: Part, within: ByteRange<u64>| async move {
+        let name = FragmentName {
+            policy,
+            partition: place.partition,
+            version: part.version,
+            path,
+        };
+        let whole = (within.start == 0 && within.end == part.size).then_some(part.blake3);
+        data::read_object(&data, &place, &name, &shape, part.size, part.segment_bytes, within, whole).await
+    };
+    let mut pieces = pieces.into_iter();
+    let Some((first, within)) = pieces.next() else {
+        return Ok(Box::pin(futures_util::stream::empty()));
+    };
+    let first_stream = open(state.data.clone(), place.clone(), shape.clone(), path.clone(), policy.to_owned(), first, within)
+        .await
+        .map_err(to_s3)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    let data_path = state.data.clone();
+    let policy = policy.to_owned();
+    tokio::spawn(async move {
+        let mut current = Some(first_stream);
+        loop {
+            let mut stream = match current.take() {
+                Some(s) => s,
+                None => match pieces.next() {
+                    None => return,
+                    Some((part, within)) => match open(data_path.clone(), place.clone(), shape.clone(), path.clone(), policy.clone(), part, within).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                            return;
+                        }
+                    },
+                },
+            };
+            while let Some(item) = futures_util::StreamExt::next(&mut stream).await {
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Box::pin(crate::node_client::ChannelStream(rx)))
+}
+
+pub async fn head(
+    state: &S3State,
+    account: &str,
+    req: S3Request<HeadObjectInput>,
+) -> S3Result<S3Response<HeadObjectOutput>> {
+    let input = req.input;
+    let bucket = owned(state, account, &input.bucket)?;
+    let entry = live_entry(state, account, &bucket, &input.bucket, &input.key).await?;
+    ReadConditions {
+        if_match: input.if_match.as_ref(),
+        if_unmodified_since: input.if_unmodified_since.as_ref(),
+        if_none_match: input.if_none_match.as_ref(),
+        if_modified_since: input.if_modified_since.as_ref(),
+    }
+    .check(&entry)?;
+    let range = byte_range(input.range.as_ref(), entry.size)?;
+    let d = describe(&entry);
+    let output = HeadObjectOutput {
+        accept_ranges: Some("bytes".to_owned()),
+        content_length: Some(range.as_ref().map_or(entry.size, |r| r.end - r.start) as i64),
+        content_range: range
+            .as_ref()
+            .map(|r| format!("bytes {}-{}/{}", r.start, r.end.saturating_sub(1), entry.size)),
+        content_type: Some(entry.content_type.clone()).filter(|t| !t.is_empty()),
+        cache_control: d.cache_control,
+        content_disposition: d.content_disposition,
+        content_encoding: d.content_encoding,
+        content_language: d.content_language,
+        expires: d.expires,
+        e_tag: Some(etag_value(&entry.etag)),
+        last_modified: Some(last_modified(entry.version)),
+        metadata: Some(d.metadata).filter(|m| !m.is_empty()),
+        ..Default::default()
+    };
+    if range.is_some() {
+        Ok(S3Response::with_status(output, StatusCode::PARTIAL_CONTENT))
+    } else {
+        Ok(S3Response::new(output))
+    }
+}
+
+pub async fn delete(
+    state: &S3State,
+    account: &str,
+    req: S3Request<DeleteObjectInput>,
+) -> S3Result<S3Response<DeleteObjectOutput>> {
+    let input = req.input;
+    let bucket = owned(state, account, &input.bucket)?;
+    check_key(&input.key)?;
+    let shard = IndexClient::shard_of(account, &input.bucket, &input.key, bucket.shards);
+    // Deleting a key that is absent succeeds, as in S3; the tombstone orders the delete
+    // after every earlier write.
+    let tombstone = IndexEntry::tombstone(state.data.clock.next(), bucket.policy.clone());
+    state
+        .index
+        .write(&shard, &input.key, &tombstone, &Condition::None)
+        .await
+        .map_err(to_s3)?;
+    Ok(S3Response::new(DeleteObjectOutput::default()))
+}

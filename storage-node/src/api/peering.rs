@@ -1,0 +1,186 @@
+//! Peering (DESIGN.md, "Index"): before a device serves a shard as its primary in a ring
+//! epoch, it collects the shard's records from a majority of the shard's replicas, so it
+//! holds every write a majority acknowledged. The proxy names the shard's replicas (its
+//! slot devices, in slot order) in [`REPLICAS`]; a shard is peered once per epoch.
+//!
+//! A replica may have missed any write (a replica is told of writes one by one, and some
+//! may fail), so peering asks for the whole shard, not only what is newer than this
+//! device's newest record. That is O(shard) once per shard per epoch; a per-replica
+//! "complete through" mark (as Ceph's `last_complete`) would make it O(missed).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::body::Bytes;
+use nimbus_core::index::{ShardId, decode_records};
+use nimbus_ring::raft::network::PeerClient;
+use tokio::sync::Mutex;
+
+use super::ApiError;
+use crate::index::IndexStore;
+
+/// The header naming a shard's replicas: `ip:port/device` separated by commas, in slot
+/// order, this device among them.
+pub const REPLICAS: &str = "x-nimbus-replicas";
+
+/// Records asked for per call.
+const PAGE: usize = 1000;
+/// How long one call to a replica may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most replicas a request may name.
+const MAX_REPLICAS: usize = 16;
+
+/// One replica of a shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replica {
+    /// Its node.
+    pub node: SocketAddr,
+    /// Its device there.
+    pub device: String,
+}
+
+/// Parses the [`REPLICAS`] header, if present.
+///
+/// # Errors
+/// [`ApiError::BadRequest`] when it is malformed.
+pub fn parse_replicas(headers: &HeaderMap) -> Result<Option<Vec<Replica>>, ApiError> {
+    let Some(value) = headers.get(REPLICAS) else {
+        return Ok(None);
+    };
+    let bad = || ApiError::BadRequest(format!("{REPLICAS}: not a list of ip:port/device"));
+    let text = value.to_str().map_err(|_| bad())?;
+    let replicas = text
+        .split(',')
+        .map(|item| {
+            let (node, device) = item.trim().split_once('/').ok_or_else(bad)?;
+            Ok(Replica {
+                node: node.parse().map_err(|_| bad())?,
+                device: device.to_owned(),
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    if replicas.is_empty() || replicas.len() > MAX_REPLICAS {
+        return Err(bad());
+    }
+    Ok(Some(replicas))
+}
+
+/// The epoch each (device, shard) was last peered in.
+#[derive(Debug, Default)]
+pub struct Peering {
+    peered: Mutex<HashMap<(String, ShardId), u64>>,
+}
+
+impl Peering {
+    /// Makes sure `device`'s copy of `shard` holds every record a majority of `replicas`
+    /// holds, as of `epoch`; peers at most once per epoch (concurrent callers wait).
+    ///
+    /// # Errors
+    /// [`ApiError::Unavailable`] when fewer than a majority of the replicas answered.
+    pub async fn ensure(
+        &self,
+        client: &PeerClient,
+        index: &IndexStore,
+        device: &str,
+        me: Option<SocketAddr>,
+        shard: &ShardId,
+        epoch: u64,
+        replicas: &[Replica],
+    ) -> Result<(), ApiError> {
+        let mut peered = self.peered.lock().await;
+        let key = (device.to_owned(), shard.clone());
+        if peered.get(&key).is_some_and(|&e| e >= epoch) {
+            return Ok(());
+        }
+        let majority = replicas.len() / 2 + 1;
+        let others: Vec<&Replica> = replicas
+            .iter()
+            .filter(|r| !(r.device == device && me.is_none_or(|m| m == r.node)))
+            .collect();
+        let pulls = others
+            .iter()
+            .map(|r| pull(client, index, r, shard, epoch));
+        let results = futures_util::future::join_all(pulls).await;
+        let mut answered = 1; // this device
+        let mut errors = Vec::new();
+        for r in results {
+            match r {
+                Ok(()) => answered += 1,
+                Err(e) => errors.push(e),
+            }
+        }
+        if answered < majority {
+            return Err(ApiError::Unavailable(format!(
+                "peering {shard}: {answered} of {} replicas answered, {majority} needed: {}",
+                replicas.len(),
+                errors.join("; ")
+            )));
+        }
+        tracing::debug!(%shard, epoch, answered, "shard peered");
+        peered.insert(key, epoch);
+        Ok(())
+    }
+}
+
+/// Copies every record of `shard` that `replica` holds into `index` (each kept only if
+/// newer than what is there).
+async fn pull(
+    client: &PeerClient,
+    index: &IndexStore,
+    replica: &Replica,
+    shard: &ShardId,
+    epoch: u64,
+) -> Result<(), String> {
+    let mut from = 0u64;
+    loop {
+        let path = format!(
+            "/v1/index/{}/{}/{}/{}/since?seq={from}&limit={PAGE}",
+            encode(&replica.device),
+            encode(&shard.account),
+            encode(&shard.container),
+            shard.shard
+        );
+        let answer = client
+            .send_bytes(
+                Method::GET,
+                &replica.node.to_string(),
+                &path,
+                epoch,
+                Bytes::new(),
+                CALL_TIMEOUT,
+                64 << 20,
+            )
+            .await
+            .map_err(|e| format!("{}: {e}", replica.node))?;
+        if answer.status != StatusCode::OK {
+            return Err(format!("{}: {}", replica.node, answer.status));
+        }
+        let records = decode_records(&answer.body).map_err(|e| format!("{}: {e}", replica.node))?;
+        let count = records.len();
+        for record in records {
+            from = from.max(record.seq);
+            index
+                .apply_replicated(shard, record)
+                .await
+                .map_err(|e| format!("applying a record from {}: {e}", replica.node))?;
+        }
+        if count < PAGE {
+            return Ok(());
+        }
+    }
+}
+
+/// Percent-encodes a path segment.
+fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
