@@ -14,8 +14,8 @@
 //! - A generated secret (S3 secret key, Swift key) is printed once, by the command that
 //!   created it; the map never returns it.
 
-mod client;
-mod map;
+pub(crate) mod client;
+pub(crate) mod map;
 mod output;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -142,7 +142,7 @@ pub fn run(args: AdminArgs) -> Result<ExitCode> {
 }
 
 /// Reads the cluster secret from `path`.
-fn load_secret(path: Option<&Path>) -> Result<ClusterSecret> {
+pub(crate) fn load_secret(path: Option<&Path>) -> Result<ClusterSecret> {
     let path = path.ok_or_else(|| {
         anyhow!("no cluster secret: pass --secret-file PATH (or set NIMBUS_SECRET_FILE)")
     })?;

@@ -1,11 +1,14 @@
-//! `nimbus`: the one binary operators run: `nimbus ring …` (ring builder files, usable before
-//! any cluster exists) and `nimbus storage` (a storage node); `dev`, `proxy` and `admin` join
-//! it as they land.
+//! `nimbus`: the one binary operators run: `nimbus dev` (a whole local cluster), `nimbus ring …`
+//! (ring builder files, usable before any cluster exists), `nimbus storage` (a storage node),
+//! `nimbus proxy` (the S3 front door) and `nimbus admin …` (a running cluster's metadata).
 
 #![forbid(unsafe_code)]
 
 mod admin;
+mod dev;
+mod proxy;
 mod ring;
+mod shutdown;
 mod storage;
 mod telemetry;
 
@@ -23,10 +26,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start a local cluster on loopback: storage nodes, metadata members and a proxy, set
+    /// up on first run; prints the S3 endpoint and credentials.
+    Dev(dev::DevArgs),
     /// Build and inspect rings: which devices hold each object's fragments.
     Ring(ring::RingArgs),
     /// Run a storage node: the process that owns a machine's disks.
     Storage(storage::StorageArgs),
+    /// Run a proxy: the S3 front door of a cluster.
+    Proxy(proxy::ProxyArgs),
     /// Administer a running cluster through its metadata members: membership, storage
     /// policies and rings, accounts, credentials, buckets.
     Admin(admin::AdminArgs),
@@ -35,8 +43,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Dev(args) => dev::run(args),
         Command::Ring(args) => ring::run(args),
         Command::Storage(args) => storage::run(args),
+        Command::Proxy(args) => proxy::run(args),
         Command::Admin(args) => admin::run(args),
     };
     match result {

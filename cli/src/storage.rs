@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use nimbus_storage_node::config::Config;
 
@@ -29,6 +29,9 @@ pub struct StorageArgs {
 /// A bad configuration, a device that cannot be opened, an address that cannot be bound.
 pub fn run(args: StorageArgs) -> Result<ExitCode> {
     crate::telemetry::init();
+    if !crate::shutdown::follow_supervisor() {
+        bail!("nimbus dev, which started this node, is gone");
+    }
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("read {}", args.config.display()))?;
     let mut config = Config::parse(&text)?;
@@ -44,7 +47,7 @@ pub fn run(args: StorageArgs) -> Result<ExitCode> {
         .build()
         .context("start the async runtime")?;
     runtime.block_on(async {
-        let node = nimbus_storage_node::node::start(&config, shutdown_signal())
+        let node = nimbus_storage_node::node::start(&config, crate::shutdown::signal())
             .await
             .context("start storage node")?;
         // One line on stdout that scripts and test harnesses wait for.
@@ -64,20 +67,4 @@ pub fn run(args: StorageArgs) -> Result<ExitCode> {
         tracing::info!("storage node stopped");
         Ok(ExitCode::SUCCESS)
     })
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM; stop with SIGINT");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }

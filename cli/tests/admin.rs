@@ -595,3 +595,65 @@ fn commands_reach_the_leader_from_any_member_given() {
     assert!(map.bucket("from-a-follower").is_some());
     assert_eq!(map.default_policy(), Some("rep3"));
 }
+
+#[test]
+fn the_index_policy_is_set_once_and_shown_by_map_show() {
+    let cluster = Cluster::start_group();
+    let out = cluster.ok(&[
+        "policy",
+        "create",
+        "ec4+2",
+        "--part-power",
+        "4",
+        "--default",
+    ]);
+    assert!(out.starts_with("created storage policy ec4+2, the default:"));
+    // An erasure-coded policy cannot hold the index: refused before anything is sent.
+    cluster.refused(
+        &["policy", "create", "ec2+1", "--part-power", "4", "--index"],
+        "the index policy must be a replication policy (repN), not ec2+1",
+    );
+    assert!(cluster.map().policy("ec2+1").is_none());
+    cluster.refused(
+        &["policy", "set-index", "ec4+2"],
+        "the index policy must be a replication policy (repN), not ec4+2",
+    );
+    cluster.refused(&["policy", "set-index", "rep9"], "no storage policy rep9");
+
+    let out = cluster.ok(&["policy", "create", "rep5", "--part-power", "4", "--index"]);
+    assert!(
+        out.starts_with("created storage policy rep5, the index policy: 2^4 partitions"),
+        "{out}"
+    );
+    assert_eq!(cluster.map().index_policy(), Some("rep5"));
+    cluster.ok(&["policy", "create", "rep3", "--part-power", "4"]);
+    assert_eq!(
+        cluster.ok(&["policy", "set-index", "rep3"]),
+        "rep3 is the index policy\n"
+    );
+    let set = cluster.json(&["policy", "set-index", "rep5"]);
+    assert_eq!(set["index_policy"], "rep5");
+
+    // Once a bucket exists, the index policy stays; the same one again is fine.
+    cluster.ok(&["account", "create", "AUTH_alice"]);
+    cluster.ok(&["credential", "create-s3", "AUTH_alice"]);
+    cluster.ok(&["bucket", "create", "photos", "--owner", "AUTH_alice"]);
+    cluster.refused(
+        &["policy", "set-index", "rep3"],
+        "the index policy is rep5 and 1 bucket(s) exist: changing it to rep3 would orphan their index shards",
+    );
+    cluster.ok(&["policy", "set-index", "rep5"]);
+
+    let summary = cluster.ok(&["map", "show"]);
+    assert!(
+        summary.contains("default policy ec4+2, index policy rep5"),
+        "{summary}"
+    );
+    let summary = cluster.json(&["map", "show"]);
+    assert_eq!(summary["index_policy"], "rep5");
+    assert_eq!(summary["default_policy"], "ec4+2");
+    assert_eq!(summary["credentials"], 1);
+    let ids = summary["credential_ids"].as_array().unwrap();
+    assert_eq!(ids.len(), 1);
+    assert!(cluster.map().credential(ids[0].as_str().unwrap()).is_some());
+}

@@ -9,6 +9,11 @@
 //! **Invariant:** a command that fails leaves the map exactly as it was; one that succeeds
 //! raises [`ClusterMap::version`]. Placement changes (a rebalance that moved or placed
 //! slots) also raise [`ClusterMap::epoch`], which nodes compare to refuse stale requests.
+//!
+//! The *index policy* is the replication policy whose ring places index shards (DESIGN.md:
+//! a shard lives on the `r` devices of its partition in the index ring). **Invariant:** once
+//! a bucket exists it never changes (nor is first set), since the shards already written
+//! would be orphaned.
 
 mod bucket_name;
 mod codec;
@@ -16,7 +21,7 @@ mod codec;
 use std::collections::BTreeMap;
 
 use nimbus_core::ids::{DeviceId, Epoch};
-use nimbus_core::policy::StoragePolicy;
+use nimbus_core::policy::{PolicyKind, StoragePolicy};
 use serde::{Deserialize, Serialize};
 
 pub use bucket_name::{InvalidBucketName, validate_bucket_name};
@@ -151,6 +156,13 @@ pub enum MapCommand {
         name: String,
         /// The JSON document, or `None` to remove it.
         document: Option<String>,
+    },
+    /// Makes a replication policy (`repN`) the index policy: its ring places every bucket's
+    /// index shards. Once a bucket exists, any change is refused (its shards would be
+    /// orphaned), a first choice too; naming the current one again changes nothing.
+    SetIndexPolicy {
+        /// The policy: an existing `repN`.
+        policy: String,
     },
 }
 
@@ -348,6 +360,8 @@ pub struct ClusterMap {
     pub(crate) version: u64,
     pub(crate) epoch: Epoch,
     pub(crate) default_policy: Option<String>,
+    /// The replication policy whose ring places index shards.
+    pub(crate) index_policy: Option<String>,
     pub(crate) policies: BTreeMap<String, PolicyEntry>,
     pub(crate) accounts: BTreeMap<String, Account>,
     pub(crate) credentials: BTreeMap<String, Credential>,
@@ -415,6 +429,13 @@ impl ClusterMap {
     #[must_use]
     pub fn default_policy(&self) -> Option<&str> {
         self.default_policy.as_deref()
+    }
+
+    /// Returns the index policy's name: the replication policy whose ring places every
+    /// bucket's index shards (see [`MapCommand::SetIndexPolicy`]).
+    #[must_use]
+    pub fn index_policy(&self) -> Option<&str> {
+        self.index_policy.as_deref()
     }
 
     /// Returns a policy and its ring.
@@ -767,7 +788,36 @@ impl ClusterMap {
                 self.bucket_mut(name)?.access_policy = document.clone();
                 Ok(MapOutcome::Done)
             }
+            MapCommand::SetIndexPolicy { policy } => self.set_index_policy(policy),
         }
+    }
+
+    fn set_index_policy(&mut self, name: &str) -> Result<MapOutcome, MapError> {
+        let entry = self.policy(name).ok_or_else(|| MapError::NoSuchPolicy {
+            name: name.to_owned(),
+        })?;
+        if !matches!(
+            entry.builder.policy().kind(),
+            PolicyKind::Replication { .. }
+        ) {
+            return Err(invalid(format!(
+                "the index policy must be a replication policy (repN), not {name}"
+            )));
+        }
+        if self.index_policy.as_deref() == Some(name) {
+            return Ok(MapOutcome::Done);
+        }
+        // Where the index shards of existing buckets live follows from the index policy in
+        // effect when they were written (none included): any change would orphan them.
+        if !self.buckets.is_empty() {
+            return Err(invalid(format!(
+                "the index policy is {} and {} bucket(s) exist: changing it to {name} would orphan their index shards",
+                self.index_policy.as_deref().unwrap_or("not set"),
+                self.buckets.len()
+            )));
+        }
+        self.index_policy = Some(name.to_owned());
+        Ok(MapOutcome::Done)
     }
 }
 

@@ -43,6 +43,12 @@ fn bucket(name: &str, owner: &str) -> MapCommand {
     }
 }
 
+fn set_index(policy: &str) -> MapCommand {
+    MapCommand::SetIndexPolicy {
+        policy: policy.into(),
+    }
+}
+
 fn account(name: &str) -> MapCommand {
     MapCommand::CreateAccount {
         name: name.into(),
@@ -71,10 +77,11 @@ fn command() -> impl Strategy<Value = MapCommand> {
             policy: p.into(),
             id: DeviceId(id)
         }),
-        (policy, 0u64..10_000_000).prop_map(|(p, t)| MapCommand::Rebalance {
+        (policy.clone(), 0u64..10_000_000).prop_map(|(p, t)| MapCommand::Rebalance {
             policy: p.into(),
             now_ms: t
         }),
+        policy.prop_map(|p| MapCommand::SetIndexPolicy { policy: p.into() }),
         acct.clone().prop_map(account),
         acct.clone()
             .prop_map(|a| MapCommand::DeleteAccount { name: a.into() }),
@@ -132,6 +139,7 @@ proptest! {
         let mut m = ClusterMap::new();
         m.apply(&account("AUTH_a")).unwrap();
         m.apply(&create_policy("rep3")).unwrap();
+        m.apply(&set_index("rep3")).unwrap();
         m.apply(&bucket("photos", "AUTH_a")).unwrap();
         let mut bytes = m.encode();
         let i = at.index(bytes.len());
@@ -311,4 +319,97 @@ fn ring_changes_through_the_map_build_rings_and_raise_the_epoch() {
     // a snapshot restores the ring too
     let restored = ClusterMap::decode(&m.encode()).unwrap();
     assert_eq!(restored.policy("ec2+1").unwrap().ring.as_ref(), Some(&ring));
+}
+
+#[test]
+fn the_index_policy_is_an_existing_replication_policy() {
+    let mut m = ClusterMap::new();
+    assert_eq!(m.index_policy(), None);
+    assert_eq!(
+        m.apply(&set_index("rep5")),
+        Err(MapError::NoSuchPolicy {
+            name: "rep5".into()
+        })
+    );
+    m.apply(&create_policy("ec4+2")).unwrap();
+    m.apply(&create_policy("rep5")).unwrap();
+    let before = m.clone();
+    let refused = m.apply(&set_index("ec4+2")).unwrap_err();
+    assert!(
+        matches!(&refused, MapError::Invalid { reason } if reason.contains("replication policy")),
+        "{refused:?}"
+    );
+    assert_eq!(m, before);
+
+    assert_eq!(m.apply(&set_index("rep5")), Ok(MapOutcome::Done));
+    assert_eq!(m.index_policy(), Some("rep5"));
+    // The default policy is another matter.
+    assert_eq!(m.default_policy(), Some("ec4+2"));
+    // Without buckets, it may change.
+    m.apply(&create_policy("rep3")).unwrap();
+    m.apply(&set_index("rep3")).unwrap();
+    assert_eq!(m.index_policy(), Some("rep3"));
+    m.apply(&set_index("rep5")).unwrap();
+
+    let restored = ClusterMap::decode(&m.encode()).unwrap();
+    assert_eq!(restored, m);
+    assert_eq!(restored.index_policy(), Some("rep5"));
+}
+
+#[test]
+fn the_index_policy_is_fixed_once_a_bucket_exists() {
+    let mut m = ClusterMap::new();
+    m.apply(&create_policy("rep3")).unwrap();
+    m.apply(&create_policy("rep5")).unwrap();
+    m.apply(&set_index("rep5")).unwrap();
+    m.apply(&account("AUTH_a")).unwrap();
+    m.apply(&bucket("photos", "AUTH_a")).unwrap();
+
+    let before = m.clone();
+    let refused = m.apply(&set_index("rep3")).unwrap_err();
+    assert!(
+        matches!(&refused, MapError::Invalid { reason } if reason.contains("would orphan")),
+        "{refused:?}"
+    );
+    assert_eq!(m, before, "a refused change changed the map");
+    // The same one again is a no-op that succeeds.
+    assert_eq!(m.apply(&set_index("rep5")), Ok(MapOutcome::Done));
+    assert_eq!(m.index_policy(), Some("rep5"));
+    assert_eq!(m.version(), before.version() + 1);
+
+    // Once the last bucket is gone, it may change again.
+    m.apply(&MapCommand::DeleteBucket {
+        name: "photos".into(),
+    })
+    .unwrap();
+    m.apply(&set_index("rep3")).unwrap();
+    assert_eq!(m.index_policy(), Some("rep3"));
+
+    // With buckets and no index policy yet, a first choice is refused too: where their
+    // shards went was decided without one.
+    let mut m = ClusterMap::new();
+    m.apply(&create_policy("rep3")).unwrap();
+    m.apply(&account("AUTH_a")).unwrap();
+    m.apply(&bucket("photos", "AUTH_a")).unwrap();
+    let before = m.clone();
+    assert!(m.apply(&set_index("rep3")).is_err());
+    assert_eq!(m, before);
+}
+
+#[test]
+fn a_flipped_byte_in_a_snapshot_with_an_index_policy_is_detected() {
+    let mut m = ClusterMap::new();
+    m.apply(&create_policy("rep3")).unwrap();
+    m.apply(&set_index("rep3")).unwrap();
+    let bytes = m.encode();
+    assert_eq!(
+        ClusterMap::decode(&bytes).unwrap().index_policy(),
+        Some("rep3")
+    );
+    // Every byte, the index policy's own last ones included.
+    for i in 0..bytes.len() {
+        let mut damaged = bytes.clone();
+        damaged[i] ^= 0x10;
+        assert!(ClusterMap::decode(&damaged).is_err(), "byte {i} flipped");
+    }
 }

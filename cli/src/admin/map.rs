@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use nimbus_core::ids::DeviceId;
+use nimbus_core::policy::{PolicyKind, StoragePolicy};
 use nimbus_ring::map::{MapCommand, MapOutcome, Millis, NewCredential, Versioning};
 use nimbus_ring::{DeviceSpec, Location};
 use serde_json::json;
@@ -18,18 +19,25 @@ use super::output::{self, Report};
 use nimbus_ring::map::MapError;
 
 /// Letters of a generated S3 access key id.
-const ACCESS_KEY_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+pub(crate) const ACCESS_KEY_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 /// Length of a generated S3 access key id.
-const ACCESS_KEY_LEN: usize = 20;
+pub(crate) const ACCESS_KEY_LEN: usize = 20;
 /// Letters of a generated secret key.
-const SECRET_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+pub(crate) const SECRET_ALPHABET: &[u8] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 /// Length of a generated secret key.
-const SECRET_LEN: usize = 40;
+pub(crate) const SECRET_LEN: usize = 40;
 
 #[derive(Subcommand)]
 pub(super) enum PolicyCommand {
     /// Create a storage policy and its (empty) ring.
     Create(PolicyCreateArgs),
+    /// Make a replication policy the index policy: its ring places every bucket's index
+    /// shards. Fixed once a bucket exists.
+    SetIndex {
+        /// The policy: an existing repN (e.g. rep5).
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -45,6 +53,9 @@ pub(super) struct PolicyCreateArgs {
     /// Make it the policy of buckets created without one (the first policy is anyway).
     #[arg(long)]
     default: bool,
+    /// Also make it the index policy (a repN only), as `policy set-index` does.
+    #[arg(long)]
+    index: bool,
     /// Seed for the ring's random choices [default: random].
     #[arg(long)]
     seed: Option<u64>,
@@ -193,7 +204,8 @@ pub(super) enum VersioningArg {
 
 #[derive(Subcommand)]
 pub(super) enum MapViewCommand {
-    /// Summarize the map: version, epoch, policies, accounts, buckets, down devices.
+    /// Summarize the map: version, epoch, default and index policies, policies, accounts,
+    /// credentials, buckets, down devices.
     Show,
 }
 
@@ -201,6 +213,13 @@ pub(super) enum MapViewCommand {
 pub(super) async fn policy(client: &MetaClient, command: PolicyCommand) -> Result<Report> {
     match command {
         PolicyCommand::Create(a) => create_policy(client, a).await,
+        PolicyCommand::SetIndex { name } => {
+            let command = MapCommand::SetIndexPolicy {
+                policy: name.clone(),
+            };
+            let text = format!("{name} is the index policy");
+            change(client, &command, text, json!({ "index_policy": name })).await
+        }
     }
 }
 
@@ -252,6 +271,15 @@ async fn change(
 }
 
 async fn create_policy(client: &MetaClient, a: PolicyCreateArgs) -> Result<Report> {
+    if a.index {
+        let policy: StoragePolicy = a.spec.parse().map_err(|e| anyhow!("{e}"))?;
+        if !matches!(policy.kind(), PolicyKind::Replication { .. }) {
+            bail!(
+                "--index: the index policy must be a replication policy (repN), not {}",
+                a.spec
+            );
+        }
+    }
     let seed = match a.seed {
         Some(seed) => seed,
         None => getrandom::u64().map_err(|e| anyhow!("read random bytes for the seed: {e}"))?,
@@ -268,12 +296,26 @@ async fn create_policy(client: &MetaClient, a: PolicyCreateArgs) -> Result<Repor
         hash_key,
         make_default: a.default,
     };
-    let default = if a.default { ", the default" } else { "" };
-    change(
-        client,
-        &command,
+    apply(client, &command).await?;
+    let mut roles = String::new();
+    if a.default {
+        roles.push_str(", the default");
+    }
+    if a.index {
+        let command = MapCommand::SetIndexPolicy {
+            policy: a.spec.clone(),
+        };
+        apply(client, &command).await.with_context(|| {
+            format!(
+                "created storage policy {}, but could not make it the index policy",
+                a.spec
+            )
+        })?;
+        roles.push_str(", the index policy");
+    }
+    Ok(Report::new(
         format!(
-            "created storage policy {}{default}: 2^{} partitions, min_part_hours {}, seed {seed}",
+            "created storage policy {}{roles}: 2^{} partitions, min_part_hours {}, seed {seed}",
             a.spec, a.part_power, a.min_part_hours
         ),
         json!({
@@ -282,9 +324,9 @@ async fn create_policy(client: &MetaClient, a: PolicyCreateArgs) -> Result<Repor
             "min_part_hours": a.min_part_hours,
             "seed": seed,
             "made_default": a.default,
+            "made_index": a.index,
         }),
-    )
-    .await
+    ))
 }
 
 /// Runs `device …`.
@@ -482,21 +524,21 @@ pub(super) async fn bucket(client: &MetaClient, command: BucketCommand) -> Resul
 }
 
 /// Returns the local clock in milliseconds since the Unix epoch.
-fn now_ms() -> Millis {
+pub(crate) fn now_ms() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Returns `N` random bytes from the operating system.
-fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).map_err(|e| anyhow!("read random bytes: {e}"))?;
     Ok(bytes)
 }
 
 /// Returns `len` characters drawn uniformly from `alphabet` (at most 256 letters).
-fn random_string(alphabet: &[u8], len: usize) -> Result<String> {
+pub(crate) fn random_string(alphabet: &[u8], len: usize) -> Result<String> {
     // Bytes at or above the largest multiple of the alphabet's size are dropped, so that
     // every letter is equally likely.
     let limit = 256 - 256 % alphabet.len();

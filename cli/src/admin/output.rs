@@ -326,13 +326,14 @@ fn counted(names: &[&str]) -> String {
     format!("{} ({shown}{more})", names.len())
 }
 
-/// A summary of the whole map.
+/// A summary of the whole map (the JSON also lists every credential id).
 pub fn map_summary(map: &ClusterMap) -> Report {
     let mut lines = vec![format!(
-        "map version {}, epoch {}, default policy {}",
+        "map version {}, epoch {}, default policy {}, index policy {}",
         map.version(),
         map.epoch(),
-        map.default_policy().unwrap_or("none")
+        map.default_policy().unwrap_or("none"),
+        map.index_policy().unwrap_or("none")
     )];
     let mut policies = Vec::new();
     for name in map.policy_names() {
@@ -357,7 +358,8 @@ pub fn map_summary(map: &ClusterMap) -> Report {
         lines.push("policies: none".to_owned());
     }
     let accounts: Vec<&str> = map.accounts().map(|(n, _)| n).collect();
-    let credentials = map.credentials().count();
+    // Ids only: the map holds the secrets, which are never shown again.
+    let credentials: Vec<&str> = map.credentials().map(|(id, _)| id).collect();
     let buckets: Vec<&str> = map.buckets().map(|(n, _)| n).collect();
     let down: Vec<Value> = map
         .down_devices()
@@ -366,7 +368,7 @@ pub fn map_summary(map: &ClusterMap) -> Report {
         })
         .collect();
     lines.push(format!("accounts: {}", counted(&accounts)));
-    lines.push(format!("credentials: {credentials}"));
+    lines.push(format!("credentials: {}", credentials.len()));
     lines.push(format!("buckets: {}", counted(&buckets)));
     lines.push(format!(
         "down devices: {}",
@@ -381,9 +383,11 @@ pub fn map_summary(map: &ClusterMap) -> Report {
             "version": map.version(),
             "epoch": map.epoch(),
             "default_policy": map.default_policy(),
+            "index_policy": map.index_policy(),
             "policies": policies,
             "accounts": accounts,
-            "credentials": credentials,
+            "credentials": credentials.len(),
+            "credential_ids": credentials,
             "buckets": buckets,
             "down_devices": down,
         }),

@@ -1,11 +1,17 @@
 //! The cluster map's snapshot encoding (what Raft snapshots hold): the ring file frame
 //! (`NIMBCMAP`, version, length, blake3) around the map's fields, builders in their own
 //! encoding. Decoding validates everything and rebuilds each policy's ring.
+//!
+//! The frame's version is shared with ring and builder files, so the map's payload grows
+//! only at its end: a field added later (so far: the index policy) follows every older one,
+//! and a payload that ends exactly where such a field would start was written before it
+//! existed and decodes as its absence. Anything else left over, or missing, is refused.
 
 use std::collections::BTreeMap;
 
 use nimbus_core::encoding::{Reader, Writer};
 use nimbus_core::ids::Epoch;
+use nimbus_core::policy::PolicyKind;
 
 use super::{
     Account, Bucket, ClusterMap, Credential, CredentialKind, DeviceKey, PolicyEntry, Versioning,
@@ -118,6 +124,8 @@ impl ClusterMap {
             w.put_str(&key.device);
             w.put_u64(*since);
         }
+        // Added after the first release of this encoding: see the module documentation.
+        put_opt_str(&mut w, self.index_policy.as_deref());
         frame(MAGIC, w.as_slice())
     }
 
@@ -223,21 +231,99 @@ impl ClusterMap {
             let device = r.str("down device name")?.to_owned();
             down.insert(DeviceKey { node, device }, r.u64("down since")?);
         }
+        // A map encoded before the index policy existed ends here.
+        let index_policy = if r.remaining() == 0 {
+            None
+        } else {
+            get_opt_str(&mut r, "index policy")?
+        };
         r.finish()?;
         if let Some(p) = &default_policy
             && !policies.contains_key(p)
         {
             return Err(invalid(format!("default policy {p} does not exist")));
         }
+        if let Some(p) = &index_policy {
+            let replication = policies.get(p).is_some_and(|entry| {
+                matches!(
+                    entry.builder.policy().kind(),
+                    PolicyKind::Replication { .. }
+                )
+            });
+            if !replication {
+                return Err(invalid(format!(
+                    "index policy {p} is not an existing replication policy"
+                )));
+            }
+        }
         Ok(ClusterMap {
             version,
             epoch,
             default_policy,
+            index_policy,
             policies,
             accounts,
             credentials,
             buckets,
             down,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::MapCommand;
+
+    fn map_with_index_policy() -> ClusterMap {
+        let mut m = ClusterMap::new();
+        m.apply(&MapCommand::CreatePolicy {
+            spec: "rep3".into(),
+            part_power: 4,
+            min_part_hours: 0,
+            seed: 1,
+            hash_key: [3; 32],
+            make_default: false,
+        })
+        .unwrap();
+        m.apply(&MapCommand::SetIndexPolicy {
+            policy: "rep3".into(),
+        })
+        .unwrap();
+        m
+    }
+
+    /// The payload inside an encoded map's frame.
+    fn payload(bytes: &[u8]) -> Vec<u8> {
+        unframe(MAGIC, "cluster map", bytes).unwrap().to_vec()
+    }
+
+    #[test]
+    fn a_map_encoded_before_the_index_policy_existed_decodes_without_one() {
+        let m = map_with_index_policy();
+        let mut old = payload(&m.encode());
+        // Drop the trailing field: flag 1, length 4, "rep3".
+        old.truncate(old.len() - (1 + 4 + 4));
+        let decoded = ClusterMap::decode(&frame(MAGIC, &old)).unwrap();
+        assert_eq!(decoded.index_policy(), None);
+        assert_eq!(decoded.policy_names().collect::<Vec<_>>(), ["rep3"]);
+    }
+
+    #[test]
+    fn a_cut_or_padded_index_policy_is_refused() {
+        let m = map_with_index_policy();
+        let full = payload(&m.encode());
+        for cut in 1..(1 + 4 + 4) {
+            let bytes = frame(MAGIC, &full[..full.len() - cut]);
+            assert!(ClusterMap::decode(&bytes).is_err(), "cut {cut}");
+        }
+        let mut padded = full.clone();
+        padded.push(0);
+        assert!(ClusterMap::decode(&frame(MAGIC, &padded)).is_err());
+        // An index policy that is not a policy of the map.
+        let mut unknown = full[..full.len() - 4].to_vec();
+        unknown.extend_from_slice(b"rep5");
+        let err = ClusterMap::decode(&frame(MAGIC, &unknown)).unwrap_err();
+        assert!(err.to_string().contains("index policy rep5"), "{err}");
     }
 }
