@@ -5,6 +5,7 @@
 mod buckets;
 mod error;
 mod list;
+mod multipart;
 mod objects;
 
 use std::sync::Arc;
@@ -126,6 +127,48 @@ impl S3 for NimbusS3 {
     async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
         let account = account_of(&self.0, &req)?;
         list::v2(&self.0, &account, req.input).await
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let account = account_of(&self.0, &req)?;
+        multipart::create(&self.0, &account, req).await
+    }
+
+    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        let account = account_of(&self.0, &req)?;
+        multipart::upload_part(&self.0, &account, req).await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let account = account_of(&self.0, &req)?;
+        multipart::complete(&self.0, &account, req).await
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let account = account_of(&self.0, &req)?;
+        multipart::abort(&self.0, &account, req).await
+    }
+
+    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+        let account = account_of(&self.0, &req)?;
+        multipart::list_parts(&self.0, &account, req).await
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let account = account_of(&self.0, &req)?;
+        multipart::list_uploads(&self.0, &account, req).await
     }
 
     async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {

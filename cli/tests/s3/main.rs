@@ -6,6 +6,7 @@
 
 mod cluster;
 mod t10_objects;
+mod t15_multipart;
 mod t20_list;
 mod t30_errors;
 mod t40_conditional;
