@@ -9,5 +9,6 @@ mod t10_objects;
 mod t15_multipart;
 mod t20_list;
 mod t30_errors;
+mod t35_checksums;
 mod t40_conditional;
 mod t50_faults;

@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use hyper::{Method, StatusCode};
 use md5::Digest as _;
+use nimbus_core::checksum::{ChecksumAlgorithm, Checksummer};
 use nimbus_ring::map::DeviceKey;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -32,31 +33,37 @@ pub struct Digests {
     pub md5: [u8; 16],
     /// blake3, end to end.
     pub blake3: [u8; 32],
+    /// The client checksums asked for, by algorithm.
+    pub checksums: Vec<(ChecksumAlgorithm, Vec<u8>)>,
     /// Bytes.
     pub bytes: u64,
 }
 
-/// A body and its declared length.
+/// A body, its declared length, and the client checksums to compute over it.
 pub struct PutBody<S> {
     /// The chunks.
     pub stream: S,
     /// The length the client declared.
     pub declared: u64,
+    /// Checksums to compute (S3's `x-amz-checksum-*`).
+    pub checksums: Vec<ChecksumAlgorithm>,
 }
 
 /// Hashes a body as it arrives and checks it against its declared length.
 struct Hashing {
     md5: md5::Md5,
     blake3: blake3::Hasher,
+    checksummers: Vec<Checksummer>,
     bytes: u64,
     declared: u64,
 }
 
 impl Hashing {
-    fn new(declared: u64) -> Self {
+    fn new(declared: u64, checksums: &[ChecksumAlgorithm]) -> Self {
         Hashing {
             md5: md5::Md5::new(),
             blake3: blake3::Hasher::new(),
+            checksummers: checksums.iter().map(|a| a.checksummer()).collect(),
             bytes: 0,
             declared,
         }
@@ -71,6 +78,9 @@ impl Hashing {
         }
         self.md5.update(chunk);
         self.blake3.update(chunk);
+        for c in &mut self.checksummers {
+            c.update(chunk);
+        }
         Ok(())
     }
 
@@ -84,6 +94,11 @@ impl Hashing {
         Ok(Digests {
             md5: self.md5.finalize().into(),
             blake3: *self.blake3.finalize().as_bytes(),
+            checksums: self
+                .checksummers
+                .into_iter()
+                .map(|c| (c.algorithm(), c.finish()))
+                .collect(),
             bytes: self.bytes,
         })
     }
@@ -101,8 +116,9 @@ where
     let PutBody {
         mut stream,
         declared,
+        checksums,
     } = body;
-    let mut hashing = Hashing::new(declared);
+    let mut hashing = Hashing::new(declared, &checksums);
     let mut buf = BytesMut::with_capacity(usize::try_from(declared).unwrap_or(0));
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| DataError::Body(e.to_string()))?;
@@ -141,6 +157,7 @@ where
     let PutBody {
         mut stream,
         declared,
+        checksums,
     } = body;
     let segment_bytes = data.segment_bytes;
     let fragment_bytes = shape
@@ -185,7 +202,8 @@ where
 
     // On any error before the queues close, the uploads are aborted first, so no device
     // sees a complete body (closing a queue would end a fragment's body normally).
-    let digests = match feed(shape, segment_bytes, declared, &mut stream, &mut senders, check).await {
+    let hashing = Hashing::new(declared, &checksums);
+    let digests = match feed(shape, segment_bytes, hashing, &mut stream, &mut senders, check).await {
         Ok(digests) => digests,
         Err(e) => {
             uploads.abort_all();
@@ -229,7 +247,7 @@ where
 async fn feed<S, E>(
     shape: &Shape,
     segment_bytes: u32,
-    declared: u64,
+    mut hashing: Hashing,
     stream: &mut S,
     senders: &mut [Option<mpsc::Sender<Bytes>>],
     check: impl FnOnce(&Digests) -> Result<(), DataError>,
@@ -238,7 +256,6 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: Display,
 {
-    let mut hashing = Hashing::new(declared);
     let mut segment = BytesMut::with_capacity(segment_bytes as usize);
     let mut failed = 0usize;
     while let Some(chunk) = stream.next().await {

@@ -16,7 +16,7 @@ use super::S3State;
 use super::buckets::owned;
 use super::error::to_s3;
 use super::objects::{
-    Standard, Stored, check_key, content_md5, declared_length, etag_value, last_modified,
+    ChecksumPlan, Standard, Stored, check_key, output_checksums, content_md5, declared_length, etag_value, last_modified,
     metadata_pairs, store_body,
 };
 use crate::index::{Condition, IndexClient};
@@ -132,6 +132,7 @@ pub async fn upload_part(
     account: &str,
     req: S3Request<UploadPartInput>,
 ) -> S3Result<S3Response<UploadPartOutput>> {
+    let plan = ChecksumPlan::of(&req.headers, req.trailing_headers.clone())?;
     let mut input = req.input;
     let bucket = owned(state, account, &input.bucket)?;
     check_key(&input.key)?;
@@ -153,16 +154,22 @@ pub async fn upload_part(
         input.body.take(),
         declared,
         md5,
+        &plan,
         false,
     )
     .await?;
     let etag = hex::encode(digests.md5);
+    let client_checksums: Vec<(String, Vec<u8>)> = digests
+        .checksums
+        .iter()
+        .map(|(a, v)| (a.s3_name().to_owned(), v.clone()))
+        .collect();
     let record = IndexEntry {
         version,
         size: digests.bytes,
         etag: etag.clone(),
         blake3: digests.blake3,
-        client_checksums: Vec::new(),
+        client_checksums: client_checksums.clone(),
         content_type: String::new(),
         user_metadata: Vec::new(),
         policy: upload.policy.clone(),
@@ -176,8 +183,14 @@ pub async fn upload_part(
         .write(&shard, &pkey, &record, &Condition::None)
         .await
         .map_err(to_s3)?;
+    let c = output_checksums(&client_checksums);
     Ok(S3Response::new(UploadPartOutput {
         e_tag: Some(etag_value(&etag)),
+        checksum_crc32: c.crc32,
+        checksum_crc32c: c.crc32c,
+        checksum_crc64nvme: c.crc64nvme,
+        checksum_sha1: c.sha1,
+        checksum_sha256: c.sha256,
         ..Default::default()
     }))
 }

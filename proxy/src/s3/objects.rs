@@ -11,7 +11,8 @@ use nimbus_core::ids::VersionId;
 use nimbus_core::index::{EntryData, IndexEntry, Part, validate_key};
 use nimbus_ring::map::Bucket;
 use s3s::dto::*;
-use s3s::{S3Error, S3Request, S3Response, S3Result, s3_error};
+use nimbus_core::checksum::{ChecksumAlgorithm, to_base64};
+use s3s::{S3Error, S3Request, S3Response, S3Result, TrailingHeaders, s3_error};
 
 use super::S3State;
 use super::buckets::owned;
@@ -162,6 +163,120 @@ pub(super) fn declared_length(content_length: Option<i64>) -> S3Result<u64> {
     }
 }
 
+/// The client checksums of an upload (`x-amz-checksum-*`): the values sent as headers, the
+/// algorithms whose values follow the body as trailers, and what is to be computed.
+pub(super) struct ChecksumPlan {
+    algorithms: Vec<ChecksumAlgorithm>,
+    in_headers: Vec<(ChecksumAlgorithm, Vec<u8>)>,
+    in_trailers: Vec<ChecksumAlgorithm>,
+    trailers: Option<TrailingHeaders>,
+}
+
+impl ChecksumPlan {
+    /// Reads the plan from a request's headers: `x-amz-checksum-<alg>` values,
+    /// `x-amz-trailer` (values to come after the body) and `x-amz-sdk-checksum-algorithm`.
+    pub(super) fn of(headers: &hyper::HeaderMap, trailers: Option<TrailingHeaders>) -> S3Result<ChecksumPlan> {
+        let mut plan = ChecksumPlan {
+            algorithms: Vec::new(),
+            in_headers: Vec::new(),
+            in_trailers: Vec::new(),
+            trailers,
+        };
+        for algorithm in ChecksumAlgorithm::ALL {
+            if let Some(value) = headers.get(algorithm.header_name()) {
+                let value = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| algorithm.parse_base64(v).ok())
+                    .ok_or_else(|| s3_error!(InvalidRequest, "Value for {} header is invalid.", algorithm.header_name()))?;
+                plan.in_headers.push((algorithm, value));
+                plan.algorithms.push(algorithm);
+            }
+        }
+        if let Some(trailer) = headers.get("x-amz-trailer").and_then(|v| v.to_str().ok()) {
+            for name in trailer.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if let Some(algorithm) = ChecksumAlgorithm::from_header_name(name) {
+                    plan.in_trailers.push(algorithm);
+                    plan.algorithms.push(algorithm);
+                }
+            }
+        }
+        if let Some(name) = headers.get("x-amz-sdk-checksum-algorithm").and_then(|v| v.to_str().ok()) {
+            let algorithm: ChecksumAlgorithm = name
+                .parse()
+                .map_err(|_| s3_error!(InvalidRequest, "unknown checksum algorithm {name}"))?;
+            plan.algorithms.push(algorithm);
+        }
+        plan.algorithms.sort_by_key(|a| a.s3_name());
+        plan.algorithms.dedup();
+        if plan.algorithms.len() > 1 {
+            return Err(s3_error!(InvalidRequest, "Expecting a single x-amz-checksum- header"));
+        }
+        Ok(plan)
+    }
+
+    /// Checks the computed checksums against the values the client sent.
+    fn verify(&self, computed: &[(ChecksumAlgorithm, Vec<u8>)]) -> Result<(), DataError> {
+        for (algorithm, value) in computed {
+            let expected = if let Some((_, v)) = self.in_headers.iter().find(|(a, _)| a == algorithm) {
+                Some(v.clone())
+            } else if self.in_trailers.contains(algorithm) {
+                let sent = self
+                    .trailers
+                    .as_ref()
+                    .and_then(|t| t.read(|h| h.get(algorithm.header_name()).and_then(|v| v.to_str().ok()).map(str::to_owned)))
+                    .flatten()
+                    .ok_or_else(|| DataError::BadRequest(format!("the trailer {} did not arrive", algorithm.header_name())))?;
+                Some(algorithm.parse_base64(&sent).map_err(|e| DataError::BadRequest(format!("trailer {}: {e}", algorithm.header_name())))?)
+            } else {
+                None
+            };
+            if expected.is_some_and(|e| e != *value) {
+                return Err(DataError::BadDigest(format!(
+                    "The {} you specified did not match the calculated checksum.",
+                    algorithm.s3_name()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The checksums of an entry as S3 output fields: (crc32, crc32c, crc64nvme, sha1, sha256).
+pub(super) struct OutputChecksums {
+    pub crc32: Option<String>,
+    pub crc32c: Option<String>,
+    pub crc64nvme: Option<String>,
+    pub sha1: Option<String>,
+    pub sha256: Option<String>,
+}
+
+pub(super) fn output_checksums(checksums: &[(String, Vec<u8>)]) -> OutputChecksums {
+    let mut out = OutputChecksums {
+        crc32: None,
+        crc32c: None,
+        crc64nvme: None,
+        sha1: None,
+        sha256: None,
+    };
+    for (name, value) in checksums {
+        let encoded = Some(to_base64(value));
+        match name.parse::<ChecksumAlgorithm>() {
+            Ok(ChecksumAlgorithm::Crc32) => out.crc32 = encoded,
+            Ok(ChecksumAlgorithm::Crc32c) => out.crc32c = encoded,
+            Ok(ChecksumAlgorithm::Crc64Nvme) => out.crc64nvme = encoded,
+            Ok(ChecksumAlgorithm::Sha1) => out.sha1 = encoded,
+            Ok(ChecksumAlgorithm::Sha256) => out.sha256 = encoded,
+            Err(_) => {}
+        }
+    }
+    out
+}
+
+fn checksums_wanted(mode: Option<&ChecksumMode>) -> bool {
+    mode.is_some_and(|m| m.as_str().eq_ignore_ascii_case("ENABLED"))
+}
+
 /// A body stored: its digests and where its bytes are.
 pub(super) struct Stored {
     pub digests: data::Digests,
@@ -182,6 +297,7 @@ pub(super) async fn store_body(
     body: Option<StreamingBlob>,
     declared: u64,
     md5: Option<[u8; 16]>,
+    checksums: &ChecksumPlan,
     inline: bool,
 ) -> S3Result<Stored> {
     let body = PutBody {
@@ -189,13 +305,14 @@ pub(super) async fn store_body(
             StreamingBlob::wrap(futures_util::stream::empty::<Result<Bytes, std::io::Error>>())
         }),
         declared,
+        checksums: checksums.algorithms.clone(),
     };
     let check_md5 = |digests: &data::Digests| -> Result<(), DataError> {
         match md5 {
             Some(expected) if expected != digests.md5 => Err(DataError::BadDigest(
                 "the Content-MD5 you specified did not match what we received".into(),
             )),
-            _ => Ok(()),
+            _ => checksums.verify(&digests.checksums),
         }
     };
     if declared == 0 || (inline && declared <= state.inline_max) {
@@ -232,6 +349,7 @@ pub async fn put(
     account: &str,
     req: S3Request<PutObjectInput>,
 ) -> S3Result<S3Response<PutObjectOutput>> {
+    let plan = ChecksumPlan::of(&req.headers, req.trailing_headers.clone())?;
     let mut input = req.input;
     let bucket = owned(state, account, &input.bucket)?;
     check_key(&input.key)?;
@@ -249,10 +367,16 @@ pub async fn put(
         input.body.take(),
         declared,
         md5,
+        &plan,
         true,
     )
     .await?;
     let etag = hex::encode(digests.md5);
+    let client_checksums: Vec<(String, Vec<u8>)> = digests
+        .checksums
+        .iter()
+        .map(|(a, v)| (a.s3_name().to_owned(), v.clone()))
+        .collect();
     let standard = Standard {
         cache_control: input.cache_control.take(),
         content_disposition: input.content_disposition.take(),
@@ -265,7 +389,7 @@ pub async fn put(
         size: digests.bytes,
         etag: etag.clone(),
         blake3: digests.blake3,
-        client_checksums: Vec::new(),
+        client_checksums: client_checksums.clone(),
         content_type: input.content_type.clone().unwrap_or_default(),
         user_metadata: metadata_pairs(input.metadata.as_ref(), standard),
         policy: bucket.policy.clone(),
@@ -280,9 +404,15 @@ pub async fn put(
         .write(&shard, &input.key, &entry, &condition)
         .await
         .map_err(to_s3)?;
+    let c = output_checksums(&client_checksums);
     Ok(S3Response::new(PutObjectOutput {
         e_tag: Some(etag_value(&etag)),
         size: Some(digests.bytes as i64),
+        checksum_crc32: c.crc32,
+        checksum_crc32c: c.crc32c,
+        checksum_crc64nvme: c.crc64nvme,
+        checksum_sha1: c.sha1,
+        checksum_sha256: c.sha256,
         ..Default::default()
     }))
 }
@@ -408,7 +538,17 @@ pub async fn get(
         EntryData::Tombstone => return Err(s3_error!(NoSuchKey)),
     };
     let d = describe(&entry);
+    let c = output_checksums(if checksums_wanted(input.checksum_mode.as_ref()) && range.is_none() {
+        &entry.client_checksums
+    } else {
+        &[]
+    });
     let output = GetObjectOutput {
+        checksum_crc32: c.crc32,
+        checksum_crc32c: c.crc32c,
+        checksum_crc64nvme: c.crc64nvme,
+        checksum_sha1: c.sha1,
+        checksum_sha256: c.sha256,
         body: Some(StreamingBlob::wrap(body)),
         accept_ranges: Some("bytes".to_owned()),
         content_length: Some((wanted.end - wanted.start) as i64),
@@ -532,7 +672,17 @@ pub async fn head(
     .check(&entry)?;
     let range = byte_range(input.range.as_ref(), entry.size)?;
     let d = describe(&entry);
+    let c = output_checksums(if checksums_wanted(input.checksum_mode.as_ref()) {
+        &entry.client_checksums
+    } else {
+        &[]
+    });
     let output = HeadObjectOutput {
+        checksum_crc32: c.crc32,
+        checksum_crc32c: c.crc32c,
+        checksum_crc64nvme: c.crc64nvme,
+        checksum_sha1: c.sha1,
+        checksum_sha256: c.sha256,
         accept_ranges: Some("bytes".to_owned()),
         content_length: Some(range.as_ref().map_or(entry.size, |r| r.end - r.start) as i64),
         content_range: range
