@@ -411,35 +411,50 @@ impl SlotUpload {
             .nodes
             .send(target.node, Method::PUT, &path, self.epoch, &headers, body);
         tokio::pin!(request);
+        // An answer that comes before every byte was passed on is a failure; one that
+        // comes after (the node has all it was promised) is kept while the queue drains.
+        let mut answer = None;
         // Replay what an earlier device was sent.
         for fragment in replay.iter() {
             tokio::select! {
-                answer = &mut request => return Err(early(answer)),
+                a = &mut request => return Err(early(a)),
                 sent = tx.send(Ok(fragment.clone())) => sent.map_err(|_| "connection closed".to_owned())?,
             }
         }
         loop {
-            tokio::select! {
-                answer = &mut request => return Err(early(answer)),
-                next = rx.recv() => match next {
-                    Some(fragment) => {
-                        if *replayable && replay.is_empty() {
-                            replay.push(fragment.clone());
-                        } else {
-                            *replayable = false;
-                            replay.clear();
-                        }
-                        tokio::select! {
-                            answer = &mut request => return Err(early(answer)),
-                            sent = tx.send(Ok(fragment)) => sent.map_err(|_| "connection closed".to_owned())?,
-                        }
+            let next = if answer.is_some() {
+                rx.recv().await
+            } else {
+                tokio::select! {
+                    a = &mut request => {
+                        answer = Some(a);
+                        continue;
                     }
-                    None => break,
-                },
+                    next = rx.recv() => next,
+                }
+            };
+            let Some(fragment) = next else { break };
+            if let Some(a) = answer.take() {
+                // More to send, yet the node answered: it stopped reading.
+                return Err(early(a));
+            }
+            if *replayable && replay.is_empty() {
+                replay.push(fragment.clone());
+            } else {
+                *replayable = false;
+                replay.clear();
+            }
+            tokio::select! {
+                a = &mut request, if answer.is_none() => return Err(early(a)),
+                sent = tx.send(Ok(fragment)) => sent.map_err(|_| "connection closed".to_owned())?,
             }
         }
         drop(tx);
-        let answer = request.await.map_err(|e| e.to_string())?;
+        let answer = match answer {
+            Some(a) => a,
+            None => request.await,
+        }
+        .map_err(|e| e.to_string())?;
         let status = answer.status();
         if status == StatusCode::CREATED {
             return Ok(());
