@@ -310,7 +310,9 @@ impl IndexEntry {
                 if parts.iter().any(|p| p.segment_bytes == 0) {
                     return Err(EntryError::ZeroSegmentBytes);
                 }
-                let total = parts.iter().try_fold(0u64, |sum, p| sum.checked_add(p.size));
+                let total = parts
+                    .iter()
+                    .try_fold(0u64, |sum, p| sum.checked_add(p.size));
                 if total != Some(self.size) {
                     return Err(EntryError::PartsSizeMismatch { size: self.size });
                 }
@@ -553,6 +555,21 @@ mod tests {
             Just(EntryData::Tombstone),
             prop::collection::vec(any::<u8>(), 0..300).prop_map(EntryData::Inline),
             (1u32..).prop_map(|segment_bytes| EntryData::Fragments { segment_bytes }),
+            prop::collection::vec(
+                (any::<u64>(), 0u64..1 << 40, 1u32.., any::<[u8; 32]>()),
+                1..20
+            )
+            .prop_map(|parts| EntryData::Parts(
+                parts
+                    .into_iter()
+                    .map(|(version, size, segment_bytes, blake3)| Part {
+                        version: VersionId(version),
+                        size,
+                        segment_bytes,
+                        blake3,
+                    })
+                    .collect()
+            )),
         ]
     }
 
@@ -575,6 +592,7 @@ mod tests {
                 EntryData::Tombstone => 0,
                 EntryData::Inline(bytes) => bytes.len() as u64,
                 EntryData::Fragments { .. } => size,
+                EntryData::Parts(parts) => parts.iter().map(|p| p.size).sum(),
             };
             IndexEntry {
                 version: VersionId(version),
@@ -588,6 +606,35 @@ mod tests {
                 data,
             }
         }
+    }
+
+    #[test]
+    fn parts_must_add_up_to_the_size_and_be_at_least_one() {
+        let part = |size| Part {
+            version: VersionId(7),
+            size,
+            segment_bytes: 1 << 20,
+            blake3: [1; 32],
+        };
+        let mut e = IndexEntry::tombstone(VersionId(9), "ec4+2");
+        e.data = EntryData::Parts(vec![part(5), part(6)]);
+        e.size = 11;
+        assert_eq!(e.validate(), Ok(()));
+        assert_eq!(IndexEntry::decode(&e.encode()), Ok(e.clone()));
+        e.size = 12;
+        assert_eq!(
+            e.validate(),
+            Err(EntryError::PartsSizeMismatch { size: 12 })
+        );
+        e.size = 0;
+        e.data = EntryData::Parts(Vec::new());
+        assert_eq!(e.validate(), Err(EntryError::Empty { field: "parts" }));
+        // A forged part count beyond the bound is refused before anything is allocated.
+        e.data = EntryData::Parts(vec![part(0)]);
+        let mut bytes = e.encode();
+        let at = bytes.len() - (8 + 8 + 4 + 32) - 4;
+        bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(IndexEntry::decode(&bytes).is_err());
     }
 
     proptest! {

@@ -148,7 +148,11 @@ async fn watch_loop(
         match fetch(&client, member, Some(since)).await {
             Ok(Some(map)) => {
                 if map.version() > tx.borrow().version() {
-                    tracing::debug!(version = map.version(), epoch = map.epoch().0, "cluster map updated");
+                    tracing::debug!(
+                        version = map.version(),
+                        epoch = map.epoch().0,
+                        "cluster map updated"
+                    );
                     tx.send_replace(Arc::new(map));
                 }
             }

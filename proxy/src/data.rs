@@ -8,15 +8,15 @@ mod get;
 mod put;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use nimbus_core::codec::Codec;
 use nimbus_core::ids::{PartitionId, VersionId};
 use nimbus_core::policy::{PolicyKind, StoragePolicy};
 use nimbus_ring::map::DeviceKey;
 
-pub use get::{BodyStream, read_object};
+pub use get::{BodyStream, Extent, read_object};
 pub use put::{Digests, PutBody, put_fragments, read_small};
 
 use crate::error::DataError;
@@ -118,9 +118,9 @@ impl VersionClock {
 
     /// Returns a version later than every one this clock issued before.
     pub fn next(&self) -> VersionId {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX >> 12));
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX >> 12)
+        });
         let mut prev = self.last_micros.load(Ordering::Relaxed);
         loop {
             let next = now.max(prev + 1);

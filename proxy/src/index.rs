@@ -7,8 +7,8 @@
 //! up and take the newest record among a majority of answers, so a read sees every
 //! acknowledged write even while the map still names a dead primary.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::error::DataError;
-use crate::node_client::{NodeClient, SmallAnswer, encode_query};
+use crate::node_client::{NodeClient, SmallAnswer, SmallCall, encode_query};
 use crate::placement::Place;
 
 /// How long one call to a replica may take.
@@ -161,21 +161,22 @@ impl IndexClient {
                     .nodes
                     .call(
                         primary,
-                        Method::PUT,
-                        &shard.path(primary, &query),
-                        place.epoch,
-                        &[
-                            (PRECONDITION, condition.header()),
-                            (REPLICAS, replicas_header(&place)),
-                        ],
-                        body.clone(),
-                        CALL_TIMEOUT,
+                        SmallCall::new(
+                            Method::PUT,
+                            shard.path(primary, &query),
+                            place.epoch,
+                            CALL_TIMEOUT,
+                        )
+                        .header(PRECONDITION, condition.header())
+                        .header(REPLICAS, replicas_header(&place))
+                        .body(body.clone()),
                     )
                     .await;
                 match answer {
                     Ok(a) if a.status == StatusCode::OK => {
                         let seq = parse_seq(&a)?;
-                        self.replicate(&place, shard, primary, key, seq, &body).await?;
+                        self.replicate(&place, shard, primary, key, seq, &body)
+                            .await?;
                         return Ok(seq);
                     }
                     Ok(a) if a.status == StatusCode::PRECONDITION_FAILED => {
@@ -189,7 +190,10 @@ impl IndexClient {
                 }
             }
             if started.elapsed() > RETRY_DEADLINE {
-                return Err(DataError::Unavailable(format!("index shard {}: {last}", shard.name())));
+                return Err(DataError::Unavailable(format!(
+                    "index shard {}: {last}",
+                    shard.name()
+                )));
             }
             self.cluster.newer_than(map.version(), MAP_WAIT).await;
         }
@@ -228,7 +232,9 @@ impl IndexClient {
             let tx = tx.clone();
             tokio::spawn(async move {
                 let ok = matches!(
-                    nodes.call(&device, Method::PUT, &path, epoch, &[], body, CALL_TIMEOUT).await,
+                    nodes
+                        .call(&device, SmallCall::new(Method::PUT, path, epoch, CALL_TIMEOUT).body(body))
+                        .await,
                     Ok(a) if a.status == StatusCode::OK
                 );
                 let _ = tx.send(ok).await;
@@ -258,7 +264,11 @@ impl IndexClient {
     ///
     /// # Errors
     /// [`DataError::Unavailable`] when fewer than a majority answered before the deadline.
-    pub async fn read(&self, shard: &Shard<'_>, key: &str) -> Result<Option<IndexRecord>, DataError> {
+    pub async fn read(
+        &self,
+        shard: &Shard<'_>,
+        key: &str,
+    ) -> Result<Option<IndexRecord>, DataError> {
         let query = format!("?key={}", encode_query(key));
         let started = Instant::now();
         loop {
@@ -274,7 +284,10 @@ impl IndexClient {
                     let nodes = &self.nodes;
                     async move {
                         nodes
-                            .call(device, Method::GET, &path, place.epoch, &[], Bytes::new(), CALL_TIMEOUT)
+                            .call(
+                                device,
+                                SmallCall::new(Method::GET, path, place.epoch, CALL_TIMEOUT),
+                            )
                             .await
                     }
                 })
@@ -330,14 +343,18 @@ impl IndexClient {
             let map = self.cluster.map();
             let place = Self::place(&map, shard)?;
             let mut last = String::from("no replica up");
-            let replicas = [(REPLICAS, replicas_header(&place))];
+            let replicas = replicas_header(&place);
             // The primary, peering first; should it fail, the next replica up becomes the
             // one asked (and peers in turn).
             for (device, _) in place.slots.iter().filter(|(_, up)| *up) {
                 let path = shard.path(device, &query);
                 match self
                     .nodes
-                    .call(device, Method::GET, &path, place.epoch, &replicas, Bytes::new(), CALL_TIMEOUT)
+                    .call(
+                        device,
+                        SmallCall::new(Method::GET, path, place.epoch, CALL_TIMEOUT)
+                            .header(REPLICAS, replicas.clone()),
+                    )
                     .await
                 {
                     Ok(a) if a.status == StatusCode::OK => {
@@ -392,8 +409,16 @@ impl IndexClient {
     ///
     /// # Errors
     /// As [`IndexClient::list`].
-    pub async fn is_empty(&self, account: &str, container: &str, shards: u16) -> Result<bool, DataError> {
-        Ok(self.list(account, container, shards, "", None, 1).await?.is_empty())
+    pub async fn is_empty(
+        &self,
+        account: &str,
+        container: &str,
+        shards: u16,
+    ) -> Result<bool, DataError> {
+        Ok(self
+            .list(account, container, shards, "", None, 1)
+            .await?
+            .is_empty())
     }
 }
 
@@ -433,7 +458,10 @@ fn parse_seq(answer: &SmallAnswer) -> Result<u64, DataError> {
 }
 
 fn answer_text(answer: &SmallAnswer) -> String {
-    String::from_utf8_lossy(&answer.body).chars().take(200).collect()
+    String::from_utf8_lossy(&answer.body)
+        .chars()
+        .take(200)
+        .collect()
 }
 
 #[cfg(test)]
@@ -456,7 +484,10 @@ mod tests {
             vec![],
             vec![record("b"), record("c"), record("e")],
         ];
-        let keys: Vec<_> = merge(pages.clone(), 10).into_iter().map(|r| r.key).collect();
+        let keys: Vec<_> = merge(pages.clone(), 10)
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
         assert_eq!(keys, ["a", "b", "c", "d", "e"]);
         let keys: Vec<_> = merge(pages, 3).into_iter().map(|r| r.key).collect();
         assert_eq!(keys, ["a", "b", "c"]);

@@ -52,20 +52,23 @@ pub async fn write(
             };
             match (answer.status.as_u16(), answer.error_code().as_deref()) {
                 (200, _) => {
-                    let response: Result<MapOutcome, MapError> = serde_json::from_slice(&answer.body)
-                        .map_err(|e| DataError::Internal(format!("map write answer: {e}")))?;
+                    let response: Result<MapOutcome, MapError> =
+                        serde_json::from_slice(&answer.body)
+                            .map_err(|e| DataError::Internal(format!("map write answer: {e}")))?;
                     if response.is_ok() {
                         await_visible(cluster, &visible).await;
                     }
                     return Ok(response);
                 }
-                (421, Some("not_leader")) if hops < MAX_HOPS => match answer.leader_hint().leader_addr {
-                    Some(leader) if leader != addr => {
-                        hops += 1;
-                        addr = leader;
+                (421, Some("not_leader")) if hops < MAX_HOPS => {
+                    match answer.leader_hint().leader_addr {
+                        Some(leader) if leader != addr => {
+                            hops += 1;
+                            addr = leader;
+                        }
+                        _ => continue 'members,
                     }
-                    _ => continue 'members,
-                },
+                }
                 (503, Some(code)) if code == NO_LEADER && started.elapsed() < PATIENCE => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -76,7 +79,9 @@ pub async fn write(
             }
         }
     }
-    Err(DataError::Unavailable(format!("cluster map change: {last}")))
+    Err(DataError::Unavailable(format!(
+        "cluster map change: {last}"
+    )))
 }
 
 async fn await_visible(cluster: &Cluster, visible: &impl Fn(&ClusterMap) -> bool) {
@@ -86,6 +91,8 @@ async fn await_visible(cluster: &Cluster, visible: &impl Fn(&ClusterMap) -> bool
         if visible(&map) || Instant::now() > deadline {
             return;
         }
-        cluster.newer_than(map.version(), Duration::from_millis(500)).await;
+        cluster
+            .newer_than(map.version(), Duration::from_millis(500))
+            .await;
     }
 }

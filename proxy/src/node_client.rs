@@ -156,25 +156,28 @@ impl NodeClient {
             })
     }
 
-    /// Sends a request and reads an answer of at most [`MAX_SMALL_ANSWER`] bytes in full,
-    /// all within `timeout`.
+    /// Sends `call` to `device`'s node and reads an answer of at most
+    /// [`MAX_SMALL_ANSWER`] bytes in full, all within the call's timeout.
     ///
     /// # Errors
     /// [`NodeCallError`] when the node did not answer in time.
     pub async fn call(
         &self,
         device: &DeviceKey,
-        method: Method,
-        path_and_query: &str,
-        epoch: u64,
-        headers: &[(&str, String)],
-        body: Bytes,
-        timeout: Duration,
+        call: SmallCall<'_>,
     ) -> Result<SmallAnswer, NodeCallError> {
         let node = device.node;
+        let SmallCall {
+            method,
+            path,
+            epoch,
+            headers,
+            body,
+            timeout,
+        } = call;
         let exchange = async {
             let response = self
-                .send(node, method, path_and_query, epoch, headers, full_body(body))
+                .send(node, method, &path, epoch, &headers, full_body(body))
                 .await?;
             let status = response.status();
             let body = Limited::new(response.into_body(), MAX_SMALL_ANSWER)
@@ -193,6 +196,46 @@ impl NodeClient {
                 node: node.to_string(),
                 reason: format!("no answer within {timeout:?}"),
             })?
+    }
+}
+
+/// A request whose answer is small and read in full ([`NodeClient::call`]).
+#[derive(Debug)]
+pub struct SmallCall<'a> {
+    method: Method,
+    path: String,
+    epoch: u64,
+    headers: Vec<(&'a str, String)>,
+    body: Bytes,
+    timeout: Duration,
+}
+
+impl<'a> SmallCall<'a> {
+    /// A request without headers or body, signed for `epoch`, bounded by `timeout`.
+    #[must_use]
+    pub fn new(method: Method, path: String, epoch: u64, timeout: Duration) -> Self {
+        SmallCall {
+            method,
+            path,
+            epoch,
+            headers: Vec::new(),
+            body: Bytes::new(),
+            timeout,
+        }
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn header(mut self, name: &'a str, value: String) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// Sets the body.
+    #[must_use]
+    pub fn body(mut self, body: Bytes) -> Self {
+        self.body = body;
+        self
     }
 }
 

@@ -48,7 +48,9 @@ impl S3Auth for MapAuth {
     async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
         let map = self.0.map();
         match map.credential(access_key) {
-            Some(c) if c.kind == nimbus_ring::map::CredentialKind::S3 => Ok(SecretKey::from(c.secret.clone())),
+            Some(c) if c.kind == nimbus_ring::map::CredentialKind::S3 => {
+                Ok(SecretKey::from(c.secret.clone()))
+            }
             _ => Err(s3_error!(InvalidAccessKeyId)),
         }
     }
@@ -57,7 +59,10 @@ impl S3Auth for MapAuth {
 /// Returns the account the request's credentials act for.
 fn account_of<T>(state: &S3State, req: &S3Request<T>) -> S3Result<String> {
     let Some(credentials) = &req.credentials else {
-        return Err(s3_error!(AccessDenied, "anonymous requests are not allowed"));
+        return Err(s3_error!(
+            AccessDenied,
+            "anonymous requests are not allowed"
+        ));
     };
     let map = state.cluster.map();
     map.credential(&credentials.access_key)
@@ -67,17 +72,26 @@ fn account_of<T>(state: &S3State, req: &S3Request<T>) -> S3Result<String> {
 
 #[async_trait::async_trait]
 impl S3 for NimbusS3 {
-    async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+    async fn list_buckets(
+        &self,
+        req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
         let account = account_of(&self.0, &req)?;
         buckets::list(&self.0, &account)
     }
 
-    async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
         let account = account_of(&self.0, &req)?;
         buckets::create(&self.0, &account, req).await
     }
 
-    async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
         let account = account_of(&self.0, &req)?;
         buckets::owned(&self.0, &account, &req.input.bucket)?;
         Ok(S3Response::new(HeadBucketOutput {
@@ -86,7 +100,10 @@ impl S3 for NimbusS3 {
         }))
     }
 
-    async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
         let account = account_of(&self.0, &req)?;
         buckets::delete(&self.0, &account, &req.input.bucket).await
     }
@@ -98,33 +115,49 @@ impl S3 for NimbusS3 {
         let account = account_of(&self.0, &req)?;
         buckets::owned(&self.0, &account, &req.input.bucket)?;
         // us-east-1 is spelled as no constraint, as S3 does.
-        let constraint = (self.0.region != "us-east-1").then(|| BucketLocationConstraint::from(self.0.region.clone()));
+        let constraint = (self.0.region != "us-east-1")
+            .then(|| BucketLocationConstraint::from(self.0.region.clone()));
         Ok(S3Response::new(GetBucketLocationOutput {
             location_constraint: constraint,
         }))
     }
 
-    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
         let account = account_of(&self.0, &req)?;
         objects::put(&self.0, &account, req).await
     }
 
-    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
         let account = account_of(&self.0, &req)?;
         objects::get(&self.0, &account, req).await
     }
 
-    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
         let account = account_of(&self.0, &req)?;
         objects::head(&self.0, &account, req).await
     }
 
-    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
         let account = account_of(&self.0, &req)?;
         objects::delete(&self.0, &account, req).await
     }
 
-    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let account = account_of(&self.0, &req)?;
         list::v2(&self.0, &account, req.input).await
     }
@@ -137,7 +170,10 @@ impl S3 for NimbusS3 {
         multipart::create(&self.0, &account, req).await
     }
 
-    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
         let account = account_of(&self.0, &req)?;
         multipart::upload_part(&self.0, &account, req).await
     }
@@ -158,7 +194,10 @@ impl S3 for NimbusS3 {
         multipart::abort(&self.0, &account, req).await
     }
 
-    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
         let account = account_of(&self.0, &req)?;
         multipart::list_parts(&self.0, &account, req).await
     }
@@ -171,7 +210,10 @@ impl S3 for NimbusS3 {
         multipart::list_uploads(&self.0, &account, req).await
     }
 
-    async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
         let account = account_of(&self.0, &req)?;
         list::v1(&self.0, &account, req.input).await
     }

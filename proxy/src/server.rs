@@ -89,9 +89,13 @@ pub async fn start(
         .validate()
         .map_err(|e| ProxyError::Config(e.to_string()))?;
     let secret = read_secret(config).await?;
-    let (cluster, watcher) = Cluster::start(PeerClient::new(secret.clone()), config.meta.clone(), MAP_DEADLINE)
-        .await
-        .map_err(|e| ProxyError::Map(e.to_string()))?;
+    let (cluster, watcher) = Cluster::start(
+        PeerClient::new(secret.clone()),
+        config.meta.clone(),
+        MAP_DEADLINE,
+    )
+    .await
+    .map_err(|e| ProxyError::Map(e.to_string()))?;
     let nodes = NodeClient::new(secret);
     let state = Arc::new(S3State {
         cluster: cluster.clone(),
@@ -148,7 +152,11 @@ async fn serve_s3(State(s3): State<S3Service>, request: Request) -> Response {
         Ok(response) => response.map(axum::body::Body::new).into_response(),
         Err(error) => {
             tracing::error!(?error, "S3 request failed outside any operation");
-            (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+            )
+                .into_response()
         }
     }
 }

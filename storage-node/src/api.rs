@@ -66,17 +66,12 @@ pub struct NodeState {
     devices: HashMap<String, Device>,
     /// The newest ring epoch seen; requests from older epochs are refused as stale.
     epoch: AtomicU64,
-    /// This node's address as the rings place its devices (to find itself among a shard's
-    /// replicas).
-    node: Option<std::net::SocketAddr>,
-    /// Other nodes' internal API, for peering.
-    peers: nimbus_ring::raft::network::PeerClient,
-    /// Which shards were peered in which epoch.
+    /// Peering with other nodes' replicas of a shard.
     peering: peering::Peering,
 }
 
 impl NodeState {
-    /// Returns the state for a node with these devices.
+    /// Returns the state for a node with these devices, placed in the rings at `node`.
     #[must_use]
     pub fn new(
         secret: ClusterSecret,
@@ -85,12 +80,13 @@ impl NodeState {
         node: Option<std::net::SocketAddr>,
     ) -> Self {
         NodeState {
-            peers: nimbus_ring::raft::network::PeerClient::new(secret.clone()),
+            peering: peering::Peering::new(
+                nimbus_ring::raft::network::PeerClient::new(secret.clone()),
+                node,
+            ),
             secret,
             devices,
             epoch: AtomicU64::new(epoch),
-            node,
-            peering: peering::Peering::default(),
         }
     }
 

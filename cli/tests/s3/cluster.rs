@@ -3,8 +3,8 @@
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,10 @@ fn free_port_pair() -> (u16, u16) {
 impl Cluster {
     /// Starts a cluster and waits until it printed its endpoint and credentials.
     pub fn start() -> Cluster {
-        let data = tempfile::Builder::new().prefix("nimbus-s3-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let data = tempfile::Builder::new()
+            .prefix("nimbus-s3-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
         let (port, base_port) = free_port_pair();
         Self::start_on(data, port, base_port)
     }
@@ -64,7 +67,12 @@ impl Cluster {
             .arg("dev")
             .arg("--data")
             .arg(data.path())
-            .args(["--port", &port.to_string(), "--base-port", &base_port.to_string()])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--base-port",
+                &base_port.to_string(),
+            ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -89,7 +97,10 @@ impl Cluster {
                 if n == 0 {
                     return;
                 }
-                collected.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                collected
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let deadline = Instant::now() + START_TIMEOUT;
@@ -104,7 +115,10 @@ impl Cluster {
                         break;
                     }
                 }
-                Err(_) => panic!("nimbus dev did not start: stdout {printed:?}, stderr {}", stderr.lock().unwrap()),
+                Err(_) => panic!(
+                    "nimbus dev did not start: stdout {printed:?}, stderr {}",
+                    stderr.lock().unwrap()
+                ),
             }
         }
         let value = |label: &str| {
@@ -139,11 +153,19 @@ impl Cluster {
 
     /// The pid of storage node `i` (1 to 6).
     pub fn node_pid(&self, i: usize) -> u32 {
-        let config = self.data.path().join(format!("node{i}")).join("storage.toml");
+        let config = self
+            .data
+            .path()
+            .join(format!("node{i}"))
+            .join("storage.toml");
         let needle = config.to_string_lossy().into_owned();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             if cmdline.contains(&needle) && cmdline.contains(" storage ") {
                 return pid;
@@ -155,14 +177,21 @@ impl Cluster {
     /// Freezes `nimbus dev` itself (SIGSTOP), so that it does not stop the cluster when a
     /// test kills a node; the test then restarts nodes by hand.
     pub fn detach_supervisor(&self) {
-        let status = Command::new("kill").args(["-STOP", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-STOP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
     /// Starts storage node `i` again on its data, as a child of the test; waits until it
     /// listens.
     pub fn restart_node(&self, i: usize) {
-        let config = self.data.path().join(format!("node{i}")).join("storage.toml");
+        let config = self
+            .data
+            .path()
+            .join(format!("node{i}"))
+            .join("storage.toml");
         let mut child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
             .arg("storage")
             .arg("--config")
@@ -184,10 +213,12 @@ impl Cluster {
     /// Kills storage node `i` with SIGKILL (call [`Cluster::detach_supervisor`] first).
     pub fn kill_node(&self, i: usize) {
         let pid = self.node_pid(i);
-        let status = Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
-
 }
 
 impl Drop for Cluster {
@@ -211,7 +242,9 @@ pub fn client(endpoint: &str, access_key: &str, secret_key: &str, attempts: u32)
         .credentials_provider(Credentials::new(access_key, secret_key, None, None, "test"))
         .force_path_style(true)
         .http_client(http)
-        .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(attempts))
+        .retry_config(
+            aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(attempts),
+        )
         .build();
     Client::from_conf(config)
 }

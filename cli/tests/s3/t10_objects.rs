@@ -18,7 +18,16 @@ fn objects_round_trip_at_every_size_range_and_policy() {
         assert!(listed.buckets().iter().any(|b| b.name() == Some("sizes")));
         s3.head_bucket().bucket("sizes").send().await.unwrap();
 
-        let sizes = [0, 1, INLINE_MAX, INLINE_MAX + 1, MIB - 1, MIB, MIB + 1, 64 * MIB];
+        let sizes = [
+            0,
+            1,
+            INLINE_MAX,
+            INLINE_MAX + 1,
+            MIB - 1,
+            MIB,
+            MIB + 1,
+            64 * MIB,
+        ];
         for (i, &size) in sizes.iter().enumerate() {
             let data = bytes(size, i as u64);
             let key = format!("object-{size}");
@@ -34,16 +43,42 @@ fn objects_round_trip_at_every_size_range_and_policy() {
                 .unwrap_or_else(|e| panic!("PUT {size}: {e:?}"));
             assert_eq!(put.e_tag(), Some(etag(&data).as_str()), "ETag of {size}");
             // Visible to HEAD, GET and LIST the moment the PUT returned.
-            let head = s3.head_object().bucket("sizes").key(&key).send().await.unwrap();
+            let head = s3
+                .head_object()
+                .bucket("sizes")
+                .key(&key)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(head.content_length(), Some(size as i64));
             assert_eq!(head.e_tag(), Some(etag(&data).as_str()));
             assert_eq!(head.content_type(), Some("application/x-test"));
-            assert_eq!(head.metadata().and_then(|m| m.get("color")).map(String::as_str), Some("blue"));
-            let got = s3.get_object().bucket("sizes").key(&key).send().await.unwrap();
+            assert_eq!(
+                head.metadata()
+                    .and_then(|m| m.get("color"))
+                    .map(String::as_str),
+                Some("blue")
+            );
+            let got = s3
+                .get_object()
+                .bucket("sizes")
+                .key(&key)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(got.e_tag(), Some(etag(&data).as_str()));
             let body = got.body.collect().await.unwrap().into_bytes();
-            assert!(body.as_ref() == data.as_slice(), "GET of {size} bytes differs");
-            let list = s3.list_objects_v2().bucket("sizes").prefix(&key).send().await.unwrap();
+            assert!(
+                body.as_ref() == data.as_slice(),
+                "GET of {size} bytes differs"
+            );
+            let list = s3
+                .list_objects_v2()
+                .bucket("sizes")
+                .prefix(&key)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(list.contents().len(), 1, "LIST after PUT of {size}");
             assert_eq!(list.contents()[0].size(), Some(size as i64));
         }
@@ -51,7 +86,13 @@ fn objects_round_trip_at_every_size_range_and_policy() {
         // Ranges at segment edges of a 3 MiB + 5 object.
         let size = 3 * MIB + 5;
         let data = bytes(size, 99);
-        s3.put_object().bucket("sizes").key("ranged").body(ByteStream::from(data.clone())).send().await.unwrap();
+        s3.put_object()
+            .bucket("sizes")
+            .key("ranged")
+            .body(ByteStream::from(data.clone()))
+            .send()
+            .await
+            .unwrap();
         let ranges: [(usize, usize); 8] = [
             (0, 0),
             (0, MIB - 1),
@@ -71,11 +112,24 @@ fn objects_round_trip_at_every_size_range_and_policy() {
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(got.content_range(), Some(format!("bytes {first}-{last}/{size}").as_str()));
+            assert_eq!(
+                got.content_range(),
+                Some(format!("bytes {first}-{last}/{size}").as_str())
+            );
             let body = got.body.collect().await.unwrap().into_bytes();
-            assert!(body.as_ref() == &data[first..=last], "range {first}-{last} differs");
+            assert!(
+                body.as_ref() == &data[first..=last],
+                "range {first}-{last} differs"
+            );
         }
-        let suffix = s3.get_object().bucket("sizes").key("ranged").range("bytes=-10").send().await.unwrap();
+        let suffix = s3
+            .get_object()
+            .bucket("sizes")
+            .key("ranged")
+            .range("bytes=-10")
+            .send()
+            .await
+            .unwrap();
         let body = suffix.body.collect().await.unwrap().into_bytes();
         assert!(body.as_ref() == &data[size - 10..]);
 
@@ -91,23 +145,77 @@ fn objects_round_trip_at_every_size_range_and_policy() {
             .unwrap();
         for (i, size) in [INLINE_MAX + 1, 2 * MIB + 3].into_iter().enumerate() {
             let data = bytes(size, 1000 + i as u64);
-            s3.put_object().bucket("replicated").key("r").body(ByteStream::from(data.clone())).send().await.unwrap();
-            let got = s3.get_object().bucket("replicated").key("r").send().await.unwrap();
+            s3.put_object()
+                .bucket("replicated")
+                .key("r")
+                .body(ByteStream::from(data.clone()))
+                .send()
+                .await
+                .unwrap();
+            let got = s3
+                .get_object()
+                .bucket("replicated")
+                .key("r")
+                .send()
+                .await
+                .unwrap();
             let body = got.body.collect().await.unwrap().into_bytes();
-            assert!(body.as_ref() == data.as_slice(), "rep3 object of {size} differs");
-            let got = s3.get_object().bucket("replicated").key("r").range("bytes=5-4000").send().await.unwrap();
+            assert!(
+                body.as_ref() == data.as_slice(),
+                "rep3 object of {size} differs"
+            );
+            let got = s3
+                .get_object()
+                .bucket("replicated")
+                .key("r")
+                .range("bytes=5-4000")
+                .send()
+                .await
+                .unwrap();
             let body = got.body.collect().await.unwrap().into_bytes();
             assert!(body.as_ref() == &data[5..=4000]);
         }
 
         // Overwrite, then delete.
-        s3.put_object().bucket("sizes").key("object-1").body(ByteStream::from_static(b"second")).send().await.unwrap();
-        let got = s3.get_object().bucket("sizes").key("object-1").send().await.unwrap();
-        assert_eq!(got.body.collect().await.unwrap().into_bytes().as_ref(), b"second");
-        s3.delete_object().bucket("sizes").key("object-1").send().await.unwrap();
-        let gone = s3.get_object().bucket("sizes").key("object-1").send().await.unwrap_err();
-        assert_eq!(gone.into_service_error().is_no_such_key(), true);
-        let gone = s3.head_object().bucket("sizes").key("object-1").send().await.unwrap_err();
+        s3.put_object()
+            .bucket("sizes")
+            .key("object-1")
+            .body(ByteStream::from_static(b"second"))
+            .send()
+            .await
+            .unwrap();
+        let got = s3
+            .get_object()
+            .bucket("sizes")
+            .key("object-1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            got.body.collect().await.unwrap().into_bytes().as_ref(),
+            b"second"
+        );
+        s3.delete_object()
+            .bucket("sizes")
+            .key("object-1")
+            .send()
+            .await
+            .unwrap();
+        let gone = s3
+            .get_object()
+            .bucket("sizes")
+            .key("object-1")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(gone.into_service_error().is_no_such_key());
+        let gone = s3
+            .head_object()
+            .bucket("sizes")
+            .key("object-1")
+            .send()
+            .await
+            .unwrap_err();
         assert_eq!(gone.raw_response().map(|r| r.status().as_u16()), Some(404));
     });
 }

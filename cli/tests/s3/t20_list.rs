@@ -32,7 +32,13 @@ fn listings_paginate_and_fold_prefixes_over_2500_keys() {
             .for_each_concurrent(16, |key| {
                 let s3 = s3.clone();
                 async move {
-                    s3.put_object().bucket("many").key(&key).body(ByteStream::from(key.clone().into_bytes())).send().await.unwrap();
+                    s3.put_object()
+                        .bucket("many")
+                        .key(&key)
+                        .body(ByteStream::from(key.clone().into_bytes()))
+                        .send()
+                        .await
+                        .unwrap();
                 }
             })
             .await;
@@ -65,8 +71,18 @@ fn listings_paginate_and_fold_prefixes_over_2500_keys() {
         }
 
         // Delimiter at the top: 5 common prefixes and one key.
-        let top = s3.list_objects_v2().bucket("many").delimiter("/").send().await.unwrap();
-        let prefixes: Vec<_> = top.common_prefixes().iter().map(|p| p.prefix().unwrap().to_owned()).collect();
+        let top = s3
+            .list_objects_v2()
+            .bucket("many")
+            .delimiter("/")
+            .send()
+            .await
+            .unwrap();
+        let prefixes: Vec<_> = top
+            .common_prefixes()
+            .iter()
+            .map(|p| p.prefix().unwrap().to_owned())
+            .collect();
         assert_eq!(prefixes, ["dir0/", "dir1/", "dir2/", "dir3/", "dir4/"]);
         let keys: Vec<_> = top.contents().iter().map(|o| o.key().unwrap()).collect();
         assert_eq!(keys, ["top"]);
@@ -85,17 +101,36 @@ fn listings_paginate_and_fold_prefixes_over_2500_keys() {
                 .send()
                 .await
                 .unwrap();
-            seen.extend(page.common_prefixes().iter().map(|p| p.prefix().unwrap().to_owned()));
+            seen.extend(
+                page.common_prefixes()
+                    .iter()
+                    .map(|p| p.prefix().unwrap().to_owned()),
+            );
             assert!(page.contents().is_empty());
             if page.is_truncated() != Some(true) {
                 break;
             }
             token = page.next_continuation_token().map(str::to_owned);
         }
-        assert_eq!(seen, ["dir2/sub0/", "dir2/sub1/", "dir2/sub2/", "dir2/sub3/", "dir2/sub4/"]);
+        assert_eq!(
+            seen,
+            [
+                "dir2/sub0/",
+                "dir2/sub1/",
+                "dir2/sub2/",
+                "dir2/sub3/",
+                "dir2/sub4/"
+            ]
+        );
 
         // A deep prefix: exactly its 100 keys; start-after inside it.
-        let deep = s3.list_objects_v2().bucket("many").prefix("dir3/sub4/").send().await.unwrap();
+        let deep = s3
+            .list_objects_v2()
+            .bucket("many")
+            .prefix("dir3/sub4/")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(deep.contents().len(), 100);
         let after = s3
             .list_objects_v2()
@@ -126,12 +161,22 @@ fn listings_paginate_and_fold_prefixes_over_2500_keys() {
             if page.is_truncated() != Some(true) {
                 break;
             }
-            marker = page.contents().last().and_then(|o| o.key()).map(str::to_owned);
+            marker = page
+                .contents()
+                .last()
+                .and_then(|o| o.key())
+                .map(str::to_owned);
         }
         assert_eq!(seen, 500);
 
         // encoding-type=url on a key that needs it.
-        s3.put_object().bucket("many").key("space key+é").body(ByteStream::from_static(b"x")).send().await.unwrap();
+        s3.put_object()
+            .bucket("many")
+            .key("space key+é")
+            .body(ByteStream::from_static(b"x"))
+            .send()
+            .await
+            .unwrap();
         let encoded = s3
             .list_objects_v2()
             .bucket("many")

@@ -8,8 +8,13 @@ fn status<E>(err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::Http
     err.raw_response().map_or(0, |r| r.status().as_u16())
 }
 
-fn code<E: aws_sdk_s3::error::ProvideErrorMetadata>(err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> String {
-    err.as_service_error().and_then(|e| e.code()).unwrap_or("").to_owned()
+fn code<E: aws_sdk_s3::error::ProvideErrorMetadata>(
+    err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> String {
+    err.as_service_error()
+        .and_then(|e| e.code())
+        .unwrap_or("")
+        .to_owned()
 }
 
 #[test]
@@ -19,13 +24,29 @@ fn bad_requests_get_s3_errors_and_store_nothing() {
     runtime().block_on(async {
         s3.create_bucket().bucket("errors").send().await.unwrap();
 
-        let wrong_secret = client(&cluster.endpoint, &cluster.access_key, "not-the-secret-at-all", 1);
+        let wrong_secret = client(
+            &cluster.endpoint,
+            &cluster.access_key,
+            "not-the-secret-at-all",
+            1,
+        );
         let err = wrong_secret.list_buckets().send().await.unwrap_err();
-        assert_eq!((status(&err), code(&err).as_str()), (403, "SignatureDoesNotMatch"));
+        assert_eq!(
+            (status(&err), code(&err).as_str()),
+            (403, "SignatureDoesNotMatch")
+        );
 
-        let unknown = client(&cluster.endpoint, "AKIAUNKNOWNKEY000000", "whatever-secret", 1);
+        let unknown = client(
+            &cluster.endpoint,
+            "AKIAUNKNOWNKEY000000",
+            "whatever-secret",
+            1,
+        );
         let err = unknown.list_buckets().send().await.unwrap_err();
-        assert_eq!((status(&err), code(&err).as_str()), (403, "InvalidAccessKeyId"));
+        assert_eq!(
+            (status(&err), code(&err).as_str()),
+            (403, "InvalidAccessKeyId")
+        );
 
         // Content-MD5 that does not match the body: BadDigest, nothing stored.
         let err = s3
@@ -50,37 +71,120 @@ fn bad_requests_get_s3_errors_and_store_nothing() {
             .unwrap_err();
         assert_eq!((status(&err), code(&err).as_str()), (400, "BadDigest"));
         for key in ["md5", "md5-big"] {
-            let err = s3.head_object().bucket("errors").key(key).send().await.unwrap_err();
+            let err = s3
+                .head_object()
+                .bucket("errors")
+                .key(key)
+                .send()
+                .await
+                .unwrap_err();
             assert_eq!(status(&err), 404, "{key} must not be stored");
         }
 
         // A range past the end.
-        s3.put_object().bucket("errors").key("small").body(ByteStream::from_static(b"0123456789")).send().await.unwrap();
-        let err = s3.get_object().bucket("errors").key("small").range("bytes=10-20").send().await.unwrap_err();
+        s3.put_object()
+            .bucket("errors")
+            .key("small")
+            .body(ByteStream::from_static(b"0123456789"))
+            .send()
+            .await
+            .unwrap();
+        let err = s3
+            .get_object()
+            .bucket("errors")
+            .key("small")
+            .range("bytes=10-20")
+            .send()
+            .await
+            .unwrap_err();
         assert_eq!((status(&err), code(&err).as_str()), (416, "InvalidRange"));
 
         // Invalid bucket names, unknown buckets and keys.
-        let err = s3.create_bucket().bucket("Bad_Name").send().await.unwrap_err();
-        assert_eq!((status(&err), code(&err).as_str()), (400, "InvalidBucketName"));
-        let err = s3.get_object().bucket("no-such-bucket").key("k").send().await.unwrap_err();
+        let err = s3
+            .create_bucket()
+            .bucket("Bad_Name")
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status(&err), code(&err).as_str()),
+            (400, "InvalidBucketName")
+        );
+        let err = s3
+            .get_object()
+            .bucket("no-such-bucket")
+            .key("k")
+            .send()
+            .await
+            .unwrap_err();
         assert_eq!((status(&err), code(&err).as_str()), (404, "NoSuchBucket"));
-        let err = s3.get_object().bucket("errors").key("no-such-key").send().await.unwrap_err();
+        let err = s3
+            .get_object()
+            .bucket("errors")
+            .key("no-such-key")
+            .send()
+            .await
+            .unwrap_err();
         assert_eq!((status(&err), code(&err).as_str()), (404, "NoSuchKey"));
         let long_key = "k".repeat(1025);
-        let err = s3.put_object().bucket("errors").key(&long_key).body(ByteStream::from_static(b"x")).send().await.unwrap_err();
+        let err = s3
+            .put_object()
+            .bucket("errors")
+            .key(&long_key)
+            .body(ByteStream::from_static(b"x"))
+            .send()
+            .await
+            .unwrap_err();
         assert_eq!(status(&err), 400);
 
         // Creating a bucket twice.
-        let err = s3.create_bucket().bucket("errors").send().await.unwrap_err();
-        assert_eq!((status(&err), code(&err).as_str()), (409, "BucketAlreadyOwnedByYou"));
+        let err = s3
+            .create_bucket()
+            .bucket("errors")
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status(&err), code(&err).as_str()),
+            (409, "BucketAlreadyOwnedByYou")
+        );
 
         // Conditional reads.
-        let etag = s3.head_object().bucket("errors").key("small").send().await.unwrap().e_tag().unwrap().to_owned();
-        let err = s3.get_object().bucket("errors").key("small").if_match("\"0000\"").send().await.unwrap_err();
+        let etag = s3
+            .head_object()
+            .bucket("errors")
+            .key("small")
+            .send()
+            .await
+            .unwrap()
+            .e_tag()
+            .unwrap()
+            .to_owned();
+        let err = s3
+            .get_object()
+            .bucket("errors")
+            .key("small")
+            .if_match("\"0000\"")
+            .send()
+            .await
+            .unwrap_err();
         assert_eq!(status(&err), 412);
-        let err = s3.get_object().bucket("errors").key("small").if_none_match(&etag).send().await.unwrap_err();
+        let err = s3
+            .get_object()
+            .bucket("errors")
+            .key("small")
+            .if_none_match(&etag)
+            .send()
+            .await
+            .unwrap_err();
         assert_eq!(status(&err), 304);
-        s3.get_object().bucket("errors").key("small").if_match(&etag).send().await.unwrap();
+        s3.get_object()
+            .bucket("errors")
+            .key("small")
+            .if_match(&etag)
+            .send()
+            .await
+            .unwrap();
 
         // The bucket is still usable, and only what succeeded is in it.
         let list = s3.list_objects_v2().bucket("errors").send().await.unwrap();

@@ -40,18 +40,34 @@ fn checksums_are_verified_stored_and_returned() {
                     .await
                     .unwrap_or_else(|e| panic!("PUT {key}: {e:?}"));
                 let want = expected(ours, &data);
-                let head = s3.head_object().bucket("sums").key(&key).checksum_mode(ChecksumMode::Enabled).send().await.unwrap();
+                let head = s3
+                    .head_object()
+                    .bucket("sums")
+                    .key(&key)
+                    .checksum_mode(ChecksumMode::Enabled)
+                    .send()
+                    .await
+                    .unwrap();
                 let (got_put, got_head) = match ours {
                     ChecksumAlgorithm::Crc32 => (put.checksum_crc32(), head.checksum_crc32()),
                     ChecksumAlgorithm::Crc32c => (put.checksum_crc32_c(), head.checksum_crc32_c()),
-                    ChecksumAlgorithm::Crc64Nvme => (put.checksum_crc64_nvme(), head.checksum_crc64_nvme()),
+                    ChecksumAlgorithm::Crc64Nvme => {
+                        (put.checksum_crc64_nvme(), head.checksum_crc64_nvme())
+                    }
                     ChecksumAlgorithm::Sha1 => (put.checksum_sha1(), head.checksum_sha1()),
                     ChecksumAlgorithm::Sha256 => (put.checksum_sha256(), head.checksum_sha256()),
                 };
                 assert_eq!(got_put, Some(want.as_str()), "PUT answer for {key}");
                 assert_eq!(got_head, Some(want.as_str()), "HEAD for {key}");
                 // The SDK validates the checksum GET returns against the body.
-                let got = s3.get_object().bucket("sums").key(&key).checksum_mode(ChecksumMode::Enabled).send().await.unwrap();
+                let got = s3
+                    .get_object()
+                    .bucket("sums")
+                    .key(&key)
+                    .checksum_mode(ChecksumMode::Enabled)
+                    .send()
+                    .await
+                    .unwrap();
                 let body = got.body.collect().await.unwrap().into_bytes();
                 assert!(body.as_ref() == data.as_slice());
             }
@@ -67,9 +83,18 @@ fn checksums_are_verified_stored_and_returned() {
                 .send()
                 .await
                 .unwrap_err();
-            let code = err.as_service_error().and_then(aws_sdk_s3::error::ProvideErrorMetadata::code).map(str::to_owned);
+            let code = err
+                .as_service_error()
+                .and_then(aws_sdk_s3::error::ProvideErrorMetadata::code)
+                .map(str::to_owned);
             assert_eq!(code.as_deref(), Some("BadDigest"), "{err:?}");
-            let err = s3.head_object().bucket("sums").key("wrong").send().await.unwrap_err();
+            let err = s3
+                .head_object()
+                .bucket("sums")
+                .key("wrong")
+                .send()
+                .await
+                .unwrap_err();
             assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(404));
         }
     });

@@ -40,16 +40,50 @@ fn fifty_racing_if_none_match_puts_have_exactly_one_winner() {
         for round in 0..3 {
             let key = format!("key-{round}");
             let (won, lost, other) = race(&s3, &key, 50).await;
-            assert_eq!((won, lost), (1, 49), "round {round}: other outcomes {other:?}");
+            assert_eq!(
+                (won, lost),
+                (1, 49),
+                "round {round}: other outcomes {other:?}"
+            );
             // The winner's bytes are what a GET returns.
-            let got = s3.get_object().bucket("race").key(&key).send().await.unwrap();
+            let got = s3
+                .get_object()
+                .bucket("race")
+                .key(&key)
+                .send()
+                .await
+                .unwrap();
             let body = got.body.collect().await.unwrap().into_bytes();
             assert!(body.starts_with(b"writer "));
         }
         // If-Match: only with the current ETag.
-        let etag = s3.head_object().bucket("race").key("key-0").send().await.unwrap().e_tag().unwrap().to_owned();
-        let err = s3.put_object().bucket("race").key("key-0").if_match("\"abc\"").body(ByteStream::from_static(b"x")).send().await.unwrap_err();
+        let etag = s3
+            .head_object()
+            .bucket("race")
+            .key("key-0")
+            .send()
+            .await
+            .unwrap()
+            .e_tag()
+            .unwrap()
+            .to_owned();
+        let err = s3
+            .put_object()
+            .bucket("race")
+            .key("key-0")
+            .if_match("\"abc\"")
+            .body(ByteStream::from_static(b"x"))
+            .send()
+            .await
+            .unwrap_err();
         assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(412));
-        s3.put_object().bucket("race").key("key-0").if_match(&etag).body(ByteStream::from_static(b"y")).send().await.unwrap();
+        s3.put_object()
+            .bucket("race")
+            .key("key-0")
+            .if_match(&etag)
+            .body(ByteStream::from_static(b"y"))
+            .send()
+            .await
+            .unwrap();
     });
 }

@@ -35,7 +35,13 @@ fn objects_survive_two_nodes_down_and_fail_cleanly_with_three() {
             for copy in 0..3 {
                 let key = format!("before-{size}-{copy}");
                 let data = bytes(size, (i * 10 + copy) as u64);
-                s3.put_object().bucket("faults").key(&key).body(ByteStream::from(data.clone())).send().await.unwrap();
+                s3.put_object()
+                    .bucket("faults")
+                    .key(&key)
+                    .body(ByteStream::from(data.clone()))
+                    .send()
+                    .await
+                    .unwrap();
                 objects.push((key, data));
             }
         }
@@ -66,7 +72,10 @@ fn objects_survive_two_nodes_down_and_fail_cleanly_with_three() {
             match s3_once.get_object().bucket("faults").key(key).send().await {
                 Ok(got) => {
                     if let Ok(body) = got.body.collect().await {
-                        assert!(body.into_bytes().as_ref() == data.as_slice(), "{key} differs with 3 down");
+                        assert!(
+                            body.into_bytes().as_ref() == data.as_slice(),
+                            "{key} differs with 3 down"
+                        );
                     }
                 }
                 Err(e) => {

@@ -96,7 +96,12 @@ impl Opener {
     }
 
     /// Opens logical fragment `fragment` at `offset`, trying its sources in order.
-    async fn open(&self, fragment: usize, mut sources: VecDeque<Source>, offset: u64) -> Result<FragmentStream, String> {
+    async fn open(
+        &self,
+        fragment: usize,
+        mut sources: VecDeque<Source>,
+        offset: u64,
+    ) -> Result<FragmentStream, String> {
         let mut last = String::from("no source");
         while let Some((device, index)) = sources.pop_front() {
             let path = format!(
@@ -107,7 +112,14 @@ impl Opener {
             match self
                 .data
                 .nodes
-                .send(device.node, Method::GET, &path, self.epoch, &[], empty_body())
+                .send(
+                    device.node,
+                    Method::GET,
+                    &path,
+                    self.epoch,
+                    &[],
+                    empty_body(),
+                )
                 .await
             {
                 Ok(answer) if answer.status() == StatusCode::OK => {
@@ -119,7 +131,9 @@ impl Opener {
                         offset,
                     });
                 }
-                Ok(answer) => last = format!("{}/{}: {}", device.node, device.device, answer.status()),
+                Ok(answer) => {
+                    last = format!("{}/{}: {}", device.node, device.device, answer.status())
+                }
                 Err(e) => last = e.to_string(),
             }
         }
@@ -146,9 +160,21 @@ impl FragmentStream {
     }
 }
 
-/// Reads `range` of an object of `size` bytes stored as fragments; opens the fragment
-/// streams before returning, so that an object with too few fragments fails before any
-/// byte is sent. `blake3` (given for whole-object reads) is checked at the end.
+/// Which bytes of a stored object (or part) to read.
+#[derive(Clone, Debug)]
+pub struct Extent {
+    /// The object's (or part's) bytes.
+    pub size: u64,
+    /// The segment size it was written with.
+    pub segment_bytes: u32,
+    /// The bytes wanted.
+    pub range: Range<u64>,
+    /// Its blake3, to check at the end, when the whole object is read.
+    pub blake3: Option<[u8; 32]>,
+}
+
+/// Reads `extent` of an object stored as fragments; opens the fragment streams before
+/// returning, so that an object with too few fragments fails before any byte is sent.
 ///
 /// # Errors
 /// [`DataError::Unavailable`] when fewer than `k` fragments can be opened.
@@ -157,11 +183,14 @@ pub async fn read_object(
     place: &Place,
     name: &FragmentName,
     shape: &Shape,
-    size: u64,
-    segment_bytes: u32,
-    range: Range<u64>,
-    blake3: Option<[u8; 32]>,
+    extent: Extent,
 ) -> Result<BodyStream, DataError> {
+    let Extent {
+        size,
+        segment_bytes,
+        range,
+        blake3,
+    } = extent;
     let codec = &shape.codec;
     let spans = codec
         .segment_spans(size, segment_bytes, range.clone())
@@ -176,7 +205,9 @@ pub async fn read_object(
         .segment_spans(size, segment_bytes, range.end - 1..range.end)
         .map_err(|e| DataError::Internal(e.to_string()))?;
     let (Some(first), Some(last)) = (first_spans.next(), last_spans.next()) else {
-        return Err(DataError::Internal("a non-empty range touches no segment".into()));
+        return Err(DataError::Internal(
+            "a non-empty range touches no segment".into(),
+        ));
     };
     let start = first.fragment_range.start;
     let opener = Opener::new(data, place, name, shape, last.fragment_range.end);
@@ -241,7 +272,9 @@ pub async fn read_object(
         {
             tracing::error!(%path, "object bytes do not match their blake3; body broken off");
             let _ = tx
-                .send(Err(std::io::Error::other("object failed its end-to-end check")))
+                .send(Err(std::io::Error::other(
+                    "object failed its end-to-end check",
+                )))
                 .await;
         }
     });
@@ -281,7 +314,10 @@ impl Reading {
             while replacement.is_err() && self.next_fragment < self.opener.sources.len() {
                 let f = self.next_fragment;
                 self.next_fragment += 1;
-                replacement = self.opener.open(f, self.opener.sources[f].clone(), at).await;
+                replacement = self
+                    .opener
+                    .open(f, self.opener.sources[f].clone(), at)
+                    .await;
             }
             let mut stream = replacement.map_err(|e| format!("too few fragments: {e}"))?;
             pieces[i] = Some(stream.read_exact(len).await?);

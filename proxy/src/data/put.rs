@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 use super::{DataPath, FragmentName, Shape};
 use crate::error::DataError;
-use crate::node_client::{channel_body, error_chain};
+use crate::node_client::{SmallCall, channel_body, error_chain};
 use crate::placement::Place;
 
 /// Segments buffered per slot between the encoder and the slot's upload.
@@ -203,7 +203,16 @@ where
     // On any error before the queues close, the uploads are aborted first, so no device
     // sees a complete body (closing a queue would end a fragment's body normally).
     let hashing = Hashing::new(declared, &checksums);
-    let digests = match feed(shape, segment_bytes, hashing, &mut stream, &mut senders, check).await {
+    let digests = match feed(
+        shape,
+        segment_bytes,
+        hashing,
+        &mut stream,
+        &mut senders,
+        check,
+    )
+    .await
+    {
         Ok(digests) => digests,
         Err(e) => {
             uploads.abort_all();
@@ -325,7 +334,10 @@ async fn commit(
         async move {
             let answer = data
                 .nodes
-                .call(device, Method::POST, &path, epoch, &[], Bytes::new(), COMMIT_TIMEOUT)
+                .call(
+                    device,
+                    SmallCall::new(Method::POST, path, epoch, COMMIT_TIMEOUT),
+                )
                 .await;
             match answer {
                 Ok(a) if a.status == StatusCode::NO_CONTENT => Ok(()),
@@ -373,7 +385,11 @@ impl SlotUpload {
     /// Streams the fragments arriving on `rx` to `device`; if it fails before the first
     /// segment's fragment has been passed on, moves to the next handoff and replays it.
     /// Returns where the fragment is durable (pending commit).
-    async fn run(self, mut device: Option<DeviceKey>, mut rx: mpsc::Receiver<Bytes>) -> Result<DeviceKey, String> {
+    async fn run(
+        self,
+        mut device: Option<DeviceKey>,
+        mut rx: mpsc::Receiver<Bytes>,
+    ) -> Result<DeviceKey, String> {
         // The fragments fed so far, kept while they are only the first segment's.
         let mut replay: Vec<Bytes> = Vec::new();
         let mut replayable = true;
@@ -382,7 +398,10 @@ impl SlotUpload {
             let Some(target) = device.take() else {
                 return Err(last_error);
             };
-            match self.attempt(&target, &mut rx, &mut replay, &mut replayable).await {
+            match self
+                .attempt(&target, &mut rx, &mut replay, &mut replayable)
+                .await
+            {
                 Ok(()) => return Ok(target),
                 Err(e) => {
                     last_error = format!("{}/{}: {e}", target.node, target.device);
@@ -405,11 +424,12 @@ impl SlotUpload {
     ) -> Result<(), String> {
         let (tx, body) = channel_body(SLOT_QUEUE);
         let path = self.name.api_path(target, self.slot, "");
-        let headers: Vec<(&str, String)> = self.headers.iter().map(|(n, v)| (*n, v.clone())).collect();
-        let request = self
-            .data
-            .nodes
-            .send(target.node, Method::PUT, &path, self.epoch, &headers, body);
+        let headers: Vec<(&str, String)> =
+            self.headers.iter().map(|(n, v)| (*n, v.clone())).collect();
+        let request =
+            self.data
+                .nodes
+                .send(target.node, Method::PUT, &path, self.epoch, &headers, body);
         tokio::pin!(request);
         // An answer that comes before every byte was passed on is a failure; one that
         // comes after (the node has all it was promised) is kept while the queue drains.
@@ -459,15 +479,20 @@ impl SlotUpload {
         if status == StatusCode::CREATED {
             return Ok(());
         }
-        let body = http_body_util::BodyExt::collect(http_body_util::Limited::new(answer.into_body(), 4096))
-            .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-            .unwrap_or_default();
+        let body = http_body_util::BodyExt::collect(http_body_util::Limited::new(
+            answer.into_body(),
+            4096,
+        ))
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
         Err(format!("{status} {body}"))
     }
 }
 
-fn early(answer: Result<hyper::Response<hyper::body::Incoming>, crate::node_client::NodeCallError>) -> String {
+fn early(
+    answer: Result<hyper::Response<hyper::body::Incoming>, crate::node_client::NodeCallError>,
+) -> String {
     match answer {
         Ok(a) => format!("answered {} before the body ended", a.status()),
         Err(e) => error_chain(&e),

@@ -102,12 +102,18 @@ pub async fn create(
         }
         Err(MapError::BucketExists { .. }) => Err(s3_error!(BucketAlreadyExists)),
         Err(MapError::Invalid { reason }) => Err(s3_error!(InvalidBucketName, "{reason}")),
-        Err(MapError::NoSuchPolicy { name }) => Err(s3_error!(InvalidArgument, "no storage policy {name}")),
+        Err(MapError::NoSuchPolicy { name }) => {
+            Err(s3_error!(InvalidArgument, "no storage policy {name}"))
+        }
         Err(e) => Err(s3_error!(InvalidRequest, "{e}")),
     }
 }
 
-pub async fn delete(state: &S3State, account: &str, name: &str) -> S3Result<S3Response<DeleteBucketOutput>> {
+pub async fn delete(
+    state: &S3State,
+    account: &str,
+    name: &str,
+) -> S3Result<S3Response<DeleteBucketOutput>> {
     let bucket = owned(state, account, name)?;
     let empty = state
         .index

@@ -59,16 +59,27 @@ fn after_prefix(prefix: &str) -> String {
     format!("{prefix}\u{10FFFF}")
 }
 
+/// What a listing asks for.
+struct Query<'a> {
+    prefix: &'a str,
+    delimiter: Option<&'a str>,
+    resume: Option<Resume>,
+    max_keys: usize,
+}
+
 async fn page(
     state: &S3State,
     account: &str,
     bucket: &str,
     shards: u16,
-    prefix: &str,
-    delimiter: Option<&str>,
-    resume: Option<Resume>,
-    max_keys: usize,
+    query: Query<'_>,
 ) -> S3Result<Page> {
+    let Query {
+        prefix,
+        delimiter,
+        resume,
+        max_keys,
+    } = query;
     let mut page = Page::default();
     let mut after = match &resume {
         Some(Resume::Key(k)) => Some(k.clone()),
@@ -93,7 +104,8 @@ async fn page(
         for record in batch {
             let common = delimiter.and_then(|d| {
                 let rest = record.key.get(prefix.len()..)?;
-                rest.find(d).map(|i| record.key[..prefix.len() + i + d.len()].to_owned())
+                rest.find(d)
+                    .map(|i| record.key[..prefix.len() + i + d.len()].to_owned())
             });
             if let Some(cp) = &common
                 && last_prefix.as_ref() == Some(cp)
@@ -147,7 +159,10 @@ impl Encoder {
         match encoding.map(EncodingType::as_str) {
             None => Ok(Encoder(false)),
             Some("url") => Ok(Encoder(true)),
-            Some(other) => Err(s3_error!(InvalidArgument, "encoding-type {other} is not supported")),
+            Some(other) => Err(s3_error!(
+                InvalidArgument,
+                "encoding-type {other} is not supported"
+            )),
         }
     }
 
@@ -174,7 +189,9 @@ fn objects(page: &Page, enc: &Encoder, owner: Option<&str>) -> ObjectList {
             last_modified: Some(Timestamp::from(
                 std::time::UNIX_EPOCH + std::time::Duration::from_micros(r.entry.version.micros()),
             )),
-            storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
+            storage_class: Some(ObjectStorageClass::from_static(
+                ObjectStorageClass::STANDARD,
+            )),
             owner: owner.map(|o| Owner {
                 display_name: Some(o.to_owned()),
                 id: Some(o.to_owned()),
@@ -193,7 +210,11 @@ fn prefixes(page: &Page, enc: &Encoder) -> CommonPrefixList {
         .collect()
 }
 
-pub async fn v2(state: &S3State, account: &str, input: ListObjectsV2Input) -> S3Result<S3Response<ListObjectsV2Output>> {
+pub async fn v2(
+    state: &S3State,
+    account: &str,
+    input: ListObjectsV2Input,
+) -> S3Result<S3Response<ListObjectsV2Output>> {
     let bucket = owned(state, account, &input.bucket)?;
     let enc = Encoder::new(input.encoding_type.as_ref())?;
     let max = max_keys(input.max_keys)?;
@@ -204,7 +225,13 @@ pub async fn v2(state: &S3State, account: &str, input: ListObjectsV2Input) -> S3
         (None, Some(s)) if !s.is_empty() => Some(Resume::Key(s.clone())),
         _ => None,
     };
-    let page = page(state, account, &input.bucket, bucket.shards, &prefix, delimiter.as_deref(), resume, max).await?;
+    let query = Query {
+        prefix: &prefix,
+        delimiter: delimiter.as_deref(),
+        resume,
+        max_keys: max,
+    };
+    let page = page(state, account, &input.bucket, bucket.shards, query).await?;
     let owner = input.fetch_owner.unwrap_or(false).then_some(account);
     let contents = objects(&page, &enc, owner);
     let common = prefixes(&page, &enc);
@@ -217,7 +244,11 @@ pub async fn v2(state: &S3State, account: &str, input: ListObjectsV2Input) -> S3
         continuation_token: input.continuation_token.clone(),
         start_after: input.start_after.as_deref().map(|s| enc.apply(s)),
         is_truncated: Some(page.truncated),
-        next_continuation_token: if page.truncated { page.next.as_ref().map(Resume::token) } else { None },
+        next_continuation_token: if page.truncated {
+            page.next.as_ref().map(Resume::token)
+        } else {
+            None
+        },
         contents: Some(contents),
         common_prefixes: Some(common),
         encoding_type: input.encoding_type.clone(),
@@ -225,18 +256,32 @@ pub async fn v2(state: &S3State, account: &str, input: ListObjectsV2Input) -> S3
     }))
 }
 
-pub async fn v1(state: &S3State, account: &str, input: ListObjectsInput) -> S3Result<S3Response<ListObjectsOutput>> {
+pub async fn v1(
+    state: &S3State,
+    account: &str,
+    input: ListObjectsInput,
+) -> S3Result<S3Response<ListObjectsOutput>> {
     let bucket = owned(state, account, &input.bucket)?;
     let enc = Encoder::new(input.encoding_type.as_ref())?;
     let max = max_keys(input.max_keys)?;
     let prefix = input.prefix.clone().unwrap_or_default();
     let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
     // A marker that is a common prefix resumes after all of its keys, as S3 does.
-    let resume = input.marker.clone().filter(|m| !m.is_empty()).map(|m| match &delimiter {
-        Some(d) if m.ends_with(d.as_str()) && m.starts_with(&prefix) => Resume::Prefix(m),
-        _ => Resume::Key(m),
-    });
-    let page = page(state, account, &input.bucket, bucket.shards, &prefix, delimiter.as_deref(), resume, max).await?;
+    let resume = input
+        .marker
+        .clone()
+        .filter(|m| !m.is_empty())
+        .map(|m| match &delimiter {
+            Some(d) if m.ends_with(d.as_str()) && m.starts_with(&prefix) => Resume::Prefix(m),
+            _ => Resume::Key(m),
+        });
+    let query = Query {
+        prefix: &prefix,
+        delimiter: delimiter.as_deref(),
+        resume,
+        max_keys: max,
+    };
+    let page = page(state, account, &input.bucket, bucket.shards, query).await?;
     let next_marker = match (&delimiter, page.truncated, &page.next) {
         (Some(_), true, Some(Resume::Key(k) | Resume::Prefix(k))) => Some(enc.apply(k)),
         _ => None,

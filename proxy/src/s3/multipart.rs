@@ -16,8 +16,8 @@ use super::S3State;
 use super::buckets::owned;
 use super::error::to_s3;
 use super::objects::{
-    ChecksumPlan, Standard, Stored, check_key, output_checksums, content_md5, declared_length, etag_value, last_modified,
-    metadata_pairs, store_body,
+    ChecksumPlan, Standard, Stored, check_key, content_md5, declared_length, etag_value,
+    last_modified, metadata_pairs, output_checksums, store_body,
 };
 use crate::index::{Condition, IndexClient};
 
@@ -137,9 +137,20 @@ pub async fn upload_part(
     let bucket = owned(state, account, &input.bucket)?;
     check_key(&input.key)?;
     if !(1..=MAX_PART_NUMBER).contains(&input.part_number) {
-        return Err(s3_error!(InvalidArgument, "part numbers run from 1 to {MAX_PART_NUMBER}"));
+        return Err(s3_error!(
+            InvalidArgument,
+            "part numbers run from 1 to {MAX_PART_NUMBER}"
+        ));
     }
-    let upload = upload_record(state, account, &bucket, &input.bucket, &input.key, &input.upload_id).await?;
+    let upload = upload_record(
+        state,
+        account,
+        &bucket,
+        &input.bucket,
+        &input.key,
+        &input.upload_id,
+    )
+    .await?;
     let declared = declared_length(input.content_length)?;
     let md5 = content_md5(input.content_md5.as_ref())?;
     let version = state.data.clock.next();
@@ -210,7 +221,14 @@ async fn recorded_parts(
     let start_after = after.map(|n| part_key(upload_id, n));
     let records = state
         .index
-        .list(account, &container, bucket.shards, &prefix, start_after.as_deref(), limit)
+        .list(
+            account,
+            &container,
+            bucket.shards,
+            &prefix,
+            start_after.as_deref(),
+            limit,
+        )
         .await
         .map_err(to_s3)?;
     Ok(records
@@ -223,20 +241,45 @@ async fn recorded_parts(
 }
 
 /// Retires an upload: its record and its parts' records become tombstones.
-async fn retire(state: &S3State, account: &str, bucket: &Bucket, name: &str, key: &str, upload_id: &str, policy: &str) -> S3Result<()> {
-    let parts = recorded_parts(state, account, bucket, name, upload_id, None, MAX_PART_NUMBER as usize).await?;
+async fn retire(
+    state: &S3State,
+    account: &str,
+    bucket: &Bucket,
+    name: &str,
+    key: &str,
+    upload_id: &str,
+    policy: &str,
+) -> S3Result<()> {
+    let parts = recorded_parts(
+        state,
+        account,
+        bucket,
+        name,
+        upload_id,
+        None,
+        MAX_PART_NUMBER as usize,
+    )
+    .await?;
     let pcontainer = parts_container(name);
     for (number, _) in parts {
         let pkey = part_key(upload_id, number);
         let shard = IndexClient::shard_of(account, &pcontainer, &pkey, bucket.shards);
         let tombstone = IndexEntry::tombstone(state.data.clock.next(), policy);
-        state.index.write(&shard, &pkey, &tombstone, &Condition::None).await.map_err(to_s3)?;
+        state
+            .index
+            .write(&shard, &pkey, &tombstone, &Condition::None)
+            .await
+            .map_err(to_s3)?;
     }
     let ucontainer = uploads_container(name);
     let ukey = upload_key(key, upload_id);
     let shard = IndexClient::shard_of(account, &ucontainer, &ukey, bucket.shards);
     let tombstone = IndexEntry::tombstone(state.data.clock.next(), policy);
-    state.index.write(&shard, &ukey, &tombstone, &Condition::None).await.map_err(to_s3)?;
+    state
+        .index
+        .write(&shard, &ukey, &tombstone, &Condition::None)
+        .await
+        .map_err(to_s3)?;
     Ok(())
 }
 
@@ -248,21 +291,41 @@ pub async fn complete(
     let input = req.input;
     let bucket = owned(state, account, &input.bucket)?;
     check_key(&input.key)?;
-    let upload = upload_record(state, account, &bucket, &input.bucket, &input.key, &input.upload_id).await?;
+    let upload = upload_record(
+        state,
+        account,
+        &bucket,
+        &input.bucket,
+        &input.key,
+        &input.upload_id,
+    )
+    .await?;
     let requested = input
         .multipart_upload
         .as_ref()
         .and_then(|m| m.parts.as_ref())
         .filter(|p| !p.is_empty())
         .ok_or_else(|| s3_error!(MalformedXML, "CompleteMultipartUpload names no parts"))?;
-    let recorded = recorded_parts(state, account, &bucket, &input.bucket, &input.upload_id, None, MAX_PART_NUMBER as usize).await?;
-    let recorded: std::collections::HashMap<i32, IndexEntry> = recorded.into_iter().map(|(n, r)| (n, r.entry)).collect();
+    let recorded = recorded_parts(
+        state,
+        account,
+        &bucket,
+        &input.bucket,
+        &input.upload_id,
+        None,
+        MAX_PART_NUMBER as usize,
+    )
+    .await?;
+    let recorded: std::collections::HashMap<i32, IndexEntry> =
+        recorded.into_iter().map(|(n, r)| (n, r.entry)).collect();
     let mut previous = 0;
     let mut parts = Vec::with_capacity(requested.len());
     let mut md5s = md5::Md5::new();
     let mut size = 0u64;
     for (i, p) in requested.iter().enumerate() {
-        let number = p.part_number.ok_or_else(|| s3_error!(MalformedXML, "a part without PartNumber"))?;
+        let number = p
+            .part_number
+            .ok_or_else(|| s3_error!(MalformedXML, "a part without PartNumber"))?;
         if number <= previous {
             return Err(s3_error!(InvalidPartOrder));
         }
@@ -271,12 +334,22 @@ pub async fn complete(
             .get(&number)
             .filter(|e| !e.is_tombstone())
             .ok_or_else(|| s3_error!(InvalidPart, "part {number} was not uploaded"))?;
-        let asked = p.e_tag.as_ref().map(|e| e.value().trim_matches('"').to_owned());
+        let asked = p
+            .e_tag
+            .as_ref()
+            .map(|e| e.value().trim_matches('"').to_owned());
         if asked.as_deref() != Some(entry.etag.as_str()) {
-            return Err(s3_error!(InvalidPart, "part {number}'s ETag does not match"));
+            return Err(s3_error!(
+                InvalidPart,
+                "part {number}'s ETag does not match"
+            ));
         }
         if i + 1 < requested.len() && entry.size < MIN_PART_BYTES {
-            return Err(s3_error!(EntityTooSmall, "part {number} has {} bytes; all but the last need {MIN_PART_BYTES}", entry.size));
+            return Err(s3_error!(
+                EntityTooSmall,
+                "part {number} has {} bytes; all but the last need {MIN_PART_BYTES}",
+                entry.size
+            ));
         }
         let md5 = hex::decode(&entry.etag).map_err(|_| s3_error!(InternalError))?;
         md5s.update(&md5);
@@ -311,7 +384,9 @@ pub async fn complete(
         policy: upload.policy.clone(),
         data,
     };
-    entry.validate().map_err(|e| s3_error!(InvalidRequest, "{e}"))?;
+    entry
+        .validate()
+        .map_err(|e| s3_error!(InvalidRequest, "{e}"))?;
     let condition = match (&input.if_none_match, &input.if_match) {
         (Some(c), None) if c.is_any() => Condition::IfNoneMatch,
         (None, Some(c)) => match c.as_etag() {
@@ -321,8 +396,21 @@ pub async fn complete(
         _ => Condition::None,
     };
     let shard = IndexClient::shard_of(account, &input.bucket, &input.key, bucket.shards);
-    state.index.write(&shard, &input.key, &entry, &condition).await.map_err(to_s3)?;
-    retire(state, account, &bucket, &input.bucket, &input.key, &input.upload_id, &upload.policy).await?;
+    state
+        .index
+        .write(&shard, &input.key, &entry, &condition)
+        .await
+        .map_err(to_s3)?;
+    retire(
+        state,
+        account,
+        &bucket,
+        &input.bucket,
+        &input.key,
+        &input.upload_id,
+        &upload.policy,
+    )
+    .await?;
     Ok(S3Response::new(CompleteMultipartUploadOutput {
         bucket: Some(input.bucket.clone()),
         key: Some(input.key.clone()),
@@ -340,8 +428,25 @@ pub async fn abort(
     let input = req.input;
     let bucket = owned(state, account, &input.bucket)?;
     check_key(&input.key)?;
-    let upload = upload_record(state, account, &bucket, &input.bucket, &input.key, &input.upload_id).await?;
-    retire(state, account, &bucket, &input.bucket, &input.key, &input.upload_id, &upload.policy).await?;
+    let upload = upload_record(
+        state,
+        account,
+        &bucket,
+        &input.bucket,
+        &input.key,
+        &input.upload_id,
+    )
+    .await?;
+    retire(
+        state,
+        account,
+        &bucket,
+        &input.bucket,
+        &input.key,
+        &input.upload_id,
+        &upload.policy,
+    )
+    .await?;
     Ok(S3Response::new(AbortMultipartUploadOutput::default()))
 }
 
@@ -353,9 +458,28 @@ pub async fn list_parts(
     let input = req.input;
     let bucket = owned(state, account, &input.bucket)?;
     check_key(&input.key)?;
-    upload_record(state, account, &bucket, &input.bucket, &input.key, &input.upload_id).await?;
-    let max = input.max_parts.map_or(MAX_LISTED, |m| (m.max(0) as usize).min(MAX_LISTED));
-    let mut parts = recorded_parts(state, account, &bucket, &input.bucket, &input.upload_id, input.part_number_marker, max + 1).await?;
+    upload_record(
+        state,
+        account,
+        &bucket,
+        &input.bucket,
+        &input.key,
+        &input.upload_id,
+    )
+    .await?;
+    let max = input
+        .max_parts
+        .map_or(MAX_LISTED, |m| (m.max(0) as usize).min(MAX_LISTED));
+    let mut parts = recorded_parts(
+        state,
+        account,
+        &bucket,
+        &input.bucket,
+        &input.upload_id,
+        input.part_number_marker,
+        max + 1,
+    )
+    .await?;
     let truncated = parts.len() > max;
     parts.truncate(max);
     let next = parts.last().map(|(n, _)| *n);
@@ -390,7 +514,9 @@ pub async fn list_uploads(
 ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
     let input = req.input;
     let bucket = owned(state, account, &input.bucket)?;
-    let max = input.max_uploads.map_or(MAX_LISTED, |m| (m.max(0) as usize).min(MAX_LISTED));
+    let max = input
+        .max_uploads
+        .map_or(MAX_LISTED, |m| (m.max(0) as usize).min(MAX_LISTED));
     let prefix = input.prefix.clone().unwrap_or_default();
     let start_after = match (&input.key_marker, &input.upload_id_marker) {
         (Some(k), Some(u)) => Some(upload_key(k, u)),
@@ -401,7 +527,14 @@ pub async fn list_uploads(
     let container = uploads_container(&input.bucket);
     let mut records = state
         .index
-        .list(account, &container, bucket.shards, &prefix, start_after.as_deref(), max + 1)
+        .list(
+            account,
+            &container,
+            bucket.shards,
+            &prefix,
+            start_after.as_deref(),
+            max + 1,
+        )
         .await
         .map_err(to_s3)?;
     let truncated = records.len() > max;

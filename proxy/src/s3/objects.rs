@@ -7,11 +7,11 @@ use std::time::{Duration, UNIX_EPOCH};
 use base64::Engine as _;
 use bytes::Bytes;
 use hyper::StatusCode;
+use nimbus_core::checksum::{ChecksumAlgorithm, to_base64};
 use nimbus_core::ids::VersionId;
 use nimbus_core::index::{EntryData, IndexEntry, Part, validate_key};
 use nimbus_ring::map::Bucket;
 use s3s::dto::*;
-use nimbus_core::checksum::{ChecksumAlgorithm, to_base64};
 use s3s::{S3Error, S3Request, S3Response, S3Result, TrailingHeaders, s3_error};
 
 use super::S3State;
@@ -69,7 +69,10 @@ pub(super) struct Standard {
 }
 
 /// The user metadata and standard headers of a PUT, as entry pairs.
-pub(super) fn metadata_pairs(metadata: Option<&Metadata>, standard: Standard) -> Vec<(String, String)> {
+pub(super) fn metadata_pairs(
+    metadata: Option<&Metadata>,
+    standard: Standard,
+) -> Vec<(String, String)> {
     let mut pairs: Vec<(String, String)> = metadata
         .into_iter()
         .flatten()
@@ -81,7 +84,10 @@ pub(super) fn metadata_pairs(metadata: Option<&Metadata>, standard: Standard) ->
         (CONTENT_DISPOSITION, standard.content_disposition),
         (CONTENT_ENCODING, standard.content_encoding),
         (CONTENT_LANGUAGE, standard.content_language),
-        (EXPIRES, standard.expires.as_ref().and_then(format_http_date)),
+        (
+            EXPIRES,
+            standard.expires.as_ref().and_then(format_http_date),
+        ),
     ];
     for (name, value) in standard {
         if let Some(v) = value {
@@ -132,10 +138,16 @@ fn condition_of(input: &PutObjectInput) -> S3Result<Condition> {
             "If-Match and If-None-Match together are not supported"
         )),
         (Some(c), None) if c.is_any() => Ok(Condition::IfNoneMatch),
-        (Some(_), None) => Err(s3_error!(NotImplemented, "If-None-Match on PUT takes only *")),
+        (Some(_), None) => Err(s3_error!(
+            NotImplemented,
+            "If-None-Match on PUT takes only *"
+        )),
         (None, Some(c)) => match c.as_etag() {
             Some(etag) => Ok(Condition::IfMatch(etag.value().to_owned())),
-            None => Err(s3_error!(NotImplemented, "If-Match: * on PUT is not supported")),
+            None => Err(s3_error!(
+                NotImplemented,
+                "If-Match: * on PUT is not supported"
+            )),
         },
         (None, None) => Ok(Condition::None),
     }
@@ -175,7 +187,10 @@ pub(super) struct ChecksumPlan {
 impl ChecksumPlan {
     /// Reads the plan from a request's headers: `x-amz-checksum-<alg>` values,
     /// `x-amz-trailer` (values to come after the body) and `x-amz-sdk-checksum-algorithm`.
-    pub(super) fn of(headers: &hyper::HeaderMap, trailers: Option<TrailingHeaders>) -> S3Result<ChecksumPlan> {
+    pub(super) fn of(
+        headers: &hyper::HeaderMap,
+        trailers: Option<TrailingHeaders>,
+    ) -> S3Result<ChecksumPlan> {
         let mut plan = ChecksumPlan {
             algorithms: Vec::new(),
             in_headers: Vec::new(),
@@ -188,7 +203,13 @@ impl ChecksumPlan {
                     .to_str()
                     .ok()
                     .and_then(|v| algorithm.parse_base64(v).ok())
-                    .ok_or_else(|| s3_error!(InvalidRequest, "Value for {} header is invalid.", algorithm.header_name()))?;
+                    .ok_or_else(|| {
+                        s3_error!(
+                            InvalidRequest,
+                            "Value for {} header is invalid.",
+                            algorithm.header_name()
+                        )
+                    })?;
                 plan.in_headers.push((algorithm, value));
                 plan.algorithms.push(algorithm);
             }
@@ -201,7 +222,10 @@ impl ChecksumPlan {
                 }
             }
         }
-        if let Some(name) = headers.get("x-amz-sdk-checksum-algorithm").and_then(|v| v.to_str().ok()) {
+        if let Some(name) = headers
+            .get("x-amz-sdk-checksum-algorithm")
+            .and_then(|v| v.to_str().ok())
+        {
             let algorithm: ChecksumAlgorithm = name
                 .parse()
                 .map_err(|_| s3_error!(InvalidRequest, "unknown checksum algorithm {name}"))?;
@@ -210,7 +234,10 @@ impl ChecksumPlan {
         plan.algorithms.sort_by_key(|a| a.s3_name());
         plan.algorithms.dedup();
         if plan.algorithms.len() > 1 {
-            return Err(s3_error!(InvalidRequest, "Expecting a single x-amz-checksum- header"));
+            return Err(s3_error!(
+                InvalidRequest,
+                "Expecting a single x-amz-checksum- header"
+            ));
         }
         Ok(plan)
     }
@@ -218,19 +245,33 @@ impl ChecksumPlan {
     /// Checks the computed checksums against the values the client sent.
     fn verify(&self, computed: &[(ChecksumAlgorithm, Vec<u8>)]) -> Result<(), DataError> {
         for (algorithm, value) in computed {
-            let expected = if let Some((_, v)) = self.in_headers.iter().find(|(a, _)| a == algorithm) {
-                Some(v.clone())
-            } else if self.in_trailers.contains(algorithm) {
-                let sent = self
-                    .trailers
-                    .as_ref()
-                    .and_then(|t| t.read(|h| h.get(algorithm.header_name()).and_then(|v| v.to_str().ok()).map(str::to_owned)))
-                    .flatten()
-                    .ok_or_else(|| DataError::BadRequest(format!("the trailer {} did not arrive", algorithm.header_name())))?;
-                Some(algorithm.parse_base64(&sent).map_err(|e| DataError::BadRequest(format!("trailer {}: {e}", algorithm.header_name())))?)
-            } else {
-                None
-            };
+            let expected =
+                if let Some((_, v)) = self.in_headers.iter().find(|(a, _)| a == algorithm) {
+                    Some(v.clone())
+                } else if self.in_trailers.contains(algorithm) {
+                    let sent = self
+                        .trailers
+                        .as_ref()
+                        .and_then(|t| {
+                            t.read(|h| {
+                                h.get(algorithm.header_name())
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_owned)
+                            })
+                        })
+                        .flatten()
+                        .ok_or_else(|| {
+                            DataError::BadRequest(format!(
+                                "the trailer {} did not arrive",
+                                algorithm.header_name()
+                            ))
+                        })?;
+                    Some(algorithm.parse_base64(&sent).map_err(|e| {
+                        DataError::BadRequest(format!("trailer {}: {e}", algorithm.header_name()))
+                    })?)
+                } else {
+                    None
+                };
             if expected.is_some_and(|e| e != *value) {
                 return Err(DataError::BadDigest(format!(
                     "The {} you specified did not match the calculated checksum.",
@@ -418,7 +459,13 @@ pub async fn put(
 }
 
 /// Reads the key's live entry, or `NoSuchKey`.
-async fn live_entry(state: &S3State, account: &str, bucket: &Bucket, name: &str, key: &str) -> S3Result<IndexEntry> {
+async fn live_entry(
+    state: &S3State,
+    account: &str,
+    bucket: &Bucket,
+    name: &str,
+    key: &str,
+) -> S3Result<IndexEntry> {
     check_key(key)?;
     let shard = IndexClient::shard_of(account, name, key, bucket.shards);
     match state.index.read(&shard, key).await.map_err(to_s3)? {
@@ -486,10 +533,12 @@ fn not_modified(entry: &IndexEntry) -> S3Error {
 fn byte_range(range: Option<&Range>, size: u64) -> S3Result<Option<ByteRange<u64>>> {
     match range {
         None => Ok(None),
-        Some(r) => r
-            .check(size)
-            .map(Some)
-            .map_err(|_| s3_error!(InvalidRange, "the range is not satisfiable for an object of {size} bytes")),
+        Some(r) => r.check(size).map(Some).map_err(|_| {
+            s3_error!(
+                InvalidRange,
+                "the range is not satisfiable for an object of {size} bytes"
+            )
+        }),
     }
 }
 
@@ -528,21 +577,36 @@ pub async fn get(
                 path,
             };
             let whole = range.is_none().then_some(entry.blake3);
-            data::read_object(&state.data, &place, &name, &shape, size, *segment_bytes, wanted.clone(), whole)
+            let extent = data::Extent {
+                size,
+                segment_bytes: *segment_bytes,
+                range: wanted.clone(),
+                blake3: whole,
+            };
+            data::read_object(&state.data, &place, &name, &shape, extent)
                 .await
                 .map_err(to_s3)?
         }
         EntryData::Parts(parts) => {
-            read_parts(state, account, &input.bucket, &input.key, &entry.policy, parts, wanted.clone()).await?
+            read_parts(
+                state,
+                object_path(account, &input.bucket, &input.key),
+                &entry.policy,
+                parts,
+                wanted.clone(),
+            )
+            .await?
         }
         EntryData::Tombstone => return Err(s3_error!(NoSuchKey)),
     };
     let d = describe(&entry);
-    let c = output_checksums(if checksums_wanted(input.checksum_mode.as_ref()) && range.is_none() {
-        &entry.client_checksums
-    } else {
-        &[]
-    });
+    let c = output_checksums(
+        if checksums_wanted(input.checksum_mode.as_ref()) && range.is_none() {
+            &entry.client_checksums
+        } else {
+            &[]
+        },
+    );
     let output = GetObjectOutput {
         checksum_crc32: c.crc32,
         checksum_crc32c: c.crc32c,
@@ -563,9 +627,18 @@ pub async fn get(
         )
         .filter(|t| !t.is_empty()),
         cache_control: input.response_cache_control.clone().or(d.cache_control),
-        content_disposition: input.response_content_disposition.clone().or(d.content_disposition),
-        content_encoding: input.response_content_encoding.clone().or(d.content_encoding),
-        content_language: input.response_content_language.clone().or(d.content_language),
+        content_disposition: input
+            .response_content_disposition
+            .clone()
+            .or(d.content_disposition),
+        content_encoding: input
+            .response_content_encoding
+            .clone()
+            .or(d.content_encoding),
+        content_language: input
+            .response_content_language
+            .clone()
+            .or(d.content_language),
         expires: input.response_expires.clone().or(d.expires),
         e_tag: Some(etag_value(&entry.etag)),
         last_modified: Some(last_modified(entry.version)),
@@ -579,63 +652,85 @@ pub async fn get(
     }
 }
 
+/// Opens the parts of one multipart object.
+#[derive(Clone)]
+struct PartReader {
+    data: data::DataPath,
+    place: Place,
+    shape: Shape,
+    path: String,
+    policy: String,
+}
+
+impl PartReader {
+    /// Opens bytes `within` of `part`, checking the part's blake3 when it is read whole.
+    async fn open(
+        &self,
+        part: &Part,
+        within: ByteRange<u64>,
+    ) -> Result<data::BodyStream, DataError> {
+        let name = FragmentName {
+            policy: self.policy.clone(),
+            partition: self.place.partition,
+            version: part.version,
+            path: self.path.clone(),
+        };
+        let whole = (within.start == 0 && within.end == part.size).then_some(part.blake3);
+        let extent = data::Extent {
+            size: part.size,
+            segment_bytes: part.segment_bytes,
+            range: within,
+            blake3: whole,
+        };
+        data::read_object(&self.data, &self.place, &name, &self.shape, extent).await
+    }
+}
+
 /// Reads `range` of an object stored in parts: each part that the range touches, in order,
 /// reading only the segments it needs. The first part is opened before this returns (so an
 /// unreadable object fails before any byte is sent); a later part that cannot be read
 /// breaks the body off.
 async fn read_parts(
     state: &S3State,
-    account: &str,
-    bucket: &str,
-    key: &str,
+    path: String,
     policy: &str,
     parts: &[Part],
     range: ByteRange<u64>,
 ) -> S3Result<data::BodyStream> {
-    let path = object_path(account, bucket, key);
     let map = state.cluster.map();
     let place = Place::of(&map, policy, &path).map_err(to_s3)?;
-    let shape = Shape::of(&place.policy).map_err(to_s3)?;
+    let reader = PartReader {
+        data: state.data.clone(),
+        shape: Shape::of(&place.policy).map_err(to_s3)?,
+        place,
+        path,
+        policy: policy.to_owned(),
+    };
     // (part, range within it) for every part the range touches.
     let mut pieces = Vec::new();
     let mut start = 0u64;
     for part in parts {
         let end = start + part.size;
-        let lo = range.start.max(start);
-        let hi = range.end.min(end);
+        let (lo, hi) = (range.start.max(start), range.end.min(end));
         if lo < hi {
             pieces.push((part.clone(), lo - start..hi - start));
         }
         start = end;
     }
-    let open = move |data: crate::data::DataPath, place: Place, shape: Shape, path: String, policy: String, part: Part, within: ByteRange<u64>| async move {
-        let name = FragmentName {
-            policy,
-            partition: place.partition,
-            version: part.version,
-            path,
-        };
-        let whole = (within.start == 0 && within.end == part.size).then_some(part.blake3);
-        data::read_object(&data, &place, &name, &shape, part.size, part.segment_bytes, within, whole).await
-    };
     let mut pieces = pieces.into_iter();
     let Some((first, within)) = pieces.next() else {
         return Ok(Box::pin(futures_util::stream::empty()));
     };
-    let first_stream = open(state.data.clone(), place.clone(), shape.clone(), path.clone(), policy.to_owned(), first, within)
-        .await
-        .map_err(to_s3)?;
+    let first = reader.open(&first, within).await.map_err(to_s3)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
-    let data_path = state.data.clone();
-    let policy = policy.to_owned();
     tokio::spawn(async move {
-        let mut current = Some(first_stream);
+        let mut next = Some(first);
         loop {
-            let mut stream = match current.take() {
+            let mut stream = match next.take() {
                 Some(s) => s,
                 None => match pieces.next() {
                     None => return,
-                    Some((part, within)) => match open(data_path.clone(), place.clone(), shape.clone(), path.clone(), policy.clone(), part, within).await {
+                    Some((part, within)) => match reader.open(&part, within).await {
                         Ok(s) => s,
                         Err(e) => {
                             let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
@@ -685,9 +780,14 @@ pub async fn head(
         checksum_sha256: c.sha256,
         accept_ranges: Some("bytes".to_owned()),
         content_length: Some(range.as_ref().map_or(entry.size, |r| r.end - r.start) as i64),
-        content_range: range
-            .as_ref()
-            .map(|r| format!("bytes {}-{}/{}", r.start, r.end.saturating_sub(1), entry.size)),
+        content_range: range.as_ref().map(|r| {
+            format!(
+                "bytes {}-{}/{}",
+                r.start,
+                r.end.saturating_sub(1),
+                entry.size
+            )
+        }),
         content_type: Some(entry.content_type.clone()).filter(|t| !t.is_empty()),
         cache_control: d.cache_control,
         content_disposition: d.content_disposition,

@@ -363,9 +363,9 @@ impl PeerClient {
         let date = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let authorization = self
-            .secret
-            .sign(call.method.as_str(), call.path_and_query, date, call.epoch);
+        let authorization =
+            self.secret
+                .sign(call.method.as_str(), call.path_and_query, date, call.epoch);
         let mut builder = Request::builder()
             .method(call.method.clone())
             .uri(format!("http://{}{}", call.addr, call.path_and_query))

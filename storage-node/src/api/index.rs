@@ -119,15 +119,7 @@ async fn peer_if_primary(
     if let Some(replicas) = peering::parse_replicas(headers)? {
         state
             .peering
-            .ensure(
-                &state.peers,
-                index,
-                device,
-                state.node,
-                id,
-                request_epoch(headers),
-                &replicas,
-            )
+            .ensure(index, device, id, request_epoch(headers), &replicas)
             .await?;
     }
     Ok(())

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, Method, StatusCode};
 use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode};
 use nimbus_core::index::{ShardId, decode_records};
 use nimbus_ring::raft::network::PeerClient;
 use tokio::sync::Mutex;
@@ -67,13 +67,26 @@ pub fn parse_replicas(headers: &HeaderMap) -> Result<Option<Vec<Replica>>, ApiEr
     Ok(Some(replicas))
 }
 
-/// The epoch each (device, shard) was last peered in.
-#[derive(Debug, Default)]
+/// A node's peering: its client of other nodes, its own address, and the epoch each
+/// (device, shard) was last peered in.
+#[derive(Debug)]
 pub struct Peering {
+    client: PeerClient,
+    me: Option<SocketAddr>,
     peered: Mutex<HashMap<(String, ShardId), u64>>,
 }
 
 impl Peering {
+    /// Returns the peering of the node at `me` (its address as the rings place it).
+    #[must_use]
+    pub fn new(client: PeerClient, me: Option<SocketAddr>) -> Self {
+        Peering {
+            client,
+            me,
+            peered: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Makes sure `device`'s copy of `shard` holds every record a majority of `replicas`
     /// holds, as of `epoch`; peers at most once per epoch (concurrent callers wait).
     ///
@@ -81,10 +94,8 @@ impl Peering {
     /// [`ApiError::Unavailable`] when fewer than a majority of the replicas answered.
     pub async fn ensure(
         &self,
-        client: &PeerClient,
         index: &IndexStore,
         device: &str,
-        me: Option<SocketAddr>,
         shard: &ShardId,
         epoch: u64,
         replicas: &[Replica],
@@ -97,11 +108,11 @@ impl Peering {
         let majority = replicas.len() / 2 + 1;
         let others: Vec<&Replica> = replicas
             .iter()
-            .filter(|r| !(r.device == device && me.is_none_or(|m| m == r.node)))
+            .filter(|r| !(r.device == device && self.me.is_none_or(|m| m == r.node)))
             .collect();
         let pulls = others
             .iter()
-            .map(|r| pull(client, index, r, shard, epoch));
+            .map(|r| pull(&self.client, index, r, shard, epoch));
         let results = futures_util::future::join_all(pulls).await;
         let mut answered = 1; // this device
         let mut errors = Vec::new();
