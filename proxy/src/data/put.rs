@@ -189,6 +189,7 @@ where
                 ("x-nimbus-object-bytes", declared.to_string()),
                 ("content-length", fragment_bytes.to_string()),
             ],
+            fragment_bytes,
             handoffs: Arc::clone(&handoffs),
         };
         uploads.spawn(async move {
@@ -378,6 +379,8 @@ struct SlotUpload {
     slot: usize,
     epoch: u64,
     headers: Vec<(&'static str, String)>,
+    /// The fragment's bytes, as declared to the node.
+    fragment_bytes: u64,
     handoffs: Arc<Handoffs>,
 }
 
@@ -431,22 +434,28 @@ impl SlotUpload {
                 .nodes
                 .send(target.node, Method::PUT, &path, self.epoch, &headers, body);
         tokio::pin!(request);
-        // An answer that comes before every byte was passed on is a failure; one that
-        // comes after (the node has all it was promised) is kept while the queue drains.
-        let mut answer = None;
+        let mut sent = 0u64;
         // Replay what an earlier device was sent.
         for fragment in replay.iter() {
+            let len = fragment.len() as u64;
             tokio::select! {
                 a = &mut request => return Err(early(a)),
-                sent = tx.send(Ok(fragment.clone())) => sent.map_err(|_| "connection closed".to_owned())?,
+                r = tx.send(Ok(fragment.clone())) => r.map_err(|_| "connection closed".to_owned())?,
             }
+            sent += len;
         }
+        // The node answers once it has all `fragment_bytes`: an answer before that is a
+        // failure; one after it is kept while the queue drains to its end.
+        let mut answer = None;
         loop {
             let next = if answer.is_some() {
                 rx.recv().await
             } else {
                 tokio::select! {
                     a = &mut request => {
+                        if sent < self.fragment_bytes {
+                            return Err(early(a));
+                        }
                         answer = Some(a);
                         continue;
                     }
@@ -454,27 +463,29 @@ impl SlotUpload {
                 }
             };
             let Some(fragment) = next else { break };
-            if let Some(a) = answer.take() {
-                // More to send, yet the node answered: it stopped reading.
-                return Err(early(a));
-            }
+            // Kept first, so that a failure below can move to a handoff and replay it.
             if *replayable && replay.is_empty() {
                 replay.push(fragment.clone());
             } else {
                 *replayable = false;
                 replay.clear();
             }
-            tokio::select! {
-                a = &mut request, if answer.is_none() => return Err(early(a)),
-                sent = tx.send(Ok(fragment)) => sent.map_err(|_| "connection closed".to_owned())?,
+            if answer.is_some() {
+                return Err("the node answered before the whole fragment was sent".into());
             }
+            let len = fragment.len() as u64;
+            tokio::select! {
+                a = &mut request => return Err(early(a)),
+                r = tx.send(Ok(fragment)) => r.map_err(|_| "connection closed".to_owned())?,
+            }
+            sent += len;
         }
         drop(tx);
         let answer = match answer {
             Some(a) => a,
             None => request.await,
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| error_chain(&e))?;
         let status = answer.status();
         if status == StatusCode::CREATED {
             return Ok(());

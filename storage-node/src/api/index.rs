@@ -108,21 +108,22 @@ fn request_epoch(headers: &HeaderMap) -> u64 {
 }
 
 /// Peers the shard first when the request names its replicas (it comes to this device as
-/// the shard's primary).
+/// the shard's primary); tells whether it did.
 async fn peer_if_primary(
     state: &NodeState,
     device: &str,
     index: &IndexStore,
     id: &ShardId,
     headers: &HeaderMap,
-) -> Result<(), ApiError> {
-    if let Some(replicas) = peering::parse_replicas(headers)? {
-        state
-            .peering
-            .ensure(index, device, id, request_epoch(headers), &replicas)
-            .await?;
-    }
-    Ok(())
+) -> Result<bool, ApiError> {
+    let Some(replicas) = peering::parse_replicas(headers)? else {
+        return Ok(false);
+    };
+    state
+        .peering
+        .ensure(index, device, id, request_epoch(headers), &replicas)
+        .await?;
+    Ok(true)
 }
 
 async fn apply(
@@ -136,9 +137,13 @@ async fn apply(
     let (index, id) = shard(&state, path)?;
     let entry = decode_entry(&body)?;
     let condition = parse_precondition(&headers)?;
-    peer_if_primary(&state, &device, index, &id, &headers).await?;
-    // A primary of a later epoch numbers above every earlier primary (see `apply_from`).
-    let floor = request_epoch(&headers) << 32;
+    // A primary named with its replicas peers first, and numbers above every primary of
+    // an earlier epoch (see `IndexStore::apply_from`).
+    let floor = if peer_if_primary(&state, &device, index, &id, &headers).await? {
+        request_epoch(&headers) << 32
+    } else {
+        0
+    };
     match index.apply_from(&id, &q.key, entry, condition, floor).await {
         Ok(seq) => Ok(axum::Json(json!({ "seq": seq })).into_response()),
         Err(ApplyError::PreconditionFailed { current, .. }) => {
