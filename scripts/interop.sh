@@ -121,4 +121,20 @@ cmp "$work/small" "$work/small.s3cmd" && cmp "$work/big" "$work/big.s3cmd"
 "${s3c[@]}" rb s3://interop-s3cmd >/dev/null
 ok s3cmd
 
-echo "interop: $passed of 4 clients passed"
+# Virtual-host style with curl's SigV4: the bucket in the host name (BUCKET.localhost,
+# resolved by curl itself), the key in the path.
+port_only=${hostport##*:}
+vhost=(curl -sf --aws-sigv4 "aws:amz:$AWS_DEFAULT_REGION:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY"
+    --resolve "interop-vhost.localhost:$port_only:127.0.0.1")
+aws s3 mb s3://interop-vhost >/dev/null
+"${vhost[@]}" -X PUT -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' --data-binary @"$work/small" \
+    "http://interop-vhost.localhost:$port_only/small"
+"${vhost[@]}" -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "http://interop-vhost.localhost:$port_only/small" -o "$work/small.vhost"
+cmp "$work/small" "$work/small.vhost"
+listing=$("${vhost[@]}" -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "http://interop-vhost.localhost:$port_only/?list-type=2")
+grep -q '<Key>small</Key>' <<<"$listing"
+aws s3 rm s3://interop-vhost/small >/dev/null
+aws s3 rb s3://interop-vhost >/dev/null
+ok "curl (virtual-host style)"
+
+echo "interop: $passed of 5 clients passed"

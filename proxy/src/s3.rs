@@ -4,6 +4,7 @@
 
 mod buckets;
 mod error;
+mod host;
 mod list;
 mod multipart;
 mod objects;
@@ -19,6 +20,7 @@ use crate::data::DataPath;
 use crate::index::IndexClient;
 
 pub use error::to_s3;
+pub use host::Domains;
 
 /// What every S3 operation shares.
 #[derive(Debug)]

@@ -22,7 +22,7 @@ use crate::config::ProxyConfig;
 use crate::data::{DataPath, VersionClock};
 use crate::index::IndexClient;
 use crate::node_client::NodeClient;
-use crate::s3::{MapAuth, NimbusS3, S3State};
+use crate::s3::{Domains, MapAuth, NimbusS3, S3State};
 
 /// How long a starting proxy waits for a metadata member to give it the map.
 const MAP_DEADLINE: Duration = Duration::from_secs(60);
@@ -110,11 +110,7 @@ pub async fn start(
     });
     let mut builder = S3ServiceBuilder::new(NimbusS3(state));
     builder.set_auth(MapAuth(cluster));
-    if !config.s3_domains.is_empty() {
-        let host = s3s::host::MultiDomain::new(&config.s3_domains)
-            .map_err(|e| ProxyError::Config(format!("s3_domains: {e}")))?;
-        builder.set_host(host);
-    }
+    builder.set_host(Domains::new(&config.s3_domains));
     let s3 = builder.build();
     let listener = TcpListener::bind(config.listen)
         .await

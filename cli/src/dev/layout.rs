@@ -296,7 +296,9 @@ impl Layout {
              listen = \"127.0.0.1:{}\"\n\
              cluster_secret_file = {secret}\n\
              meta = [{members}]\n\
-             region = \"us-east-1\"\n",
+             region = \"us-east-1\"\n\
+             # Virtual-host style: http://BUCKET.localhost:PORT (where *.localhost resolves).\n\
+             s3_domains = [\"localhost\"]\n",
             self.ports.s3
         );
         write_file(&self.proxy_config(), &text, false)
