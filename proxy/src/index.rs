@@ -180,7 +180,12 @@ impl IndexClient {
                         return Ok(seq);
                     }
                     Ok(a) if a.status == StatusCode::PRECONDITION_FAILED => {
-                        return Err(DataError::PreconditionFailed);
+                        // A retry of a write that did land (its answer was lost with a
+                        // primary that died) finds itself: that is success, not a conflict.
+                        return match current_of(&a) {
+                            Some((seq, version)) if version == entry.version.to_string() => Ok(seq),
+                            _ => Err(DataError::PreconditionFailed),
+                        };
                     }
                     Ok(a) if a.status == StatusCode::BAD_REQUEST => {
                         return Err(DataError::BadRequest(answer_text(&a)));
@@ -455,6 +460,16 @@ fn parse_seq(answer: &SmallAnswer) -> Result<u64, DataError> {
         .ok()
         .and_then(|v| v.get("seq")?.as_u64())
         .ok_or_else(|| DataError::Internal("index write answer without seq".into()))
+}
+
+/// The current record's sequence number and version in a 412 answer.
+fn current_of(answer: &SmallAnswer) -> Option<(u64, String)> {
+    let value: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
+    let current = value.get("current")?;
+    Some((
+        current.get("seq")?.as_u64()?,
+        current.get("version")?.as_str()?.to_owned(),
+    ))
 }
 
 fn answer_text(answer: &SmallAnswer) -> String {

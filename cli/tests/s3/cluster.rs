@@ -23,6 +23,8 @@ pub struct Cluster {
     pub access_key: String,
     pub secret_key: String,
     pub data: TempDir,
+    /// Node `i` listens on `base_port + i`, metadata member `i` on `base_port + 100 + i`.
+    pub base_port: u16,
     stderr: Arc<Mutex<String>>,
     /// Nodes the test restarted by hand.
     restarted: Mutex<Vec<Child>>,
@@ -135,7 +137,7 @@ impl Cluster {
             access_key: value("S3 access key:"),
             secret_key: value("S3 secret key:"),
             data,
-
+            base_port,
             stderr,
             restarted: Mutex::new(Vec::new()),
         }
@@ -245,6 +247,26 @@ pub fn client(endpoint: &str, access_key: &str, secret_key: &str, attempts: u32)
         .retry_config(
             aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(attempts),
         )
+        .build();
+    Client::from_conf(config)
+}
+
+/// A clock running `behind` late.
+#[derive(Debug)]
+struct LateClock(Duration);
+
+impl aws_smithy_async::time::TimeSource for LateClock {
+    fn now(&self) -> std::time::SystemTime {
+        std::time::SystemTime::now() - self.0
+    }
+}
+
+/// A client whose clock runs `behind` late (its signatures carry that date), not retrying.
+pub fn client_at(cluster: &Cluster, behind: Duration) -> Client {
+    let config = client(&cluster.endpoint, &cluster.access_key, &cluster.secret_key, 1)
+        .config()
+        .to_builder()
+        .time_source(LateClock(behind))
         .build();
     Client::from_conf(config)
 }

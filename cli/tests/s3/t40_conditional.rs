@@ -2,18 +2,41 @@
 
 use aws_sdk_s3::primitives::ByteStream;
 
+use std::time::Duration;
+
+use nimbus_core::auth::ClusterSecret;
+use nimbus_core::index::shard_of;
+use nimbus_ring::map::ClusterMap;
+use nimbus_ring::raft::network::PeerClient;
+
 use crate::cluster::{Cluster, runtime};
 
-async fn race(s3: &aws_sdk_s3::Client, key: &str, n: usize) -> (usize, usize, Vec<String>) {
+/// The storage node (1 to 6) of the primary of `key`'s index shard in `bucket`.
+async fn primary_node(cluster: &Cluster, bucket: &str, key: &str) -> usize {
+    let secret = std::fs::read_to_string(cluster.data.path().join("cluster-secret")).unwrap();
+    let client = PeerClient::new(ClusterSecret::from_hex(&secret).unwrap());
+    let member = format!("127.0.0.1:{}", cluster.base_port + 101);
+    let answer = client.get(&member, "/meta/map", Duration::from_secs(5), 64 << 20).await.unwrap();
+    let map = ClusterMap::decode(&answer.body).unwrap();
+    let b = map.bucket(bucket).unwrap();
+    let ring = map.policy(map.index_policy().unwrap()).unwrap().ring.as_ref().unwrap();
+    let partition = ring.partition_of(&format!("{}/{bucket}/{}", b.owner, shard_of(key, b.shards)));
+    let primary = ring.primaries(partition).next().unwrap();
+    usize::from(primary.location.node.port() - cluster.base_port)
+}
+
+async fn race(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, n: usize) -> (usize, usize, Vec<String>) {
     let calls = (0..n).map(|i| {
         let s3 = s3.clone();
         let key = key.to_owned();
         async move {
+            let mut body = format!("writer {i} ").into_bytes();
+            body.resize(64 << 10, b'.');
             s3.put_object()
-                .bucket("race")
+                .bucket(bucket)
                 .key(&key)
                 .if_none_match("*")
-                .body(ByteStream::from(format!("writer {i}").into_bytes()))
+                .body(ByteStream::from(body))
                 .send()
                 .await
         }
@@ -39,7 +62,7 @@ fn fifty_racing_if_none_match_puts_have_exactly_one_winner() {
         s3.create_bucket().bucket("race").send().await.unwrap();
         for round in 0..3 {
             let key = format!("key-{round}");
-            let (won, lost, other) = race(&s3, &key, 50).await;
+            let (won, lost, other) = race(&s3, "race", &key, 50).await;
             assert_eq!(
                 (won, lost),
                 (1, 49),
@@ -85,5 +108,30 @@ fn fifty_racing_if_none_match_puts_have_exactly_one_winner() {
             .send()
             .await
             .unwrap();
+    });
+}
+
+#[test]
+fn racing_if_none_match_puts_have_one_winner_while_the_shards_primary_dies() {
+    let cluster = Cluster::start();
+    let s3 = cluster.client_no_retry();
+    runtime().block_on(async {
+        s3.create_bucket().bucket("race2").send().await.unwrap();
+        let key = "contended";
+        let primary = primary_node(&cluster, "race2", key).await;
+        cluster.detach_supervisor();
+        let killer = async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            cluster.kill_node(primary);
+        };
+        let ((won, lost, other), ()) = tokio::join!(race(&s3, "race2", key, 50), killer);
+        assert_eq!((won, lost), (1, 49), "other outcomes: {other:?}");
+        let got = s3.get_object().bucket("race2").key(key).send().await.unwrap();
+        let body = got.body.collect().await.unwrap().into_bytes();
+        assert!(body.starts_with(b"writer "));
+        // Once the old primary is back, the key still has exactly the winner's bytes.
+        cluster.restart_node(primary);
+        let again = s3.get_object().bucket("race2").key(key).send().await.unwrap();
+        assert_eq!(again.body.collect().await.unwrap().into_bytes(), body);
     });
 }
