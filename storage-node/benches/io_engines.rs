@@ -4,16 +4,36 @@
 //!
 //! DIR (default: a temporary directory under the current one) must be on the disk to
 //! measure. Workloads, each run by the io_uring engine, the portable engine and fio
-//! (`--ioengine=io_uring`) with the same block size, queue depth and sync policy:
+//! (`--ioengine=io_uring`) with the same block size, queue depth, sync policy and file
+//! layout:
 //!
 //! - `seq-write-1m`: 1 GiB in 1 MiB O_DIRECT writes, 8 in flight, fdatasync at the end;
 //! - `seq-read-1m`: the same file read back in 1 MiB O_DIRECT reads, 8 in flight;
 //! - `rand-read-4k-qd1`: 20,000 random 4 KiB O_DIRECT reads of that file, one at a time
 //!   (per-operation latency);
-//! - `write-4k-fsync`: 8 writers, each appending 4 KiB O_DIRECT writes to its own file with
-//!   an fdatasync after every write (the small-object pattern), 512 writes each;
+//! - `write-4k-fsync`: 8 writers, each appending 4 KiB O_DIRECT writes to its own new file
+//!   with an fdatasync after every write (the small-object pattern: the fragment store
+//!   appends to new files), 512 writes each;
 //! - `write-4k-fsync-linked`: the same, each write and its fdatasync submitted together
 //!   (`Engine::write_all_synced_at`: an io_uring linked pair), against the same fio job.
+//!
+//! The small-write workloads are short and the disk's sync latency drifts, so they run in
+//! rounds (`NIMBUS_BENCH_ROUNDS`, default 7), each round running the three columns back to
+//! back on fresh files, in an order that rotates from round to round; the table shows each
+//! column's median over the rounds, and the median of the rounds' ratios.
+//!
+//! File layout of the small writes: by default every column appends to a new, empty file,
+//! so each write allocates a block and moves the end of file (fio: `--fallocate=none
+//! --file_append=1`; without them fio would `fallocate` the whole file before timing, and
+//! its writes would land in preallocated space while the engines' extend the file). With
+//! `NIMBUS_BENCH_PREALLOCATE=1` every column writes into a file preallocated with
+//! `fallocate(fd, 0, 0, size)` before timing instead (fio's default).
+//!
+//! Other knobs: `NIMBUS_BENCH_WRITERS` (small-write writers, default 8) and
+//! `NIMBUS_BENCH_ONLY` (run only the workloads whose name contains it).
+//!
+//! The small-write workloads also run fio's blocking engine (`--ioengine=psync`) on the same
+//! job, printed after the table: how far plain threads get on this kernel and file system.
 //!
 //! Then 64 concurrent fragment writes of 16 MiB through the fragment store, reporting the
 //! peak RSS of this process. fio must be installed (`apt-get install fio`); without it, the
@@ -150,14 +170,50 @@ async fn random_reads(e: &Engine, path: &Path) -> f64 {
     RANDOM_READS as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Write+fdatasync operations per second, `small_writers()` writers each on its own file;
-/// with `linked`, each write and its sync are submitted together.
+/// Whether the small writes go into preallocated files (`NIMBUS_BENCH_PREALLOCATE=1`).
+fn preallocate() -> bool {
+    std::env::var("NIMBUS_BENCH_PREALLOCATE").is_ok_and(|v| v == "1")
+}
+
+/// Rounds of the small-write workloads (`NIMBUS_BENCH_ROUNDS`).
+fn rounds() -> usize {
+    std::env::var("NIMBUS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7)
+}
+
+/// Whether to run the workload `name` (`NIMBUS_BENCH_ONLY` filters by substring).
+fn selected(name: &str) -> bool {
+    std::env::var("NIMBUS_BENCH_ONLY").map_or(true, |only| name.contains(&only))
+}
+
+/// Write+fdatasync operations per second, `small_writers()` writers each on its own new file
+/// in `dir`; with `linked`, each write and its sync are submitted together. Files are
+/// created (and preallocated) before the clock starts, as fio does.
 async fn small_sync_writes(e: &Engine, dir: &Path, linked: bool) -> f64 {
-    let secs = concurrently(small_writers(), |t| {
-        let e = e.clone();
+    let mut files = Vec::new();
+    for t in 0..small_writers() {
         let path = dir.join(format!("small-{}-{linked}-{t}", e.name()));
+        if preallocate() {
+            // As fio lays out its files: allocated, unwritten, at full length.
+            let f = std::fs::File::create_new(&path).unwrap();
+            let len = (SMALL * SMALL_WRITES) as u64;
+            rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, len).unwrap();
+            f.sync_all().unwrap();
+        }
+        let mode = OpenMode {
+            create_new: !preallocate(),
+            write: true,
+            direct: true,
+        };
+        let f = e.open(&path, mode).await.unwrap();
+        assert!(f.is_direct(), "O_DIRECT unavailable on {}", path.display());
+        files.push(f);
+    }
+    let secs = concurrently(small_writers(), |t| {
+        let (e, f) = (e.clone(), files[t].clone());
         async move {
-            let f = open(&e, &path, true).await;
             for i in 0..SMALL_WRITES {
                 let mut buf = e.buffer().await;
                 buf.set_len(SMALL);
@@ -175,6 +231,34 @@ async fn small_sync_writes(e: &Engine, dir: &Path, linked: bool) -> f64 {
     })
     .await;
     (small_writers() * SMALL_WRITES) as f64 / secs
+}
+
+/// fio's small-write job in `dir` (which must hold no files of a former run): ops/s. With
+/// `psync`, fio's blocking engine (`pwrite` then `fdatasync`, one thread per job) instead of
+/// io_uring.
+fn fio_small_writes(dir: &Path, psync: bool) -> Option<f64> {
+    let size = format!("--size={}", SMALL * SMALL_WRITES);
+    let jobs = format!("--numjobs={}", small_writers());
+    let mut args = vec![
+        "--rw=write",
+        "--bs=4k",
+        "--iodepth=1",
+        "--fdatasync=1",
+        &size,
+        &jobs,
+    ];
+    if !preallocate() {
+        args.extend(["--fallocate=none", "--file_append=1"]);
+    }
+    if psync {
+        args.push("--ioengine=psync"); // overrides fio()'s io_uring
+    }
+    fio(dir, "small", &args).map(|x| x.1)
+}
+
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied()
 }
 
 /// Runs fio; returns (MiB/s, IOPS) of the job.
@@ -279,94 +363,109 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut rows: Vec<(&str, String, Vec<Option<f64>>)> = Vec::new();
-    let (mut w, mut r, mut s, mut l) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut q = Vec::new();
-    for kind in [IoEngineKind::Uring, IoEngineKind::Portable] {
-        let e = engine(kind);
-        let file = dir.path().join(format!("seq-{}", e.name()));
-        rt.block_on(async {
-            w.push(Some(seq_write(&e, &file).await));
-            r.push(Some(seq_read(&e, &file).await));
-            q.push(Some(random_reads(&e, &file).await));
-            s.push(Some(small_sync_writes(&e, dir.path(), false).await));
-            l.push(Some(small_sync_writes(&e, dir.path(), true).await));
-        });
-        std::fs::remove_file(&file).unwrap();
-    }
-    let size = format!("--size={}", SEQ_BYTES);
-    w.push(
-        fio(
-            dir.path(),
-            "seqwrite",
-            &[
-                "--rw=write",
-                "--bs=1M",
-                "--iodepth=8",
-                &size,
-                "--end_fsync=1",
-            ],
-        )
-        .map(|x| x.0),
-    );
-    r.push(
-        fio(
-            dir.path(),
-            "seqwrite",
-            &["--rw=read", "--bs=1M", "--iodepth=8", &size],
-        )
-        .map(|x| x.0),
-    );
-    let reads = format!("--number_ios={RANDOM_READS}");
-    q.push(
-        fio(
-            dir.path(),
-            "seqwrite",
-            &["--rw=randread", "--bs=4k", "--iodepth=1", &size, &reads],
-        )
-        .map(|x| x.1),
-    );
-    let small_size = format!("--size={}", SMALL * SMALL_WRITES);
-    let jobs = format!("--numjobs={}", small_writers());
-    let fio_small = fio(
-        dir.path(),
-        "small",
-        &[
+    let engines = [engine(IoEngineKind::Uring), engine(IoEngineKind::Portable)];
+    // Each row: workload, unit, (uring, portable, fio), (uring / fio, portable / fio).
+    #[allow(clippy::type_complexity)]
+    let mut rows: Vec<(&str, &str, [Option<f64>; 3], [Option<f64>; 2])> = Vec::new();
+    // fio's blocking engine on the small-write job, for reference: workload, ops/s, ratio.
+    let mut psync = Vec::new();
+
+    let size = format!("--size={SEQ_BYTES}");
+    let seq = ["seq-write-1m", "seq-read-1m", "rand-read-4k-qd1"];
+    if seq.iter().any(|name| selected(name)) {
+        let (mut w, mut r, mut q) = (Vec::new(), Vec::new(), Vec::new());
+        for e in &engines {
+            let file = dir.path().join(format!("seq-{}", e.name()));
+            rt.block_on(async {
+                w.push(Some(seq_write(e, &file).await));
+                r.push(Some(seq_read(e, &file).await));
+                q.push(Some(random_reads(e, &file).await));
+            });
+            std::fs::remove_file(&file).unwrap();
+        }
+        let write = [
             "--rw=write",
-            "--bs=4k",
-            "--iodepth=1",
-            "--fdatasync=1",
-            &small_size,
-            &jobs,
-        ],
-    )
-    .map(|x| x.1);
-    s.push(fio_small);
-    l.push(fio_small);
-    rows.push(("seq-write-1m", "MiB/s".into(), w));
-    rows.push(("seq-read-1m", "MiB/s".into(), r));
-    rows.push(("rand-read-4k-qd1", "ops/s".into(), q));
-    rows.push(("write-4k-fsync", "ops/s".into(), s));
-    rows.push(("write-4k-fsync-linked", "ops/s".into(), l));
+            "--bs=1M",
+            "--iodepth=8",
+            &size,
+            "--end_fsync=1",
+        ];
+        w.push(fio(dir.path(), "seqwrite", &write).map(|x| x.0));
+        let read = ["--rw=read", "--bs=1M", "--iodepth=8", &size];
+        r.push(fio(dir.path(), "seqwrite", &read).map(|x| x.0));
+        let reads = format!("--number_ios={RANDOM_READS}");
+        let random = ["--rw=randread", "--bs=4k", "--iodepth=1", &size, &reads];
+        q.push(fio(dir.path(), "seqwrite", &random).map(|x| x.1));
+        for (name, unit, v) in [
+            (seq[0], "MiB/s", w),
+            (seq[1], "MiB/s", r),
+            (seq[2], "ops/s", q),
+        ] {
+            let ratio = |x: Option<f64>| x.zip(v[2]).map(|(x, fio)| x / fio);
+            rows.push((name, unit, [v[0], v[1], v[2]], [ratio(v[0]), ratio(v[1])]));
+        }
+    }
+    for (name, linked) in [("write-4k-fsync", false), ("write-4k-fsync-linked", true)] {
+        if !selected(name) {
+            continue;
+        }
+        // Per round: uring, portable, fio, fio psync (in an order that rotates, so that no
+        // column always follows the same one), and each column's ratio to fio that round.
+        let mut columns: [Vec<f64>; 4] = Default::default();
+        let mut ratios: [Vec<f64>; 4] = Default::default();
+        for round in 0..rounds() {
+            let mut result = [None; 4];
+            for column in (0..4).map(|c| (c + round) % 4) {
+                let round_dir = dir.path().join(format!("{name}-{column}-{round}"));
+                std::fs::create_dir(&round_dir).unwrap();
+                result[column] = match engines.get(column) {
+                    Some(e) => Some(rt.block_on(small_sync_writes(e, &round_dir, linked))),
+                    None => fio_small_writes(&round_dir, column == 3),
+                };
+                std::fs::remove_dir_all(&round_dir).unwrap();
+            }
+            for (column, x) in columns.iter_mut().zip(result) {
+                column.extend(x);
+            }
+            for (ratio, x) in ratios.iter_mut().zip(result) {
+                if let (Some(x), Some(fio)) = (x, result[2]) {
+                    ratio.push(x / fio);
+                }
+            }
+        }
+        let [u, p, f, ps] = columns.map(median);
+        let [ru, rp, _, rps] = ratios.map(median);
+        rows.push((name, "ops/s", [u, p, f], [ru, rp]));
+        psync.push((name, ps, rps));
+    }
+    drop(engines);
 
     println!(
         "| workload | unit | uring | portable | fio (io_uring) | uring / fio | portable / fio |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for (name, unit, v) in &rows {
+    for (name, unit, v, r) in &rows {
         let cell = |x: Option<f64>| x.map_or("–".to_owned(), |x| format!("{x:.0}"));
-        let ratio = |x: Option<f64>| match (x, v[2]) {
-            (Some(a), Some(f)) if f > 0.0 => format!("{:.2}", a / f),
-            _ => "–".to_owned(),
-        };
+        let ratio = |x: Option<f64>| x.map_or("–".to_owned(), |x| format!("{x:.2}"));
         println!(
             "| {name} | {unit} | {} | {} | {} | {} | {} |",
             cell(v[0]),
             cell(v[1]),
             cell(v[2]),
-            ratio(v[0]),
-            ratio(v[1])
+            ratio(r[0]),
+            ratio(r[1])
         );
+    }
+    for (name, ops, ratio) in psync {
+        let cell = |x: Option<f64>, digits| x.map_or("–".to_owned(), |x| format!("{x:.digits$}"));
+        println!(
+            "\n{name}, fio with --ioengine=psync (blocking pwrite + fdatasync): {} ops/s, {} of fio's io_uring job",
+            cell(ops, 0),
+            cell(ratio, 2)
+        );
+    }
+    if !selected("streams") {
+        return;
     }
     let streams_dir = dir.path().join("streams");
     std::fs::create_dir_all(&streams_dir).unwrap();

@@ -1,7 +1,8 @@
 //! The one door to disks. Every read, write and sync of a device goes through an [`Engine`]:
 //!
-//! - `uring`: one io_uring per device, driven by its own thread; completions wake the tokio
-//!   tasks waiting for them; pooled buffers are registered with the ring (fixed buffers).
+//! - `uring`: one io_uring per device; callers submit on their own thread, and a task on
+//!   their tokio runtime reaps completions when the ring's eventfd fires and wakes the tasks
+//!   waiting for them; pooled buffers are registered with the ring (fixed buffers).
 //! - `portable`: the same operations as ordinary blocking calls on tokio's blocking pool.
 //!
 //! Both lease buffers from the same kind of bounded [`BufPool`], so memory per device is

@@ -1,13 +1,37 @@
 //! The io_uring engine: one ring per device. Callers submit directly (a short critical
-//! section: push the entries, `io_uring_enter` without waiting); the ring's own thread only
-//! waits for completions and hands each result and buffer back over a oneshot channel,
-//! waking the waiting tokio task. The pool's buffers are registered with the ring, and
-//! operations on them use the fixed-buffer opcodes.
+//! section: push the entries, `io_uring_enter` without waiting). Completions come back
+//! through tokio's own reactor: an eventfd registered with the ring
+//! (`IORING_REGISTER_EVENTFD`) is signalled by the kernel for every completion it posts, a
+//! driver task on the callers' runtime watches it (`AsyncFd`), reaps the completion queue
+//! and hands each result and buffer back over a oneshot channel, which wakes the waiting
+//! task (usually on the same worker thread, so it runs next). The pool's buffers are
+//! registered with the ring, and operations on them use the fixed-buffer opcodes.
 //!
-//! Submitting from the caller's thread saves a thread hop per operation (the first version
-//! sent every operation to the ring thread over a channel and an eventfd, which cost about
-//! as much as a small write). `io_uring_enter` without waiting does not block: I/O that would
-//! block is handed to the kernel's worker pool.
+//! Why this shape: an operation that sleeps in the kernel (a sync, a write that extends a
+//! file) runs on io_uring's worker pool, which posts its completion. Before, a thread per
+//! ring slept in `io_uring_enter` for completions and then woke the task: two thread
+//! wake-ups per operation (the ring thread, then a tokio worker). Through the reactor it is
+//! one (the worker parked in `epoll_wait`), which is most of a small durable write's gap to
+//! fio (storage-node/README.md has the figures). `io_uring_enter` without waiting does not
+//! block: I/O that would block is handed to the kernel's worker pool.
+//!
+//! The driver task is spawned by the first operation (so an engine may be built outside a
+//! runtime) and ends once the ring is closing and nothing is in flight. If its runtime stops
+//! first and drops it with operations in flight, a thread takes over until they are reaped
+//! (their buffers return to the pool only then, and a caller waiting for a buffer submits
+//! nothing that would start a new driver); the next operation after that starts a driver on
+//! its own runtime. On a runtime without an I/O driver, a thread that waits in
+//! `io_uring_enter` (the former design) does the driver's work for the ring's life. An
+//! engine is meant to be driven from one runtime at a time.
+//!
+//! Measured and left out (storage-node/README.md): reaping on the submitting thread right
+//! after `io_uring_enter` (no gain above the noise: a small durable write is never complete
+//! that soon, and the driver already runs on the worker that then runs the woken task),
+//! `IOSQE_ASYNC` on writes (slower: an O_DIRECT write completes through task work either
+//! way, forcing it to the worker pool adds a hop), registered files (an `fget` per operation
+//! is noise beside a journal commit), SQPOLL (a polling kernel thread on a 2-core machine),
+//! and sharing one sync among concurrent writes of a file (no caller has two syncs of one
+//! file in flight: each fragment is its own file).
 //!
 //! # Soundness
 //!
@@ -17,24 +41,35 @@
 //! 1. **Ops own their resources until completion.** An entry's buffer pointer and fd come
 //!    from the `Op` stored in `slab[user_data]` (under the state lock, before the entry is
 //!    pushed); the op (its `IoBuf`, whose heap memory never moves, and its `Arc<OwnedFd>`)
-//!    leaves the slab only when the last completion with that `user_data` arrives. A caller
-//!    that stops waiting only drops the receiving end of the oneshot. So memory is never
-//!    freed, and an fd number never closed and reused, while the kernel may still use it.
-//! 2. **One submission queue, one completion queue.** `submission_shared` is called only
-//!    with the state lock held, so at most one `SubmissionQueue` exists; `completion_shared`
-//!    is called only by the ring thread, so at most one `CompletionQueue` exists.
+//!    leaves the slab only when the last completion with that `user_data` is reaped. A
+//!    caller that stops waiting only drops the receiving end of the oneshot. So memory is
+//!    never freed, and an fd number never closed and reused, while the kernel may still use
+//!    it. A linked write+sync whose write carries `IOSQE_CQE_SKIP_SUCCESS` posts exactly one
+//!    completion, and only once the kernel is done with both entries: the sync's (the write
+//!    succeeded in full, then the sync ran), or, if the write failed or fell short, the
+//!    write's (the kernel then fails the sync without issuing it, and skips its completion).
+//!    Without that feature (before 5.17) a pair waits for both completions. A `user_data`
+//!    carries a generation: a completion that does not match its slot's is logged and
+//!    ignored, never taken for the op that reused the slot, and not counted as in flight.
+//! 2. **One submission queue, one completion queue.** `submission_shared` and
+//!    `completion_shared` are called only with the state lock held (or from `Drop`, with
+//!    `&mut self`), so at most one `SubmissionQueue` and one `CompletionQueue` exist at a
+//!    time, whichever thread reaps (the driver task, the fallback thread or `Drop`).
 //! 3. **The ring outlives every op.** The ring is dropped only when the last `Arc<Shared>`
-//!    goes, and the ring thread holds one until it has seen `closing`, the eventfd read
-//!    completed and nothing in flight; callers hold one while submitting. The ring thread's
-//!    loop has no panicking paths.
+//!    goes; callers hold one while submitting and the driver holds one until the ring is
+//!    closing and nothing is in flight. If the driver is dropped early (its runtime shut
+//!    down), `Shared`'s `Drop` waits in `io_uring_enter` until every entry in flight has
+//!    completed before the ring and the slab are freed. No panicking path holds the lock.
 //! 4. **Registered buffers stay allocated.** The pool's buffers are registered once, from
 //!    the addresses the pool recorded when it allocated them; `Shared` holds the pool's state
 //!    (which owns every buffer not lent out, and which every lent buffer returns to), so
 //!    registered memory is never freed while the ring exists. A fixed opcode is used only for
 //!    a buffer of this pool, with its own index, over its own region.
-//! 5. **The eventfd read targets `wake_buf`**, owned by `Shared` (invariant 3).
+//! 5. **No kernel access to Rust memory outside ops.** The eventfd is read and written with
+//!    ordinary system calls; the kernel only adds to its counter. It is owned by `Shared`,
+//!    and the `AsyncFd` watching it lives inside the driver, which holds an `Arc<Shared>`,
+//!    so the descriptor stays open and the same while tokio's reactor has it registered.
 
-use std::cell::UnsafeCell;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,9 +81,15 @@ use tokio::sync::oneshot;
 use super::buf::PoolShared;
 use super::{BufPool, IoBuf, SyncKind};
 
-const WAKE: u64 = u64::MAX;
+mod driver;
+
+use driver::{Driving, drive, wait_failed};
+
 /// Set in the `user_data` of the second entry of a linked pair (write, then sync).
 const SECOND: u64 = 1 << 62;
+/// A `user_data` is `SECOND | generation << 32 | slab key`: the generation tells a stray
+/// completion from one of the op that reuses its key.
+const GENERATION_MASK: u64 = (1 << 30) - 1;
 
 type Reply = oneshot::Sender<(io::Result<usize>, Option<IoBuf>)>;
 
@@ -97,38 +138,51 @@ impl OpKind {
 /// An op in flight: it stays in the slab until all its completions arrived.
 struct Slot {
     op: Op,
+    generation: u64,
     completions_left: u8,
-    first_result: i32,
+    /// The result of a linked pair's write, if its completion was posted.
+    first_result: Option<i32>,
 }
 
-/// What callers and the ring thread share, under the state lock.
+/// What callers and the driver share, under the state lock.
 struct State {
     slab: Vec<Option<Slot>>,
     free: Vec<usize>,
+    /// Entries pushed whose completion has not been reaped.
     in_flight: usize,
+    /// Whether a driver (task or fallback thread) is reaping completions.
+    driver: bool,
+    next_generation: u64,
 }
 
 struct Shared {
     ring: IoUring,
     state: Mutex<State>,
-    wake: OwnedFd,
-    wake_buf: Box<UnsafeCell<[u8; 8]>>,
+    /// Registered with the ring: the kernel adds to it for every completion it posts, and
+    /// `Ring`'s drop adds to it to wake the driver.
+    event: OwnedFd,
     closing: AtomicBool,
+    /// A submit failed: the driver submits again when it wakes.
+    resubmit: AtomicBool,
+    /// The kernel supports `IOSQE_CQE_SKIP_SUCCESS` (5.17): a linked pair's write posts a
+    /// completion only if it fails or falls short, so a pair costs one wake-up, not two.
+    skip_success: bool,
     registered: Option<u64>,
     _pool: Arc<PoolShared>,
 }
-
-// SAFETY: `wake_buf` is written only by the kernel (the eventfd read) and never read or
-// written by Rust code; everything else in `Shared` is `Sync`.
-unsafe impl Sync for Shared {}
 
 /// The caller's side of a device's ring.
 pub(super) struct Ring {
     shared: Arc<Shared>,
 }
 
+fn stopped() -> io::Error {
+    io::Error::other("the io_uring engine has stopped")
+}
+
 impl Ring {
-    /// Sets up the ring, registers the pool's buffers and starts the ring thread.
+    /// Sets up the ring, registers the pool's buffers and the completion eventfd. The driver
+    /// starts with the first operation.
     pub(super) fn start(entries: u32, pool: &BufPool) -> io::Result<Ring> {
         // No COOP_TASKRUN: operations are submitted from tokio's worker threads, and some
         // completions are finished as task work of the submitting thread; without the
@@ -151,35 +205,36 @@ impl Ring {
                 None
             }
         };
-        let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)?;
-        let shared = Arc::new(Shared {
-            ring,
-            state: Mutex::new(State {
-                slab: Vec::new(),
-                free: Vec::new(),
-                in_flight: 0,
+        let event = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
+        ring.submitter().register_eventfd(event.as_raw_fd())?;
+        let skip_success = ring.params().is_feature_skip_cqe_on_success();
+        Ok(Ring {
+            shared: Arc::new(Shared {
+                ring,
+                state: Mutex::new(State {
+                    slab: Vec::new(),
+                    free: Vec::new(),
+                    in_flight: 0,
+                    driver: false,
+                    next_generation: 0,
+                }),
+                event,
+                closing: AtomicBool::new(false),
+                resubmit: AtomicBool::new(false),
+                skip_success,
+                registered,
+                _pool: pool.keep_alive(),
             }),
-            wake,
-            wake_buf: Box::new(UnsafeCell::new([0; 8])),
-            closing: AtomicBool::new(false),
-            registered,
-            _pool: pool.keep_alive(),
-        });
-        if !shared.arm_wake() {
-            return Err(io::Error::other("io_uring: cannot queue the wake-up read"));
-        }
-        let driver = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name("nimbus-uring".into())
-            .spawn(move || reap(&driver))?;
-        Ok(Ring { shared })
+        })
     }
 
     async fn submit(&self, kind: OpKind) -> (io::Result<usize>, Option<IoBuf>) {
-        let stopped = || io::Error::other("the io_uring engine has stopped");
         let (reply, done) = oneshot::channel();
-        if let Err(op) = self.shared.push(Op { kind, reply }) {
-            return (Err(stopped()), op.kind.into_buf());
+        if let Err((op, error)) = self.shared.push(Op { kind, reply }) {
+            return (Err(error), op.kind.into_buf());
         }
         done.await.unwrap_or_else(|_| (Err(stopped()), None))
     }
@@ -245,7 +300,7 @@ impl Ring {
 }
 
 impl Drop for Ring {
-    /// Tells the ring thread to finish what is in flight and exit (never joined here: a drop
+    /// Tells the driver to finish what is in flight and stop (never waited for here: a drop
     /// must not block a tokio worker).
     fn drop(&mut self) {
         self.shared.closing.store(true, Ordering::Release);
@@ -253,10 +308,31 @@ impl Drop for Ring {
     }
 }
 
+impl Drop for Shared {
+    /// Normally nothing is in flight by now: the driver held the last other reference until
+    /// everything completed. If its runtime dropped it early, wait here for the kernel to
+    /// finish with every op's memory before it is freed (invariant 3).
+    fn drop(&mut self) {
+        loop {
+            let state = self
+                .state
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if state.in_flight == 0 {
+                return;
+            }
+            if let Err(error) = self.ring.submit_and_wait(1) {
+                wait_failed(&error);
+            }
+            self.reap();
+        }
+    }
+}
+
 impl Shared {
     fn poke(&self) {
         // An eventfd write fails only if the counter would overflow: it is already poked.
-        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+        let _ = rustix::io::write(&self.event, &1u64.to_ne_bytes());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -267,42 +343,54 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues a read of the eventfd, which completes when the ring is poked.
-    fn arm_wake(&self) -> bool {
-        let _state = self.lock();
-        let entry = opcode::Read::new(
-            types::Fd(self.wake.as_raw_fd()),
-            self.wake_buf.get().cast(),
-            8,
-        )
-        .build()
-        .user_data(WAKE);
-        // SAFETY: the state lock is held, so this is the only submission queue (invariant 2);
-        // `wake_buf` and the eventfd live as long as `Shared` (invariants 3 and 5).
-        let pushed = unsafe { self.ring.submission_shared().push(&entry) }.is_ok();
-        pushed && self.ring.submit().is_ok()
+    /// Whether the driver may stop: the ring is closing and nothing is in flight.
+    fn finished(&self) -> bool {
+        self.closing.load(Ordering::Acquire) && self.lock().in_flight == 0
     }
 
-    /// Stores the op, pushes its entries and submits them; hands the op back if the ring is
-    /// closing or has no room.
-    fn push(&self, mut op: Op) -> Result<(), Op> {
+    /// Stores the op, pushes its entries and submits them, starting the driver if none
+    /// runs; hands the op back if the ring is closing, has no room, or there is no runtime
+    /// to drive it.
+    fn push(self: &Arc<Self>, mut op: Op) -> Result<(), (Op, io::Error)> {
         let mut state = self.lock();
         if self.closing.load(Ordering::Acquire) {
-            return Err(op);
+            return Err((op, stopped()));
         }
+        let runtime = if state.driver {
+            None
+        } else {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => Some(runtime),
+                Err(_) => {
+                    let error = io::Error::other("the io_uring engine needs a tokio runtime");
+                    return Err((op, error));
+                }
+            }
+        };
         let linked = matches!(op.kind, OpKind::WriteSync { .. });
         let needed: usize = if linked { 2 } else { 1 };
+        // Completions to expect: a linked pair's write posts none when it succeeds (its
+        // failure posts one and suppresses the cancelled sync's), so a pair posts exactly one.
+        let completions = if linked && self.skip_success {
+            1
+        } else {
+            needed
+        };
         let (first, second) = self.entries(&mut op.kind);
         let key = state.free.pop().unwrap_or_else(|| {
             state.slab.push(None);
             state.slab.len() - 1
         });
-        let first = first.user_data(key as u64);
-        let second = second.map(|e| e.user_data(key as u64 | SECOND));
+        let generation = state.next_generation;
+        state.next_generation = (generation + 1) & GENERATION_MASK;
+        let user_data = generation << 32 | key as u64;
+        let first = first.user_data(user_data);
+        let second = second.map(|e| e.user_data(user_data | SECOND));
         state.slab[key] = Some(Slot {
             op,
-            completions_left: needed as u8,
-            first_result: 0,
+            generation,
+            completions_left: completions as u8,
+            first_result: None,
         });
         // SAFETY: the state lock is held, so this is the only submission queue (invariant
         // 2). The entries' buffer and fd belong to the op just stored in `slab[key]`, which
@@ -321,17 +409,59 @@ impl Shared {
         if pushed.is_err() {
             let slot = state.slab[key].take();
             state.free.push(key);
-            return slot.map_or(Ok(()), |s| Err(s.op));
+            let full = || io::Error::other("the io_uring submission queue is full");
+            return slot.map_or(Ok(()), |s| Err((s.op, full())));
         }
-        state.in_flight += needed;
+        state.in_flight += completions;
+        state.driver = true;
         drop(state);
-        // Entries pushed are submitted now, or by the next submit of anyone (the ring
-        // thread's wait submits too): a failure here delays them, never loses them.
+        if let Some(runtime) = runtime {
+            // Owned by the ring: it ends once the ring is closing and has drained. The guard
+            // exists before the task, so a task dropped unpolled still marks itself gone.
+            drop(runtime.spawn(drive(Driving(Some(Arc::clone(self))))));
+        }
+        // Entries pushed are submitted now, or by the next submit of anyone (the driver
+        // submits again when told to): a failure here delays them, never loses them.
         if let Err(error) = self.ring.submit() {
             tracing::debug!(%error, "io_uring submit deferred");
+            self.resubmit.store(true, Ordering::Release);
             self.poke();
         }
         Ok(())
+    }
+
+    /// Takes every completion the ring holds and answers the ops they finish.
+    fn reap(&self) {
+        let mut finished = Vec::new();
+        {
+            let mut state = self.lock();
+            loop {
+                // SAFETY: the state lock is held, so this is the only completion queue
+                // (invariant 2).
+                let cq = unsafe { self.ring.completion_shared() };
+                for entry in cq {
+                    let (user_data, result) = (entry.user_data(), entry.result());
+                    if let Some(slot) = state.complete_entry(user_data, result) {
+                        finished.push((slot, result, user_data & SECOND != 0));
+                    }
+                }
+                // SAFETY: the state lock is held, so this is the only submission queue
+                // (invariant 2); it is only read.
+                let overflow = unsafe { self.ring.submission_shared() }.cq_overflow();
+                if !overflow {
+                    break;
+                }
+                // Completions the queue had no room for wait in the kernel: an enter with
+                // GETEVENTS (which `submit` adds on overflow) moves them in.
+                if let Err(error) = self.ring.submit() {
+                    tracing::debug!(%error, "io_uring overflow flush failed");
+                    break;
+                }
+            }
+        }
+        for (slot, result, second) in finished {
+            complete(slot, result, second);
+        }
     }
 
     /// The entries of an op: one, or for a write-and-sync the write (linked) and the sync.
@@ -365,7 +495,11 @@ impl Shared {
             } => {
                 let write = self
                     .write_entry(fd, buf, *offset)
-                    .flags(squeue::Flags::IO_LINK);
+                    .flags(if self.skip_success {
+                        squeue::Flags::IO_LINK | squeue::Flags::SKIP_SUCCESS
+                    } else {
+                        squeue::Flags::IO_LINK
+                    });
                 (write, Some(sync_entry(fd, *kind)))
             }
         }
@@ -393,65 +527,35 @@ impl Shared {
     }
 }
 
-/// The ring thread: waits for completions and answers them, until the ring is closing and
-/// nothing is in flight (invariant 3).
-fn reap(shared: &Shared) {
-    let mut wake_armed = true;
-    let mut completions: Vec<(u64, i32)> = Vec::with_capacity(256);
-    loop {
-        let closing = shared.closing.load(Ordering::Acquire);
-        if closing && !wake_armed && shared.lock().in_flight == 0 {
-            return;
-        }
-        if let Err(error) = shared.ring.submitter().submit_and_wait(1) {
-            let retry = matches!(
-                error.raw_os_error(),
-                Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+impl State {
+    /// Records a completion; returns the op's slot once all its completions arrived.
+    fn complete_entry(&mut self, user_data: u64, result: i32) -> Option<Slot> {
+        let key = (user_data & u64::from(u32::MAX)) as usize;
+        let generation = (user_data >> 32) & GENERATION_MASK;
+        let Some(slot) = self
+            .slab
+            .get_mut(key)
+            .and_then(Option::as_mut)
+            .filter(|slot| slot.generation == generation)
+        else {
+            // Not one of the completions counted in flight: leave the count alone.
+            tracing::error!(
+                user_data,
+                result,
+                "io_uring completion for an unknown operation"
             );
-            if !retry {
-                // Never spin: a persistent failure is logged once a millisecond at most.
-                tracing::error!(%error, "io_uring wait failed; retrying");
-                #[allow(clippy::disallowed_methods)] // the ring's own thread, not a tokio worker
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
+            return None;
+        };
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if user_data & SECOND == 0 {
+            slot.first_result = Some(result);
         }
-        completions.clear();
-        // SAFETY: only this thread takes the completion queue (invariant 2).
-        completions.extend(
-            unsafe { shared.ring.completion_shared() }.map(|c| (c.user_data(), c.result())),
-        );
-        for &(user_data, result) in &completions {
-            if user_data == WAKE {
-                wake_armed = !shared.closing.load(Ordering::Acquire) && shared.arm_wake();
-                continue;
-            }
-            let done = {
-                let mut state = shared.lock();
-                state.in_flight = state.in_flight.saturating_sub(1);
-                let key = (user_data & !SECOND) as usize;
-                match state.slab.get_mut(key).and_then(Option::as_mut) {
-                    None => {
-                        tracing::error!(user_data, "io_uring completion for an unknown operation");
-                        None
-                    }
-                    Some(slot) => {
-                        if user_data & SECOND == 0 {
-                            slot.first_result = result;
-                        }
-                        slot.completions_left -= 1;
-                        if slot.completions_left == 0 {
-                            state.free.push(key);
-                            state.slab[key].take()
-                        } else {
-                            None
-                        }
-                    }
-                }
-            };
-            if let Some(slot) = done {
-                complete(slot, result);
-            }
+        slot.completions_left -= 1;
+        if slot.completions_left > 0 {
+            return None;
         }
+        self.free.push(key);
+        self.slab[key].take()
     }
 }
 
@@ -473,8 +577,9 @@ fn os_result(result: i32) -> io::Result<usize> {
     }
 }
 
-/// Answers an op once all its completions arrived; `last` is the result of the last one.
-fn complete(slot: Slot, last: i32) {
+/// Answers an op once all its completions arrived; `last` is the result of the last one,
+/// `last_second` whether that was a linked pair's sync.
+fn complete(slot: Slot, last: i32, last_second: bool) {
     let Slot {
         op, first_result, ..
     } = slot;
@@ -490,11 +595,15 @@ fn complete(slot: Slot, last: i32) {
         OpKind::Sync { .. } => (os_result(last), None),
         OpKind::WriteSync { buf, .. } => {
             // A failed write fails the op. A short write cancels the sync (the link breaks):
-            // the caller sees fewer bytes than it sent and syncs after writing the rest.
-            let result = match os_result(first_result) {
-                Err(e) => Err(e),
-                Ok(n) if last < 0 && last != -libc::ECANCELED => os_result(last).map(|_| n),
-                Ok(n) => Ok(n),
+            // the caller sees fewer bytes than it sent and syncs after writing the rest. No
+            // write completion means it was skipped on success: everything was written.
+            let result = match first_result.map(os_result) {
+                None => os_result(last).map(|_| buf.len()),
+                Some(Err(e)) => Err(e),
+                Some(Ok(n)) if last_second && last < 0 && last != -libc::ECANCELED => {
+                    os_result(last).map(|_| n)
+                }
+                Some(Ok(n)) => Ok(n),
             };
             (result, Some(buf))
         }

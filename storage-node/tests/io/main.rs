@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use nimbus_storage_node::io::{Engine, EngineConfig, IoBuf, IoEngineKind, OpenMode, SyncKind};
 
-fn engine(kind: IoEngineKind, buffers: usize) -> Engine {
+mod t10_runtimes;
+
+pub(crate) fn engine(kind: IoEngineKind, buffers: usize) -> Engine {
     Engine::new(
         kind,
         EngineConfig {
@@ -21,13 +23,13 @@ fn engine(kind: IoEngineKind, buffers: usize) -> Engine {
     .unwrap()
 }
 
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
+pub(crate) fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
 }
 
-async fn create(e: &Engine, path: &Path) -> nimbus_storage_node::io::File {
+pub(crate) async fn create(e: &Engine, path: &Path) -> nimbus_storage_node::io::File {
     e.open(
         path,
         OpenMode {
@@ -280,6 +282,69 @@ async fn a_write_and_its_sync_go_together(kind: IoEngineKind) {
     assert!(r.is_err());
 }
 
+async fn many_linked_pairs_in_flight_stay_apart(kind: IoEngineKind) {
+    // Several files, several writers each, write+sync pairs mixed with plain writes and
+    // reads: every result and buffer must reach the task that submitted it, whichever
+    // thread reaped its completion.
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(kind, 16);
+    let mut files = Vec::new();
+    for n in 0..4 {
+        files.push(create(&e, &dir.path().join(format!("f{n}"))).await);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..32u8 {
+        let (e, f) = (e.clone(), files[usize::from(i) % 4].clone());
+        tasks.spawn(async move {
+            for round in 0..8u8 {
+                let block = u64::from(i / 4) * 8 + u64::from(round);
+                let data = pattern(i ^ round.wrapping_mul(17), 4096);
+                let mut buf = e.buffer().await;
+                buf.extend_from_slice(&data);
+                let (r, back) = if round % 2 == 0 {
+                    e.write_all_synced_at(&f, buf, block * 4096, SyncKind::Data)
+                        .await
+                } else {
+                    e.write_all_at(&f, buf, block * 4096).await
+                };
+                r.unwrap();
+                assert_eq!(back.as_slice(), &data[..], "a buffer came back changed");
+                let (r, read) = e.read_exact_at(&f, back, block * 4096, 4096).await;
+                r.unwrap();
+                assert_eq!(read.as_slice(), &data[..], "writer {i} round {round}");
+            }
+        });
+    }
+    while let Some(t) = tasks.join_next().await {
+        t.unwrap();
+    }
+}
+
+async fn a_dropped_linked_pair_returns_its_buffer(kind: IoEngineKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(kind, 2);
+    let f = create(&e, &dir.path().join("f")).await;
+    for round in 0..50u64 {
+        let (e2, f2) = (e.clone(), f.clone());
+        let task = tokio::spawn(async move {
+            let mut buf = e2.buffer().await;
+            buf.extend_from_slice(&[3u8; 64 * 1024]);
+            let _ = e2
+                .write_all_synced_at(&f2, buf, round * 64 * 1024, SyncKind::Data)
+                .await;
+        });
+        if round % 2 == 0 {
+            tokio::task::yield_now().await;
+        }
+        task.abort();
+        let _ = task.await;
+    }
+    let all = async { (e.buffer().await, e.buffer().await) };
+    tokio::time::timeout(Duration::from_secs(10), all)
+        .await
+        .expect("buffers leaked");
+}
+
 async fn directories_sync_and_list(kind: IoEngineKind) {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(kind, 2);
@@ -325,6 +390,12 @@ macro_rules! conformance {
             async fn directories() { directories_sync_and_list($kind).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn linked_write_and_sync() { a_write_and_its_sync_go_together($kind).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn many_linked_in_flight() { many_linked_pairs_in_flight_stay_apart($kind).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn linked_drop_before_completion() { a_dropped_linked_pair_returns_its_buffer($kind).await }
+            #[tokio::test(flavor = "current_thread")]
+            async fn single_threaded_runtime() { many_linked_pairs_in_flight_stay_apart($kind).await }
         }
     )*};
 }
