@@ -44,15 +44,21 @@ struct Dev {
 impl Drop for Dev {
     fn drop(&mut self) {
         // SIGINT: `nimbus dev` stops its children and exits.
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 }
 
 fn start_dev() -> Dev {
-    let bin = std::env::var("NIMBUS_BIN").unwrap_or_else(|_| format!("{}/../target/release/nimbus", env!("CARGO_MANIFEST_DIR")));
+    let bin = std::env::var("NIMBUS_BIN")
+        .unwrap_or_else(|_| format!("{}/../target/release/nimbus", env!("CARGO_MANIFEST_DIR")));
     let base = std::env::var("NIMBUS_BENCH_DIR").unwrap_or_else(|_| ".".to_owned());
-    let data = tempfile::Builder::new().prefix("nimbus-s3-load-").tempdir_in(base).unwrap();
+    let data = tempfile::Builder::new()
+        .prefix("nimbus-s3-load-")
+        .tempdir_in(base)
+        .unwrap();
     let mut child = Command::new(&bin)
         .arg("dev")
         .arg("--data")
@@ -61,7 +67,9 @@ fn start_dev() -> Dev {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("start {bin} (build it with cargo build --release -p nimbus): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("start {bin} (build it with cargo build --release -p nimbus): {e}")
+        });
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut printed = Vec::new();
     for line in lines.by_ref() {
@@ -95,7 +103,13 @@ fn client(dev: &Dev) -> Client {
         .behavior_version_latest()
         .endpoint_url(&dev.endpoint)
         .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(&dev.access_key, &dev.secret_key, None, None, "bench"))
+        .credentials_provider(Credentials::new(
+            &dev.access_key,
+            &dev.secret_key,
+            None,
+            None,
+            "bench",
+        ))
         .force_path_style(true)
         .http_client(aws_smithy_http_client::Builder::new().build_http())
         .build();
@@ -104,10 +118,19 @@ fn client(dev: &Dev) -> Client {
 
 /// The proxy's pid: the `nimbus proxy` process whose configuration is in `dev`'s data.
 fn proxy_pid(dev: &Dev) -> u32 {
-    let needle = dev.data.path().join("proxy.toml").to_string_lossy().into_owned();
+    let needle = dev
+        .data
+        .path()
+        .join("proxy.toml")
+        .to_string_lossy()
+        .into_owned();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if cmdline.contains(&needle) {
             return pid;
@@ -133,17 +156,31 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let start = Instant::now();
-    futures_util::stream::iter(0..count).for_each_concurrent(clients, op).await;
+    futures_util::stream::iter(0..count)
+        .for_each_concurrent(clients, op)
+        .await;
     start.elapsed().as_secs_f64()
 }
 
-async fn put_get(s3: &Client, bucket: &str, size: usize, clients: usize, count: usize) -> (f64, f64) {
+async fn put_get(
+    s3: &Client,
+    bucket: &str,
+    size: usize,
+    clients: usize,
+    count: usize,
+) -> (f64, f64) {
     let body = Bytes::from((0..size).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>());
     let put = run(clients, count, |i| {
         let s3 = s3.clone();
         let body = body.clone();
         async move {
-            s3.put_object().bucket(bucket).key(format!("o{size}-{i}")).body(ByteStream::from(body)).send().await.unwrap();
+            s3.put_object()
+                .bucket(bucket)
+                .key(format!("o{size}-{i}"))
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .unwrap();
         }
     })
     .await;
@@ -152,7 +189,13 @@ async fn put_get(s3: &Client, bucket: &str, size: usize, clients: usize, count: 
         let s3 = s3.clone();
         let got = Arc::clone(&got);
         async move {
-            let o = s3.get_object().bucket(bucket).key(format!("o{size}-{i}")).send().await.unwrap();
+            let o = s3
+                .get_object()
+                .bucket(bucket)
+                .key(format!("o{size}-{i}"))
+                .send()
+                .await
+                .unwrap();
             let mut body = o.body;
             while let Some(chunk) = body.next().await {
                 got.fetch_add(chunk.unwrap().len() as u64, Ordering::Relaxed);
@@ -160,14 +203,21 @@ async fn put_get(s3: &Client, bucket: &str, size: usize, clients: usize, count: 
         }
     })
     .await;
-    assert_eq!(got.load(Ordering::Relaxed), (size * count) as u64, "every byte read back");
+    assert_eq!(
+        got.load(Ordering::Relaxed),
+        (size * count) as u64,
+        "every byte read back"
+    );
     (put, get)
 }
 
 fn main() {
     let dev = start_dev();
     let s3 = client(&dev);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         s3.create_bucket().bucket("load").send().await.unwrap();
         println!("workload                         clients  objects      PUT             GET");

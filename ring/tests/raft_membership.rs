@@ -123,6 +123,16 @@ async fn a_group_is_formed_grown_and_shrunk_over_http() {
     let formed = view(&answer);
     assert_eq!(formed.voters.keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
     assert!(formed.learners.is_empty());
+    // Once member 2 has heard of the group (replication is asynchronous: under load it may
+    // take a moment), initializing it again is refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status(&client, &addr(2)).await.membership.voters.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "member 2 never heard of the group"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let answer = post(&client, &addr(2), paths::INIT, first_three).await;
     refused(&answer, 409, "already_initialized", "initialized already");
 

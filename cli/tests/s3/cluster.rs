@@ -263,11 +263,16 @@ impl aws_smithy_async::time::TimeSource for LateClock {
 
 /// A client whose clock runs `behind` late (its signatures carry that date), not retrying.
 pub fn client_at(cluster: &Cluster, behind: Duration) -> Client {
-    let config = client(&cluster.endpoint, &cluster.access_key, &cluster.secret_key, 1)
-        .config()
-        .to_builder()
-        .time_source(LateClock(behind))
-        .build();
+    let config = client(
+        &cluster.endpoint,
+        &cluster.access_key,
+        &cluster.secret_key,
+        1,
+    )
+    .config()
+    .to_builder()
+    .time_source(LateClock(behind))
+    .build();
     Client::from_conf(config)
 }
 

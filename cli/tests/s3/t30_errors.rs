@@ -20,7 +20,18 @@ fn code<E: aws_sdk_s3::error::ProvideErrorMetadata>(
 /// Runs curl with SigV4 against the cluster; returns (status, body).
 fn curl(cluster: &Cluster, args: &[&str]) -> (u16, String) {
     let out = std::process::Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "5", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+        .args([
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--max-time",
+            "5",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:s3",
+            "--user",
+        ])
         .arg(format!("{}:{}", cluster.access_key, cluster.secret_key))
         .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
         .args(args)
@@ -42,22 +53,63 @@ fn malformed_requests_on_the_wire_store_nothing() {
     // A body shorter than its Content-Length: the connection ends (curl gives up), nothing
     // is stored, small or large.
     for declared in ["1000", "3000000"] {
-        let (status, _) = curl(&cluster, &["-X", "PUT", "-H", &format!("Content-Length: {declared}"), "--data-binary", "only this", &url("wire/short")]);
+        let (status, _) = curl(
+            &cluster,
+            &[
+                "-X",
+                "PUT",
+                "-H",
+                &format!("Content-Length: {declared}"),
+                "--data-binary",
+                "only this",
+                &url("wire/short"),
+            ],
+        );
         assert_ne!(status, 200, "a short body must not succeed");
     }
     // Malformed XML completing an upload.
-    let upload = runtime().block_on(async { s3.create_multipart_upload().bucket("wire").key("mpu").send().await.unwrap() });
+    let upload = runtime().block_on(async {
+        s3.create_multipart_upload()
+            .bucket("wire")
+            .key("mpu")
+            .send()
+            .await
+            .unwrap()
+    });
     let id = upload.upload_id().unwrap();
-    let (answered, body) = curl(&cluster, &["-X", "POST", "--data-binary", "<CompleteMultipartUpload><Part>", &url(&format!("wire/mpu?uploadId={id}"))]);
+    let (answered, body) = curl(
+        &cluster,
+        &[
+            "-X",
+            "POST",
+            "--data-binary",
+            "<CompleteMultipartUpload><Part>",
+            &url(&format!("wire/mpu?uploadId={id}")),
+        ],
+    );
     assert_eq!(answered, 400, "{body}");
     assert!(body.contains("MalformedXML"), "{body}");
     runtime().block_on(async {
         // A request signed an hour ago.
         let late = crate::cluster::client_at(&cluster, std::time::Duration::from_secs(3600));
-        let err = late.list_objects_v2().bucket("wire").send().await.unwrap_err();
-        assert_eq!((status(&err), code(&err).as_str()), (403, "RequestTimeTooSkewed"));
+        let err = late
+            .list_objects_v2()
+            .bucket("wire")
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status(&err), code(&err).as_str()),
+            (403, "RequestTimeTooSkewed")
+        );
         for key in ["short", "mpu"] {
-            let err = s3.head_object().bucket("wire").key(key).send().await.unwrap_err();
+            let err = s3
+                .head_object()
+                .bucket("wire")
+                .key(key)
+                .send()
+                .await
+                .unwrap_err();
             assert_eq!(status(&err), 404, "{key} must not be stored");
         }
     });

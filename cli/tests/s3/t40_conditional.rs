@@ -16,16 +16,29 @@ async fn primary_node(cluster: &Cluster, bucket: &str, key: &str) -> usize {
     let secret = std::fs::read_to_string(cluster.data.path().join("cluster-secret")).unwrap();
     let client = PeerClient::new(ClusterSecret::from_hex(&secret).unwrap());
     let member = format!("127.0.0.1:{}", cluster.base_port + 101);
-    let answer = client.get(&member, "/meta/map", Duration::from_secs(5), 64 << 20).await.unwrap();
+    let answer = client
+        .get(&member, "/meta/map", Duration::from_secs(5), 64 << 20)
+        .await
+        .unwrap();
     let map = ClusterMap::decode(&answer.body).unwrap();
     let b = map.bucket(bucket).unwrap();
-    let ring = map.policy(map.index_policy().unwrap()).unwrap().ring.as_ref().unwrap();
+    let ring = map
+        .policy(map.index_policy().unwrap())
+        .unwrap()
+        .ring
+        .as_ref()
+        .unwrap();
     let partition = ring.partition_of(&format!("{}/{bucket}/{}", b.owner, shard_of(key, b.shards)));
     let primary = ring.primaries(partition).next().unwrap();
     usize::from(primary.location.node.port() - cluster.base_port)
 }
 
-async fn race(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, n: usize) -> (usize, usize, Vec<String>) {
+async fn race(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    n: usize,
+) -> (usize, usize, Vec<String>) {
     let calls = (0..n).map(|i| {
         let s3 = s3.clone();
         let key = key.to_owned();
@@ -126,12 +139,24 @@ fn racing_if_none_match_puts_have_one_winner_while_the_shards_primary_dies() {
         };
         let ((won, lost, other), ()) = tokio::join!(race(&s3, "race2", key, 50), killer);
         assert_eq!((won, lost), (1, 49), "other outcomes: {other:?}");
-        let got = s3.get_object().bucket("race2").key(key).send().await.unwrap();
+        let got = s3
+            .get_object()
+            .bucket("race2")
+            .key(key)
+            .send()
+            .await
+            .unwrap();
         let body = got.body.collect().await.unwrap().into_bytes();
         assert!(body.starts_with(b"writer "));
         // Once the old primary is back, the key still has exactly the winner's bytes.
         cluster.restart_node(primary);
-        let again = s3.get_object().bucket("race2").key(key).send().await.unwrap();
+        let again = s3
+            .get_object()
+            .bucket("race2")
+            .key(key)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(again.body.collect().await.unwrap().into_bytes(), body);
     });
 }

@@ -20,7 +20,11 @@ impl Domains {
     fn bucket_of<'a>(&self, host: &'a str) -> Option<&'a str> {
         // Without the port; an IPv6 literal keeps its brackets and names no bucket.
         let name = match host.rsplit_once(':') {
-            Some((name, port)) if !name.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) => name,
+            Some((name, port))
+                if !name.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                name
+            }
             _ => host,
         };
         self.0.iter().find_map(|domain| {
@@ -53,7 +57,10 @@ mod tests {
         let d = Domains::new(&["s3.example.com".to_owned(), "localhost".to_owned()]);
         assert_eq!(d.bucket_of("photos.s3.example.com"), Some("photos"));
         assert_eq!(d.bucket_of("photos.s3.example.com:9000"), Some("photos"));
-        assert_eq!(d.bucket_of("my.dotted.bucket.localhost:80"), Some("my.dotted.bucket"));
+        assert_eq!(
+            d.bucket_of("my.dotted.bucket.localhost:80"),
+            Some("my.dotted.bucket")
+        );
         assert_eq!(d.bucket_of("s3.example.com"), None);
         assert_eq!(d.bucket_of("localhost:9000"), None);
         assert_eq!(d.bucket_of("127.0.0.1:9000"), None);
