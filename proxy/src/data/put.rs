@@ -39,6 +39,17 @@ pub struct Digests {
     pub bytes: u64,
 }
 
+impl Digests {
+    /// The client checksums as an index entry stores them: by S3 algorithm name.
+    #[must_use]
+    pub fn client_checksums(&self) -> Vec<(String, Vec<u8>)> {
+        self.checksums
+            .iter()
+            .map(|(a, v)| (a.s3_name().to_owned(), v.clone()))
+            .collect()
+    }
+}
+
 /// A body, its declared length, and the client checksums to compute over it.
 pub struct PutBody<S> {
     /// The chunks.

@@ -81,6 +81,21 @@ async fn upload_record(
     }
 }
 
+/// The bucket (owned by `account`) and the upload's record, or the S3 error saying which
+/// of them is missing.
+async fn open_upload(
+    state: &S3State,
+    account: &str,
+    name: &str,
+    key: &str,
+    upload_id: &str,
+) -> S3Result<(Bucket, IndexEntry)> {
+    let bucket = owned(state, account, name)?;
+    check_key(key)?;
+    let upload = upload_record(state, account, &bucket, name, key, upload_id).await?;
+    Ok((bucket, upload))
+}
+
 pub async fn create(
     state: &S3State,
     account: &str,
@@ -134,23 +149,14 @@ pub async fn upload_part(
 ) -> S3Result<S3Response<UploadPartOutput>> {
     let plan = ChecksumPlan::of(&req.headers, req.trailing_headers.clone())?;
     let mut input = req.input;
-    let bucket = owned(state, account, &input.bucket)?;
-    check_key(&input.key)?;
     if !(1..=MAX_PART_NUMBER).contains(&input.part_number) {
         return Err(s3_error!(
             InvalidArgument,
             "part numbers run from 1 to {MAX_PART_NUMBER}"
         ));
     }
-    let upload = upload_record(
-        state,
-        account,
-        &bucket,
-        &input.bucket,
-        &input.key,
-        &input.upload_id,
-    )
-    .await?;
+    let (bucket, upload) =
+        open_upload(state, account, &input.bucket, &input.key, &input.upload_id).await?;
     let declared = declared_length(input.content_length)?;
     let md5 = content_md5(input.content_md5.as_ref())?;
     let version = state.data.clock.next();
@@ -170,11 +176,7 @@ pub async fn upload_part(
     )
     .await?;
     let etag = hex::encode(digests.md5);
-    let client_checksums: Vec<(String, Vec<u8>)> = digests
-        .checksums
-        .iter()
-        .map(|(a, v)| (a.s3_name().to_owned(), v.clone()))
-        .collect();
+    let client_checksums = digests.client_checksums();
     let record = IndexEntry {
         version,
         size: digests.bytes,
@@ -289,17 +291,8 @@ pub async fn complete(
     req: S3Request<CompleteMultipartUploadInput>,
 ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
     let input = req.input;
-    let bucket = owned(state, account, &input.bucket)?;
-    check_key(&input.key)?;
-    let upload = upload_record(
-        state,
-        account,
-        &bucket,
-        &input.bucket,
-        &input.key,
-        &input.upload_id,
-    )
-    .await?;
+    let (bucket, upload) =
+        open_upload(state, account, &input.bucket, &input.key, &input.upload_id).await?;
     let requested = input
         .multipart_upload
         .as_ref()
@@ -426,17 +419,8 @@ pub async fn abort(
     req: S3Request<AbortMultipartUploadInput>,
 ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
     let input = req.input;
-    let bucket = owned(state, account, &input.bucket)?;
-    check_key(&input.key)?;
-    let upload = upload_record(
-        state,
-        account,
-        &bucket,
-        &input.bucket,
-        &input.key,
-        &input.upload_id,
-    )
-    .await?;
+    let (bucket, upload) =
+        open_upload(state, account, &input.bucket, &input.key, &input.upload_id).await?;
     retire(
         state,
         account,
@@ -456,17 +440,8 @@ pub async fn list_parts(
     req: S3Request<ListPartsInput>,
 ) -> S3Result<S3Response<ListPartsOutput>> {
     let input = req.input;
-    let bucket = owned(state, account, &input.bucket)?;
-    check_key(&input.key)?;
-    upload_record(
-        state,
-        account,
-        &bucket,
-        &input.bucket,
-        &input.key,
-        &input.upload_id,
-    )
-    .await?;
+    let (bucket, _) =
+        open_upload(state, account, &input.bucket, &input.key, &input.upload_id).await?;
     let max = input
         .max_parts
         .map_or(MAX_LISTED, |m| (m.max(0) as usize).min(MAX_LISTED));

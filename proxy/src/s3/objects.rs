@@ -413,11 +413,7 @@ pub async fn put(
     )
     .await?;
     let etag = hex::encode(digests.md5);
-    let client_checksums: Vec<(String, Vec<u8>)> = digests
-        .checksums
-        .iter()
-        .map(|(a, v)| (a.s3_name().to_owned(), v.clone()))
-        .collect();
+    let client_checksums = digests.client_checksums();
     let standard = Standard {
         cache_control: input.cache_control.take(),
         content_disposition: input.content_disposition.take(),
@@ -472,6 +468,20 @@ async fn live_entry(
         Some(record) if !record.entry.is_tombstone() => Ok(record.entry),
         _ => Err(s3_error!(NoSuchKey)),
     }
+}
+
+/// The key's live entry in a bucket `account` owns, if the read conditions let it be read.
+async fn readable_entry(
+    state: &S3State,
+    account: &str,
+    name: &str,
+    key: &str,
+    conditions: &ReadConditions<'_>,
+) -> S3Result<IndexEntry> {
+    let bucket = owned(state, account, name)?;
+    let entry = live_entry(state, account, &bucket, name, key).await?;
+    conditions.check(&entry)?;
+    Ok(entry)
 }
 
 /// The read conditions of GET and HEAD, checked in RFC 9110's order: `If-Match`, then
@@ -548,15 +558,13 @@ pub async fn get(
     req: S3Request<GetObjectInput>,
 ) -> S3Result<S3Response<GetObjectOutput>> {
     let input = req.input;
-    let bucket = owned(state, account, &input.bucket)?;
-    let entry = live_entry(state, account, &bucket, &input.bucket, &input.key).await?;
-    ReadConditions {
+    let conditions = ReadConditions {
         if_match: input.if_match.as_ref(),
         if_unmodified_since: input.if_unmodified_since.as_ref(),
         if_none_match: input.if_none_match.as_ref(),
         if_modified_since: input.if_modified_since.as_ref(),
-    }
-    .check(&entry)?;
+    };
+    let entry = readable_entry(state, account, &input.bucket, &input.key, &conditions).await?;
     let size = entry.size;
     let range = byte_range(input.range.as_ref(), size)?;
     let wanted = range.clone().unwrap_or(0..size);
@@ -756,15 +764,13 @@ pub async fn head(
     req: S3Request<HeadObjectInput>,
 ) -> S3Result<S3Response<HeadObjectOutput>> {
     let input = req.input;
-    let bucket = owned(state, account, &input.bucket)?;
-    let entry = live_entry(state, account, &bucket, &input.bucket, &input.key).await?;
-    ReadConditions {
+    let conditions = ReadConditions {
         if_match: input.if_match.as_ref(),
         if_unmodified_since: input.if_unmodified_since.as_ref(),
         if_none_match: input.if_none_match.as_ref(),
         if_modified_since: input.if_modified_since.as_ref(),
-    }
-    .check(&entry)?;
+    };
+    let entry = readable_entry(state, account, &input.bucket, &input.key, &conditions).await?;
     let range = byte_range(input.range.as_ref(), entry.size)?;
     let d = describe(&entry);
     let c = output_checksums(if checksums_wanted(input.checksum_mode.as_ref()) {
