@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Interop with real S3 clients: starts `nimbus dev` on its own data directory and ports, then
-# runs awscli, boto3, rclone and s3cmd against it: make a bucket, upload a 1 KiB and a
-# 100 MiB file (multipart), list, download and compare, delete. Installs the clients it
-# lacks (apt-get for rclone and s3cmd, pip for awscli and boto3).
+# runs awscli, boto3, rclone, s3cmd, python-swiftclient and curl (virtual-host style)
+# against it: make a bucket, upload a 1 KiB and a 100 MiB file (multipart where the client
+# does it), list, download and compare, delete. Installs the clients it lacks (apt-get for
+# rclone and s3cmd, pip for awscli, boto3 and python-swiftclient).
 #
 #   scripts/interop.sh [path/to/nimbus]     (default: target/release/nimbus, built if absent)
 set -euo pipefail
@@ -21,6 +22,7 @@ if ((${#need_apt[@]})); then
 fi
 command -v aws >/dev/null || pip install -q awscli
 python3 -c 'import boto3' 2>/dev/null || pip install -q boto3
+command -v swift >/dev/null || pip install -q python-swiftclient
 
 work=$(mktemp -d)
 dev_pid=
@@ -33,7 +35,27 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=${NIMBUS_INTEROP_PORT:-17000}
+# A block of free ports: the proxy at PORT, nodes at PORT+2.., metadata members at +102..
+free_block() {
+    python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    base = random.randrange(20000, 30000, 10)
+    ports = [base] + [base + 1 + i for i in range(1, 7)] + [base + 1 + 100 + i for i in range(1, 6)]
+    try:
+        socks = []
+        for p in ports:
+            s = socket.socket(); s.bind(("127.0.0.1", p)); socks.append(s)
+        print(base)
+        break
+    except OSError:
+        pass
+    finally:
+        for s in socks:
+            s.close()
+PY
+}
+port=${NIMBUS_INTEROP_PORT:-$(free_block)}
 "$nimbus" dev --data "$work/data" --port "$port" --base-port $((port + 1)) >"$work/dev.out" 2>&1 &
 dev_pid=$!
 for _ in $(seq 1 300); do
@@ -121,6 +143,22 @@ cmp "$work/small" "$work/small.s3cmd" && cmp "$work/big" "$work/big.s3cmd"
 "${s3c[@]}" rb s3://interop-s3cmd >/dev/null
 ok s3cmd
 
+# python-swiftclient, through the Swift API, on the same cluster (ST_AUTH, ST_USER, ST_KEY).
+swift post interop-swift
+swift upload --object-name small interop-swift "$work/small" >/dev/null
+swift upload --object-name big interop-swift "$work/big" >/dev/null
+listing=$(swift list interop-swift)
+grep -q big <<<"$listing"
+swift download interop-swift small -o "$work/small.swift" >/dev/null
+swift download interop-swift big -o "$work/big.swift" >/dev/null
+cmp "$work/small" "$work/small.swift" && cmp "$work/big" "$work/big.swift"
+# The same objects through S3.
+aws s3 cp --only-show-errors s3://interop-swift/big "$work/big.swift-s3"
+cmp "$work/big" "$work/big.swift-s3"
+swift delete interop-swift small big >/dev/null
+swift delete interop-swift >/dev/null
+ok "python-swiftclient"
+
 # Virtual-host style with curl's SigV4: the bucket in the host name (BUCKET.localhost,
 # resolved by curl itself), the key in the path.
 port_only=${hostport##*:}
@@ -137,4 +175,4 @@ aws s3 rm s3://interop-vhost/small >/dev/null
 aws s3 rb s3://interop-vhost >/dev/null
 ok "curl (virtual-host style)"
 
-echo "interop: $passed of 5 clients passed"
+echo "interop: $passed of 6 clients passed"

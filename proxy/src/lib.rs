@@ -14,6 +14,7 @@ pub mod node_client;
 pub mod placement;
 pub mod s3;
 pub mod server;
+pub mod swift;
 
 pub use config::ProxyConfig;
 pub use server::{ProxyError, RunningProxy, start};

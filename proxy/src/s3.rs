@@ -2,12 +2,12 @@
 //! `aws-chunked` forms) and writes the XML; this module answers each operation from the
 //! cluster map (buckets), the index (keys) and the data path (bytes).
 
-mod buckets;
+pub(crate) mod buckets;
 mod error;
 mod host;
-mod list;
+pub(crate) mod list;
 mod multipart;
-mod objects;
+pub(crate) mod objects;
 
 use std::sync::Arc;
 
@@ -35,6 +35,8 @@ pub struct S3State {
     pub region: String,
     /// Objects up to this size are stored inline.
     pub inline_max: u64,
+    /// The cluster secret (Swift tokens are tagged with it).
+    pub secret: nimbus_core::auth::ClusterSecret,
 }
 
 /// The S3 service: a cheap handle on the shared state.

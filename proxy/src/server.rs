@@ -96,7 +96,7 @@ pub async fn start(
     )
     .await
     .map_err(|e| ProxyError::Map(e.to_string()))?;
-    let nodes = NodeClient::new(secret);
+    let nodes = NodeClient::new(secret.clone());
     let state = Arc::new(S3State {
         cluster: cluster.clone(),
         index: IndexClient::new(nodes.clone(), cluster.clone()),
@@ -107,8 +107,9 @@ pub async fn start(
         },
         region: config.region.clone(),
         inline_max: u64::from(config.inline_max),
+        secret,
     });
-    let mut builder = S3ServiceBuilder::new(NimbusS3(state));
+    let mut builder = S3ServiceBuilder::new(NimbusS3(Arc::clone(&state)));
     builder.set_auth(MapAuth(cluster));
     builder.set_host(Domains::new(&config.s3_domains));
     let s3 = builder.build();
@@ -124,8 +125,8 @@ pub async fn start(
     })?;
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
-        .fallback(serve_s3)
-        .with_state(s3);
+        .fallback(serve)
+        .with_state(Front { s3, state });
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -142,9 +143,23 @@ pub async fn start(
     })
 }
 
-/// Everything but the proxy's own routes is S3.
-async fn serve_s3(State(s3): State<S3Service>, request: Request) -> Response {
-    match s3.call(request.map(s3s::Body::http_body_unsync)).await {
+/// What the front door routes to.
+#[derive(Clone)]
+struct Front {
+    s3: S3Service,
+    state: Arc<S3State>,
+}
+
+/// Swift's paths go to the Swift API; everything else but the proxy's own routes is S3.
+async fn serve(State(front): State<Front>, request: Request) -> Response {
+    if crate::swift::is_swift(&request) {
+        return crate::swift::handle(front.state, request).await;
+    }
+    match front
+        .s3
+        .call(request.map(s3s::Body::http_body_unsync))
+        .await
+    {
         Ok(response) => response.map(axum::body::Body::new).into_response(),
         Err(error) => {
             tracing::error!(?error, "S3 request failed outside any operation");

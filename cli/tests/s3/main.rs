@@ -12,3 +12,4 @@ mod t30_errors;
 mod t35_checksums;
 mod t40_conditional;
 mod t50_faults;
+mod t60_swift;

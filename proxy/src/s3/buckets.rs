@@ -75,6 +75,20 @@ pub async fn create(
         ),
         None => None,
     };
+    create_named(state, account, &name, policy).await?;
+    Ok(S3Response::new(CreateBucketOutput {
+        location: Some(format!("/{name}")),
+    }))
+}
+
+/// Creates bucket `name` for `account` with `policy` (or the cluster's default), waiting
+/// until this proxy's map has it.
+pub(crate) async fn create_named(
+    state: &S3State,
+    account: &str,
+    name: &str,
+    policy: Option<String>,
+) -> S3Result<()> {
     if let Some(p) = &policy
         && state.cluster.map().policy(p).is_none()
     {
@@ -84,19 +98,17 @@ pub async fn create(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let command = MapCommand::CreateBucket {
-        name: name.clone(),
+        name: name.to_owned(),
         owner: account.to_owned(),
         policy,
         shards: None,
         now_ms,
     };
-    let answer = meta_write::write(&state.cluster, &command, |m| m.bucket(&name).is_some())
+    let answer = meta_write::write(&state.cluster, &command, |m| m.bucket(name).is_some())
         .await
         .map_err(to_s3)?;
     match answer {
-        Ok(_) => Ok(S3Response::new(CreateBucketOutput {
-            location: Some(format!("/{name}")),
-        })),
+        Ok(_) => Ok(()),
         Err(MapError::BucketExists { owner, .. }) if owner == account => {
             Err(s3_error!(BucketAlreadyOwnedByYou))
         }

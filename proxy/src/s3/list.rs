@@ -15,7 +15,7 @@ const MAX_KEYS: usize = 1000;
 
 /// Where a listing resumes: after a key, or after every key under a common prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Resume {
+pub(crate) enum Resume {
     Key(String),
     Prefix(String),
 }
@@ -45,29 +45,29 @@ impl Resume {
 
 /// One page of a listing.
 #[derive(Debug, Default)]
-struct Page {
-    objects: Vec<IndexRecord>,
-    prefixes: Vec<String>,
-    truncated: bool,
+pub(crate) struct Page {
+    pub objects: Vec<IndexRecord>,
+    pub prefixes: Vec<String>,
+    pub truncated: bool,
     /// Where the next page starts, when truncated.
-    next: Option<Resume>,
+    pub next: Option<Resume>,
 }
 
 /// The smallest key after every key that starts with `prefix` (keys are UTF-8, so no byte
 /// is 0xFF, and U+10FFFF is the largest character).
-fn after_prefix(prefix: &str) -> String {
+pub(crate) fn after_prefix(prefix: &str) -> String {
     format!("{prefix}\u{10FFFF}")
 }
 
 /// What a listing asks for.
-struct Query<'a> {
-    prefix: &'a str,
-    delimiter: Option<&'a str>,
-    resume: Option<Resume>,
-    max_keys: usize,
+pub(crate) struct Query<'a> {
+    pub prefix: &'a str,
+    pub delimiter: Option<&'a str>,
+    pub resume: Option<Resume>,
+    pub max_keys: usize,
 }
 
-async fn page(
+pub(crate) async fn page(
     state: &S3State,
     account: &str,
     bucket: &str,

@@ -30,7 +30,7 @@ const CONTENT_ENCODING: &str = ":content-encoding";
 const CONTENT_LANGUAGE: &str = ":content-language";
 const EXPIRES: &str = ":expires";
 
-pub(super) fn check_key(key: &str) -> S3Result<()> {
+pub(crate) fn check_key(key: &str) -> S3Result<()> {
     validate_key(key).map_err(|e| {
         if key.is_empty() {
             s3_error!(InvalidArgument, "{e}")
@@ -40,19 +40,19 @@ pub(super) fn check_key(key: &str) -> S3Result<()> {
     })
 }
 
-pub(super) fn object_path(account: &str, bucket: &str, key: &str) -> String {
+pub(crate) fn object_path(account: &str, bucket: &str, key: &str) -> String {
     format!("{account}/{bucket}/{key}")
 }
 
-pub(super) fn last_modified(version: VersionId) -> Timestamp {
+pub(crate) fn last_modified(version: VersionId) -> Timestamp {
     Timestamp::from(UNIX_EPOCH + Duration::from_micros(version.micros()))
 }
 
-pub(super) fn etag_value(etag: &str) -> ETag {
+pub(crate) fn etag_value(etag: &str) -> ETag {
     ETag::Strong(etag.to_owned())
 }
 
-fn format_http_date(t: &Timestamp) -> Option<String> {
+pub(crate) fn format_http_date(t: &Timestamp) -> Option<String> {
     let mut buf = Vec::new();
     t.format(TimestampFormat::HttpDate, &mut buf).ok()?;
     String::from_utf8(buf).ok()
@@ -60,7 +60,7 @@ fn format_http_date(t: &Timestamp) -> Option<String> {
 
 /// The standard headers an object keeps (`Cache-Control` and friends).
 #[derive(Default)]
-pub(super) struct Standard {
+pub(crate) struct Standard {
     pub cache_control: Option<String>,
     pub content_disposition: Option<String>,
     pub content_encoding: Option<String>,
@@ -69,7 +69,7 @@ pub(super) struct Standard {
 }
 
 /// The user metadata and standard headers of a PUT, as entry pairs.
-pub(super) fn metadata_pairs(
+pub(crate) fn metadata_pairs(
     metadata: Option<&Metadata>,
     standard: Standard,
 ) -> Vec<(String, String)> {
@@ -98,16 +98,16 @@ pub(super) fn metadata_pairs(
 }
 
 /// What a GET or HEAD answers besides the body, from an entry.
-struct Described {
-    metadata: Metadata,
-    cache_control: Option<String>,
-    content_disposition: Option<String>,
-    content_encoding: Option<String>,
-    content_language: Option<String>,
-    expires: Option<Timestamp>,
+pub(crate) struct Described {
+    pub metadata: Metadata,
+    pub cache_control: Option<String>,
+    pub content_disposition: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_language: Option<String>,
+    pub expires: Option<Timestamp>,
 }
 
-fn describe(entry: &IndexEntry) -> Described {
+pub(crate) fn describe(entry: &IndexEntry) -> Described {
     let mut d = Described {
         metadata: Metadata::new(),
         cache_control: None,
@@ -154,7 +154,7 @@ fn condition_of(input: &PutObjectInput) -> S3Result<Condition> {
 }
 
 /// Parses `Content-MD5`: the base64 of 16 bytes.
-pub(super) fn content_md5(value: Option<&String>) -> S3Result<Option<[u8; 16]>> {
+pub(crate) fn content_md5(value: Option<&String>) -> S3Result<Option<[u8; 16]>> {
     let Some(b64) = value else { return Ok(None) };
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64)
@@ -167,7 +167,7 @@ pub(super) fn content_md5(value: Option<&String>) -> S3Result<Option<[u8; 16]>> 
 }
 
 /// The declared length of a body, or the S3 error for its absence.
-pub(super) fn declared_length(content_length: Option<i64>) -> S3Result<u64> {
+pub(crate) fn declared_length(content_length: Option<i64>) -> S3Result<u64> {
     match content_length {
         Some(n) if n >= 0 => Ok(n as u64),
         Some(_) => Err(s3_error!(InvalidArgument, "negative Content-Length")),
@@ -177,7 +177,7 @@ pub(super) fn declared_length(content_length: Option<i64>) -> S3Result<u64> {
 
 /// The client checksums of an upload (`x-amz-checksum-*`): the values sent as headers, the
 /// algorithms whose values follow the body as trailers, and what is to be computed.
-pub(super) struct ChecksumPlan {
+pub(crate) struct ChecksumPlan {
     algorithms: Vec<ChecksumAlgorithm>,
     in_headers: Vec<(ChecksumAlgorithm, Vec<u8>)>,
     in_trailers: Vec<ChecksumAlgorithm>,
@@ -187,7 +187,7 @@ pub(super) struct ChecksumPlan {
 impl ChecksumPlan {
     /// Reads the plan from a request's headers: `x-amz-checksum-<alg>` values,
     /// `x-amz-trailer` (values to come after the body) and `x-amz-sdk-checksum-algorithm`.
-    pub(super) fn of(
+    pub(crate) fn of(
         headers: &hyper::HeaderMap,
         trailers: Option<TrailingHeaders>,
     ) -> S3Result<ChecksumPlan> {
@@ -284,7 +284,7 @@ impl ChecksumPlan {
 }
 
 /// The checksums of an entry as S3 output fields: (crc32, crc32c, crc64nvme, sha1, sha256).
-pub(super) struct OutputChecksums {
+pub(crate) struct OutputChecksums {
     pub crc32: Option<String>,
     pub crc32c: Option<String>,
     pub crc64nvme: Option<String>,
@@ -292,7 +292,7 @@ pub(super) struct OutputChecksums {
     pub sha256: Option<String>,
 }
 
-pub(super) fn output_checksums(checksums: &[(String, Vec<u8>)]) -> OutputChecksums {
+pub(crate) fn output_checksums(checksums: &[(String, Vec<u8>)]) -> OutputChecksums {
     let mut out = OutputChecksums {
         crc32: None,
         crc32c: None,
@@ -319,7 +319,7 @@ fn checksums_wanted(mode: Option<&ChecksumMode>) -> bool {
 }
 
 /// A body stored: its digests and where its bytes are.
-pub(super) struct Stored {
+pub(crate) struct Stored {
     pub digests: data::Digests,
     pub data: EntryData,
 }
@@ -328,7 +328,7 @@ pub(super) struct Stored {
 /// and it is small enough, else as fragments of `policy`; checks `Content-MD5` before
 /// anything is committed.
 #[allow(clippy::too_many_arguments)] // one call site each, spelled out
-pub(super) async fn store_body(
+pub(crate) async fn store_body(
     state: &S3State,
     account: &str,
     bucket: &str,
@@ -455,7 +455,7 @@ pub async fn put(
 }
 
 /// Reads the key's live entry, or `NoSuchKey`.
-async fn live_entry(
+pub(crate) async fn live_entry(
     state: &S3State,
     account: &str,
     bucket: &Bucket,
@@ -471,7 +471,7 @@ async fn live_entry(
 }
 
 /// The key's live entry in a bucket `account` owns, if the read conditions let it be read.
-async fn readable_entry(
+pub(crate) async fn readable_entry(
     state: &S3State,
     account: &str,
     name: &str,
@@ -486,14 +486,14 @@ async fn readable_entry(
 
 /// The read conditions of GET and HEAD, checked in RFC 9110's order: `If-Match`, then
 /// `If-Unmodified-Since` (412), then `If-None-Match`, then `If-Modified-Since` (304).
-struct ReadConditions<'a> {
-    if_match: Option<&'a IfMatch>,
-    if_unmodified_since: Option<&'a Timestamp>,
-    if_none_match: Option<&'a IfNoneMatch>,
-    if_modified_since: Option<&'a Timestamp>,
+pub(crate) struct ReadConditions<'a> {
+    pub if_match: Option<&'a IfMatch>,
+    pub if_unmodified_since: Option<&'a Timestamp>,
+    pub if_none_match: Option<&'a IfNoneMatch>,
+    pub if_modified_since: Option<&'a Timestamp>,
 }
 
-fn etag_matches(condition: &ETagCondition, etag: &str) -> bool {
+pub(crate) fn etag_matches(condition: &ETagCondition, etag: &str) -> bool {
     match condition.as_etag() {
         None => true,
         Some(e) => e.value() == etag,
@@ -506,7 +506,7 @@ fn seconds(t: &Timestamp) -> i64 {
 }
 
 impl ReadConditions<'_> {
-    fn check(&self, entry: &IndexEntry) -> S3Result<()> {
+    pub(crate) fn check(&self, entry: &IndexEntry) -> S3Result<()> {
         let modified = seconds(&last_modified(entry.version));
         if let Some(c) = self.if_match {
             if !etag_matches(c, &entry.etag) {
@@ -540,7 +540,7 @@ fn not_modified(entry: &IndexEntry) -> S3Error {
     e
 }
 
-fn byte_range(range: Option<&Range>, size: u64) -> S3Result<Option<ByteRange<u64>>> {
+pub(crate) fn byte_range(range: Option<&Range>, size: u64) -> S3Result<Option<ByteRange<u64>>> {
     match range {
         None => Ok(None),
         Some(r) => r.check(size).map(Some).map_err(|_| {
@@ -550,6 +550,58 @@ fn byte_range(range: Option<&Range>, size: u64) -> S3Result<Option<ByteRange<u64
             )
         }),
     }
+}
+
+/// Opens the bytes `range` (all when `None`) of `entry`, the live entry of
+/// `account/bucket/key`.
+pub(crate) async fn open_body(
+    state: &S3State,
+    account: &str,
+    bucket: &str,
+    key: &str,
+    entry: &IndexEntry,
+    range: Option<ByteRange<u64>>,
+) -> S3Result<data::BodyStream> {
+    let size = entry.size;
+    let wanted = range.clone().unwrap_or(0..size);
+    Ok(match &entry.data {
+        EntryData::Inline(bytes) => {
+            let slice = Bytes::copy_from_slice(&bytes[wanted.start as usize..wanted.end as usize]);
+            Box::pin(futures_util::stream::iter([Ok(slice)]))
+        }
+        EntryData::Fragments { segment_bytes } => {
+            let path = object_path(account, bucket, key);
+            let map = state.cluster.map();
+            let place = Place::of(&map, &entry.policy, &path).map_err(to_s3)?;
+            let shape = Shape::of(&place.policy).map_err(to_s3)?;
+            let name = FragmentName {
+                policy: entry.policy.clone(),
+                partition: place.partition,
+                version: entry.version,
+                path,
+            };
+            let extent = data::Extent {
+                size,
+                segment_bytes: *segment_bytes,
+                range: wanted,
+                blake3: range.is_none().then_some(entry.blake3),
+            };
+            data::read_object(&state.data, &place, &name, &shape, extent)
+                .await
+                .map_err(to_s3)?
+        }
+        EntryData::Parts(parts) => {
+            read_parts(
+                state,
+                object_path(account, bucket, key),
+                &entry.policy,
+                parts,
+                wanted,
+            )
+            .await?
+        }
+        EntryData::Tombstone => return Err(s3_error!(NoSuchKey)),
+    })
 }
 
 pub async fn get(
@@ -568,45 +620,15 @@ pub async fn get(
     let size = entry.size;
     let range = byte_range(input.range.as_ref(), size)?;
     let wanted = range.clone().unwrap_or(0..size);
-    let body: data::BodyStream = match &entry.data {
-        EntryData::Inline(bytes) => {
-            let slice = Bytes::copy_from_slice(&bytes[wanted.start as usize..wanted.end as usize]);
-            Box::pin(futures_util::stream::iter([Ok(slice)]))
-        }
-        EntryData::Fragments { segment_bytes } => {
-            let path = object_path(account, &input.bucket, &input.key);
-            let map = state.cluster.map();
-            let place = Place::of(&map, &entry.policy, &path).map_err(to_s3)?;
-            let shape = Shape::of(&place.policy).map_err(to_s3)?;
-            let name = FragmentName {
-                policy: entry.policy.clone(),
-                partition: place.partition,
-                version: entry.version,
-                path,
-            };
-            let whole = range.is_none().then_some(entry.blake3);
-            let extent = data::Extent {
-                size,
-                segment_bytes: *segment_bytes,
-                range: wanted.clone(),
-                blake3: whole,
-            };
-            data::read_object(&state.data, &place, &name, &shape, extent)
-                .await
-                .map_err(to_s3)?
-        }
-        EntryData::Parts(parts) => {
-            read_parts(
-                state,
-                object_path(account, &input.bucket, &input.key),
-                &entry.policy,
-                parts,
-                wanted.clone(),
-            )
-            .await?
-        }
-        EntryData::Tombstone => return Err(s3_error!(NoSuchKey)),
-    };
+    let body = open_body(
+        state,
+        account,
+        &input.bucket,
+        &input.key,
+        &entry,
+        range.clone(),
+    )
+    .await?;
     let d = describe(&entry);
     let c = output_checksums(
         if checksums_wanted(input.checksum_mode.as_ref()) && range.is_none() {

@@ -1,0 +1,416 @@
+//! Swift accounts and containers: the account's containers are the buckets it owns;
+//! a container's listing is the bucket's index, as text, JSON or XML.
+
+use std::fmt::Write as _;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::Response;
+use nimbus_core::index::IndexRecord;
+use nimbus_ring::map::Bucket;
+use s3s::S3Error;
+
+use super::{from_s3, not_implemented, text};
+use crate::s3::S3State;
+use crate::s3::buckets::{create_named, delete as delete_bucket};
+use crate::s3::list::{Query, Resume, page};
+
+/// The most entries one listing answers (and the default).
+pub const MAX_LIMIT: usize = 10_000;
+/// Records read per call when adding up a container's usage.
+const USAGE_PAGE: usize = 1000;
+
+/// A listing's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Plain,
+    Json,
+    Xml,
+}
+
+fn query_pairs(request: &Request) -> Vec<(String, String)> {
+    request
+        .uri()
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (k.to_owned(), unescape(v))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Decodes a query value (`%XX` and `+`).
+fn unescape(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn format_of(pairs: &[(String, String)], headers: &HeaderMap) -> Format {
+    let asked = pairs
+        .iter()
+        .find(|(k, _)| k == "format")
+        .map(|(_, v)| v.as_str());
+    let accept = headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match asked {
+        Some("json") => Format::Json,
+        Some("xml") => Format::Xml,
+        Some(_) => Format::Plain,
+        None if accept.contains("application/json") => Format::Json,
+        None if accept.contains("xml") => Format::Xml,
+        None => Format::Plain,
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn listing_response(
+    format: Format,
+    body: String,
+    empty: bool,
+    headers: Vec<(&'static str, String)>,
+) -> Response {
+    let content_type = match format {
+        Format::Plain => "text/plain; charset=utf-8",
+        Format::Json => "application/json; charset=utf-8",
+        Format::Xml => "application/xml; charset=utf-8",
+    };
+    // Swift answers an empty plain listing with 204.
+    let status = if empty && format == Format::Plain {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let mut builder = Response::builder()
+        .status(status)
+        .header("content-type", content_type);
+    for (name, value) in headers {
+        builder = builder.header(name, value);
+    }
+    builder
+        .body(if status == StatusCode::NO_CONTENT {
+            Body::empty()
+        } else {
+            Body::from(body)
+        })
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Error"))
+}
+
+/// Objects and bytes in a container, added up from its index.
+async fn usage(
+    state: &S3State,
+    account: &str,
+    name: &str,
+    bucket: &Bucket,
+) -> Result<(u64, u64), S3Error> {
+    let (mut count, mut bytes) = (0u64, 0u64);
+    let mut after: Option<String> = None;
+    loop {
+        let records = state
+            .index
+            .list(
+                account,
+                name,
+                bucket.shards,
+                "",
+                after.as_deref(),
+                USAGE_PAGE,
+            )
+            .await
+            .map_err(crate::s3::to_s3)?;
+        count += records.len() as u64;
+        bytes += records.iter().map(|r| r.entry.size).sum::<u64>();
+        match records.last() {
+            Some(last) if records.len() == USAGE_PAGE => after = Some(last.key.clone()),
+            _ => return Ok((count, bytes)),
+        }
+    }
+}
+
+/// `GET`/`HEAD /v1/AUTH_<account>`.
+pub async fn account(state: &S3State, account: &str, request: Request) -> Response {
+    let method = request.method().clone();
+    if method != Method::GET && method != Method::HEAD {
+        return not_implemented(&method);
+    }
+    let pairs = query_pairs(&request);
+    let format = format_of(&pairs, request.headers());
+    drop(request);
+    let map = state.cluster.map();
+    let buckets: Vec<(String, Bucket)> = map
+        .buckets_of(account)
+        .map(|(n, b)| (n.to_owned(), b.clone()))
+        .collect();
+    drop(map);
+    let mut rows = Vec::with_capacity(buckets.len());
+    let (mut objects, mut bytes) = (0u64, 0u64);
+    for (name, bucket) in &buckets {
+        let (c, b) = match usage(state, account, name, bucket).await {
+            Ok(u) => u,
+            Err(e) => return from_s3(&e),
+        };
+        objects += c;
+        bytes += b;
+        rows.push((name.clone(), c, b));
+    }
+    let headers = vec![
+        ("x-account-container-count", buckets.len().to_string()),
+        ("x-account-object-count", objects.to_string()),
+        ("x-account-bytes-used", bytes.to_string()),
+    ];
+    if method == Method::HEAD {
+        return listing_response(Format::Plain, String::new(), true, headers);
+    }
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    let prefix = get("prefix").unwrap_or_default();
+    let marker = get("marker").unwrap_or_default();
+    let end_marker = get("end_marker");
+    let limit = get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(MAX_LIMIT)
+        .min(MAX_LIMIT);
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|(n, _, _)| {
+            n.starts_with(&prefix) && *n > marker && end_marker.as_ref().is_none_or(|e| n < e)
+        })
+        .take(limit)
+        .collect();
+    let body = match format {
+        Format::Plain => rows.iter().map(|(n, _, _)| format!("{n}\n")).collect(),
+        Format::Json => serde_json::Value::Array(
+            rows.iter()
+                .map(|(n, c, b)| serde_json::json!({"name": n, "count": c, "bytes": b}))
+                .collect(),
+        )
+        .to_string(),
+        Format::Xml => {
+            let mut x = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<account name=\"{}\">",
+                xml_escape(account)
+            );
+            for (n, c, b) in &rows {
+                let _ = write!(
+                    x,
+                    "<container><name>{}</name><count>{c}</count><bytes>{b}</bytes></container>",
+                    xml_escape(n)
+                );
+            }
+            x.push_str("</account>");
+            x
+        }
+    };
+    listing_response(format, body, rows.is_empty(), headers)
+}
+
+/// `PUT`/`GET`/`HEAD`/`DELETE /v1/AUTH_<account>/<container>`.
+pub async fn container(state: &S3State, account: &str, name: &str, request: Request) -> Response {
+    let method = request.method().clone();
+    if method == Method::PUT {
+        let policy = request
+            .headers()
+            .get("x-storage-policy")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        return match create_named(state, account, name, policy).await {
+            Ok(()) => text(StatusCode::CREATED, ""),
+            Err(e) if e.code().as_str() == "BucketAlreadyOwnedByYou" => {
+                text(StatusCode::ACCEPTED, "")
+            }
+            Err(e) if e.code().as_str() == "BucketAlreadyExists" => {
+                text(StatusCode::CONFLICT, "Conflict")
+            }
+            Err(e) if e.code().as_str() == "InvalidBucketName" => text(
+                StatusCode::BAD_REQUEST,
+                "Container names follow the S3 bucket naming rules here",
+            ),
+            Err(e) => from_s3(&e),
+        };
+    }
+    let map = state.cluster.map();
+    let bucket = match map.bucket(name) {
+        Some(b) if b.owner == account => b.clone(),
+        _ => return text(StatusCode::NOT_FOUND, "Not Found"),
+    };
+    match method {
+        Method::DELETE => match delete_bucket(state, account, name).await {
+            Ok(_) => text(StatusCode::NO_CONTENT, ""),
+            Err(e) => from_s3(&e),
+        },
+        Method::GET | Method::HEAD => {
+            let (count, bytes) = match usage(state, account, name, &bucket).await {
+                Ok(u) => u,
+                Err(e) => return from_s3(&e),
+            };
+            let headers = vec![
+                ("x-container-object-count", count.to_string()),
+                ("x-container-bytes-used", bytes.to_string()),
+                ("x-storage-policy", bucket.policy.clone()),
+                (
+                    "x-timestamp",
+                    format!("{:.5}", bucket.created_ms as f64 / 1000.0),
+                ),
+            ];
+            if method == Method::HEAD {
+                return listing_response(Format::Plain, String::new(), true, headers);
+            }
+            let pairs = query_pairs(&request);
+            let format = format_of(&pairs, request.headers());
+            list_container(state, account, name, &bucket, pairs, format, headers).await
+        }
+        other => not_implemented(&other),
+    }
+}
+
+async fn list_container(
+    state: &S3State,
+    account: &str,
+    name: &str,
+    bucket: &Bucket,
+    pairs: Vec<(String, String)>,
+    format: Format,
+    headers: Vec<(&'static str, String)>,
+) -> Response {
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    if get("reverse").is_some_and(|r| matches!(r.as_str(), "1" | "true" | "yes" | "on")) {
+        return text(
+            StatusCode::NOT_IMPLEMENTED,
+            "reverse listings are not implemented here yet",
+        );
+    }
+    let prefix = get("prefix").unwrap_or_default();
+    let delimiter = get("delimiter").filter(|d| !d.is_empty());
+    let end_marker = get("end_marker").filter(|e| !e.is_empty());
+    let limit = match get("limit").map(|l| l.parse::<usize>()) {
+        None => MAX_LIMIT,
+        Some(Ok(l)) if l <= MAX_LIMIT => l,
+        Some(_) => {
+            return text(
+                StatusCode::PRECONDITION_FAILED,
+                format!("Maximum limit is {MAX_LIMIT}"),
+            );
+        }
+    };
+    let query = Query {
+        prefix: &prefix,
+        delimiter: delimiter.as_deref(),
+        // A marker that is a subdirectory resumes after everything under it, as Swift does
+        // (clients page with the last name they got, a subdirectory's too).
+        resume: get("marker")
+            .filter(|m| !m.is_empty())
+            .map(|m| match &delimiter {
+                Some(d) if m.ends_with(d.as_str()) && m.starts_with(&prefix) => Resume::Prefix(m),
+                _ => Resume::Key(m),
+            }),
+        max_keys: limit,
+    };
+    let listed = match page(state, account, name, bucket.shards, query).await {
+        Ok(p) => p,
+        Err(e) => return from_s3(&e),
+    };
+    // Objects and subdirectories in key order, before end_marker.
+    enum Item<'a> {
+        Object(&'a IndexRecord),
+        Subdir(&'a str),
+    }
+    let mut items: Vec<(&str, Item<'_>)> = listed
+        .objects
+        .iter()
+        .map(|r| (r.key.as_str(), Item::Object(r)))
+        .chain(
+            listed
+                .prefixes
+                .iter()
+                .map(|p| (p.as_str(), Item::Subdir(p))),
+        )
+        .filter(|(k, _)| end_marker.as_ref().is_none_or(|e| *k < e.as_str()))
+        .collect();
+    items.sort_by(|a, b| a.0.cmp(b.0));
+    let body = match format {
+        Format::Plain => items.iter().map(|(k, _)| format!("{k}\n")).collect(),
+        Format::Json => serde_json::Value::Array(
+            items
+                .iter()
+                .map(|(_, item)| match item {
+                    Item::Object(r) => serde_json::json!({
+                        "name": r.key,
+                        "hash": r.entry.etag,
+                        "bytes": r.entry.size,
+                        "content_type": if r.entry.content_type.is_empty() { "application/octet-stream" } else { r.entry.content_type.as_str() },
+                        "last_modified": super::objects::iso_time(r.entry.version),
+                    }),
+                    Item::Subdir(p) => serde_json::json!({ "subdir": p }),
+                })
+                .collect(),
+        )
+        .to_string(),
+        Format::Xml => {
+            let mut x = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<container name=\"{}\">", xml_escape(name));
+            for (_, item) in &items {
+                match item {
+                    Item::Object(r) => {
+                        let _ = write!(
+                            x,
+                            "<object><name>{}</name><hash>{}</hash><bytes>{}</bytes><content_type>{}</content_type><last_modified>{}</last_modified></object>",
+                            xml_escape(&r.key),
+                            xml_escape(&r.entry.etag),
+                            r.entry.size,
+                            xml_escape(&r.entry.content_type),
+                            super::objects::iso_time(r.entry.version)
+                        );
+                    }
+                    Item::Subdir(p) => {
+                        let _ = write!(x, "<subdir name=\"{0}\"><name>{0}</name></subdir>", xml_escape(p));
+                    }
+                }
+            }
+            x.push_str("</container>");
+            x
+        }
+    };
+    listing_response(format, body, items.is_empty(), headers)
+}

@@ -1,0 +1,322 @@
+//! Swift objects: the same entries and bytes as S3's (`X-Object-Meta-Foo` is S3's
+//! `x-amz-meta-foo`), through the same data path.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use nimbus_core::ids::VersionId;
+use nimbus_core::index::IndexEntry;
+use s3s::dto::{ETag, ETagCondition, Metadata, Range, StreamingBlob, Timestamp, TimestampFormat};
+
+use super::{from_s3, not_implemented, text};
+use crate::index::{Condition, IndexClient};
+use crate::s3::S3State;
+use crate::s3::objects::{
+    ChecksumPlan, ReadConditions, Standard, Stored, byte_range, check_key, describe,
+    format_http_date, last_modified, live_entry, metadata_pairs, open_body, readable_entry,
+    store_body,
+};
+
+/// The prefix of user metadata headers.
+const META: &str = "x-object-meta-";
+
+/// Swift's time format in listings: `2026-11-23T10:00:00.123456`.
+pub fn iso_time(version: VersionId) -> String {
+    let micros = version.micros();
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// An ETag condition as Swift clients send it: `*`, or a value with or without quotes.
+fn etag_condition(value: Option<&str>) -> Option<ETagCondition> {
+    value.map(|v| match v.trim() {
+        "*" => ETagCondition::Any,
+        v => ETagCondition::ETag(ETag::Strong(v.trim_matches('"').to_owned())),
+    })
+}
+
+fn http_date(value: Option<&str>) -> Option<Timestamp> {
+    value.and_then(|v| Timestamp::parse(TimestampFormat::HttpDate, v).ok())
+}
+
+/// Serves `/v1/AUTH_<account>/<container>/<object>`.
+pub async fn object(
+    state: &S3State,
+    account: &str,
+    container: &str,
+    key: &str,
+    request: Request,
+) -> Response {
+    if let Err(e) = check_key(key) {
+        return from_s3(&e);
+    }
+    let map = state.cluster.map();
+    let bucket = match map.bucket(container) {
+        Some(b) if b.owner == account => b.clone(),
+        _ => return text(StatusCode::NOT_FOUND, "Not Found"),
+    };
+    drop(map);
+    match request.method().clone() {
+        Method::PUT => put(state, account, container, key, &bucket, request).await,
+        Method::GET | Method::HEAD => get(state, account, container, key, request).await,
+        Method::DELETE => match live_entry(state, account, &bucket, container, key).await {
+            Ok(_) => {
+                let shard = IndexClient::shard_of(account, container, key, bucket.shards);
+                let tombstone =
+                    IndexEntry::tombstone(state.data.clock.next(), bucket.policy.clone());
+                match state
+                    .index
+                    .write(&shard, key, &tombstone, &Condition::None)
+                    .await
+                {
+                    Ok(_) => text(StatusCode::NO_CONTENT, ""),
+                    Err(e) => from_s3(&crate::s3::to_s3(e)),
+                }
+            }
+            Err(e) => from_s3(&e),
+        },
+        other => not_implemented(&other),
+    }
+}
+
+async fn put(
+    state: &S3State,
+    account: &str,
+    container: &str,
+    key: &str,
+    bucket: &nimbus_ring::map::Bucket,
+    request: Request,
+) -> Response {
+    let headers = request.headers().clone();
+    let unsupported = [
+        "x-copy-from",
+        "x-delete-at",
+        "x-delete-after",
+        "x-object-manifest",
+    ];
+    if unsupported.iter().any(|h| headers.contains_key(*h))
+        || request
+            .uri()
+            .query()
+            .is_some_and(|q| q.contains("multipart-manifest"))
+    {
+        return text(
+            StatusCode::NOT_IMPLEMENTED,
+            "copies, expiry and large-object manifests are not implemented here yet",
+        );
+    }
+    let Some(declared) = header(&headers, "content-length").and_then(|v| v.parse::<u64>().ok())
+    else {
+        return text(StatusCode::LENGTH_REQUIRED, "Length Required");
+    };
+    let md5 = match header(&headers, "etag").map(|e| hex::decode(e.trim_matches('"'))) {
+        None => None,
+        Some(Ok(bytes)) if bytes.len() == 16 => {
+            let mut md5 = [0u8; 16];
+            md5.copy_from_slice(&bytes);
+            Some(md5)
+        }
+        Some(_) => return text(StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable Entity"),
+    };
+    let condition = match header(&headers, "if-none-match") {
+        Some("*") => Condition::IfNoneMatch,
+        Some(_) => return text(StatusCode::BAD_REQUEST, "If-None-Match only accepts '*'"),
+        None => Condition::None,
+    };
+    let plan = match ChecksumPlan::of(&headers, None) {
+        Ok(p) => p,
+        Err(e) => return from_s3(&e),
+    };
+    let mut metadata = Metadata::new();
+    for (name, value) in &headers {
+        if let (Some(field), Ok(value)) = (name.as_str().strip_prefix(META), value.to_str()) {
+            metadata.insert(field.to_owned(), value.to_owned());
+        }
+    }
+    let standard = Standard {
+        cache_control: header(&headers, "cache-control").map(str::to_owned),
+        content_disposition: header(&headers, "content-disposition").map(str::to_owned),
+        content_encoding: header(&headers, "content-encoding").map(str::to_owned),
+        content_language: header(&headers, "content-language").map(str::to_owned),
+        expires: http_date(header(&headers, "expires")),
+    };
+    let content_type = header(&headers, "content-type")
+        .unwrap_or_default()
+        .to_owned();
+    let version = state.data.clock.next();
+    let body = StreamingBlob::from(s3s::Body::http_body_unsync(request.into_body()));
+    let stored = store_body(
+        state,
+        account,
+        container,
+        key,
+        &bucket.policy,
+        version,
+        Some(body),
+        declared,
+        md5,
+        &plan,
+        true,
+    )
+    .await;
+    let Stored { digests, data } = match stored {
+        Ok(s) => s,
+        Err(e) => return from_s3(&e),
+    };
+    let etag = hex::encode(digests.md5);
+    let entry = IndexEntry {
+        version,
+        size: digests.bytes,
+        etag: etag.clone(),
+        blake3: digests.blake3,
+        client_checksums: digests.client_checksums(),
+        content_type,
+        user_metadata: metadata_pairs(Some(&metadata), standard),
+        policy: bucket.policy.clone(),
+        data,
+    };
+    if entry.validate().is_err() {
+        return text(StatusCode::BAD_REQUEST, "Metadata too large");
+    }
+    let shard = IndexClient::shard_of(account, container, key, bucket.shards);
+    match state.index.write(&shard, key, &entry, &condition).await {
+        Ok(_) => {
+            let mut response = text(StatusCode::CREATED, "");
+            set(response.headers_mut(), "etag", &etag);
+            if let Some(date) = format_http_date(&last_modified(version)) {
+                set(response.headers_mut(), "last-modified", &date);
+            }
+            response
+        }
+        Err(e) => from_s3(&crate::s3::to_s3(e)),
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+async fn get(
+    state: &S3State,
+    account: &str,
+    container: &str,
+    key: &str,
+    request: Request,
+) -> Response {
+    let (parts, _) = request.into_parts();
+    let headers = &parts.headers;
+    let if_match = etag_condition(header(headers, "if-match"));
+    let if_none_match = etag_condition(header(headers, "if-none-match"));
+    let if_modified_since = http_date(header(headers, "if-modified-since"));
+    let if_unmodified_since = http_date(header(headers, "if-unmodified-since"));
+    let conditions = ReadConditions {
+        if_match: if_match.as_ref(),
+        if_unmodified_since: if_unmodified_since.as_ref(),
+        if_none_match: if_none_match.as_ref(),
+        if_modified_since: if_modified_since.as_ref(),
+    };
+    let entry = match readable_entry(state, account, container, key, &conditions).await {
+        Ok(e) => e,
+        Err(e) if e.code().as_str() == "NotModified" => {
+            let mut response = text(StatusCode::NOT_MODIFIED, "");
+            response.headers_mut().clear();
+            return response;
+        }
+        Err(e) => return from_s3(&e),
+    };
+    let range = match header(headers, "range") {
+        Some(r) if r.contains(',') => {
+            return text(
+                StatusCode::NOT_IMPLEMENTED,
+                "multi-range GETs are not implemented here yet",
+            );
+        }
+        Some(r) => match Range::parse(r) {
+            Ok(range) => match byte_range(Some(&range), entry.size) {
+                Ok(r) => r,
+                Err(e) => return from_s3(&e),
+            },
+            // An unparsable Range is ignored, as HTTP says.
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let head = parts.method == Method::HEAD;
+    let size = entry.size;
+    let length = range.as_ref().map_or(size, |r| r.end - r.start);
+    let mut builder = Response::builder()
+        .status(if range.is_some() {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        })
+        .header("content-length", length)
+        .header("accept-ranges", "bytes")
+        .header("etag", &entry.etag)
+        .header(
+            "x-timestamp",
+            format!("{:.5}", entry.version.micros() as f64 / 1e6),
+        )
+        .header(
+            "content-type",
+            if entry.content_type.is_empty() {
+                "application/octet-stream"
+            } else {
+                entry.content_type.as_str()
+            },
+        );
+    if let Some(date) = format_http_date(&last_modified(entry.version)) {
+        builder = builder.header("last-modified", date);
+    }
+    if let Some(r) = &range {
+        builder = builder.header(
+            "content-range",
+            format!("bytes {}-{}/{size}", r.start, r.end.saturating_sub(1)),
+        );
+    }
+    let d = describe(&entry);
+    for (name, value) in &d.metadata {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            builder = builder.header(format!("{META}{name}"), v);
+        }
+    }
+    for (name, value) in [
+        ("cache-control", d.cache_control),
+        ("content-disposition", d.content_disposition),
+        ("content-encoding", d.content_encoding),
+        ("content-language", d.content_language),
+        ("expires", d.expires.as_ref().and_then(format_http_date)),
+    ] {
+        if let Some(v) = value {
+            builder = builder.header(name, v);
+        }
+    }
+    let body = if head {
+        Body::empty()
+    } else {
+        match open_body(state, account, container, key, &entry, range).await {
+            Ok(stream) => Body::from_stream(stream),
+            Err(e) => return from_s3(&e),
+        }
+    };
+    builder
+        .body(body)
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Error"))
+}
