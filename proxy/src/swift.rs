@@ -2,7 +2,7 @@
 //! `GET /auth/v1.0` (tempauth style: `X-Auth-User: account:user`, `X-Auth-Key`), then
 //! `/v1/AUTH_<account>[/<container>[/<object>]]` with `X-Auth-Token`, and `/info`.
 //!
-//! Tokens are stateless: `AUTH_tk` + base64url("<expiry>\n<account:user>") + "." + a tag of
+//! Tokens are stateless: `AUTH_tk` + base64url of `"<expiry>\n<account:user>"` + `.` + a tag of
 //! that with the cluster secret, so any proxy checks any token; a revoked credential's tokens
 //! stop working at once (the credential is looked up on every request).
 //!
