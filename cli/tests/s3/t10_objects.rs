@@ -176,6 +176,44 @@ fn objects_round_trip_at_every_size_range_and_policy() {
             assert!(body.as_ref() == &data[5..=4000]);
         }
 
+        // response-* overrides and the standard headers kept from the PUT.
+        s3.put_object()
+            .bucket("sizes")
+            .key("styled")
+            .cache_control("max-age=60")
+            .content_disposition("inline")
+            .content_language("fr")
+            .body(ByteStream::from_static(b"bonjour"))
+            .send()
+            .await
+            .unwrap();
+        let plain = s3
+            .get_object()
+            .bucket("sizes")
+            .key("styled")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(plain.cache_control(), Some("max-age=60"));
+        assert_eq!(plain.content_disposition(), Some("inline"));
+        assert_eq!(plain.content_language(), Some("fr"));
+        let overridden = s3
+            .get_object()
+            .bucket("sizes")
+            .key("styled")
+            .response_content_type("text/plain")
+            .response_content_disposition("attachment; filename=\"b.txt\"")
+            .response_cache_control("no-cache")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(overridden.content_type(), Some("text/plain"));
+        assert_eq!(
+            overridden.content_disposition(),
+            Some("attachment; filename=\"b.txt\"")
+        );
+        assert_eq!(overridden.cache_control(), Some("no-cache"));
+
         // Overwrite, then delete.
         s3.put_object()
             .bucket("sizes")
