@@ -16,33 +16,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test that cannot set itself up should panic
 #![allow(clippy::disallowed_methods)] // blocking test threads, no async runtime here
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
+use nimbus_testkit::DevCluster;
 use serde_json::Value;
 
-/// How long a debug build may take to start the cluster.
-const START_TIMEOUT: Duration = Duration::from_secs(240);
-
-/// A running `nimbus dev`; SIGKILLed on drop (the kernel then stops its children).
+/// A running `nimbus dev` and its S3 credentials.
 struct Dev {
-    child: Child,
     endpoint: String,
     access_key: String,
     secret_key: String,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    _cluster: DevCluster,
 }
 
 fn nimbus_bin() -> PathBuf {
@@ -60,101 +45,17 @@ fn nimbus_bin() -> PathBuf {
     bin
 }
 
-/// A block of free ports: the proxy at `base`, nodes at `base+1..=6`, members at
-/// `base+101..=105`; spread by process id, below the ephemeral range.
-fn free_base_port() -> u16 {
-    let first = 20_000 + (std::process::id() % 40) as u16 * 250;
-    for block in 0..40u16 {
-        let base = first.wrapping_add(block * 130) % 12_000 + 20_000;
-        let free = [0]
-            .into_iter()
-            .chain(1..=6)
-            .chain(101..=105)
-            .all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-        if free {
-            return base;
-        }
-    }
-    panic!("no free block of ports");
-}
-
 fn start_dev() -> Dev {
     let data = tempfile::Builder::new()
         .prefix("nimbus-bench-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
-    let base = free_base_port();
-    let mut child = Command::new(nimbus_bin())
-        .arg("dev")
-        .arg("--data")
-        .arg(data.path())
-        .args([
-            "--port",
-            &base.to_string(),
-            "--base-port",
-            &base.to_string(),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let mut pipe = child.stderr.take().unwrap();
-    let collected = Arc::clone(&stderr);
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                return;
-            }
-            collected
-                .lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let deadline = Instant::now() + START_TIMEOUT;
-    let mut printed = Vec::new();
-    loop {
-        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => {
-                let done = line.starts_with("Ctrl-C stops the cluster");
-                printed.push(line);
-                if done {
-                    break;
-                }
-            }
-            Err(_) => panic!(
-                "nimbus dev did not start: stdout {printed:?}, stderr {}",
-                stderr.lock().unwrap()
-            ),
-        }
-    }
-    let value = |label: &str| {
-        printed
-            .iter()
-            .find_map(|l| l.strip_prefix(label))
-            .unwrap_or_else(|| panic!("no {label:?} in {printed:?}"))
-            .trim()
-            .to_owned()
-    };
+    let cluster = DevCluster::start(&nimbus_bin(), data);
     Dev {
-        endpoint: value("S3 endpoint:"),
-        access_key: value("S3 access key:"),
-        secret_key: value("S3 secret key:"),
-        child,
-        _data: data,
+        endpoint: cluster.endpoint(),
+        access_key: cluster.access_key(),
+        secret_key: cluster.secret_key(),
+        _cluster: cluster,
     }
 }
 

@@ -18,8 +18,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark that cannot set up should stop
 #![allow(clippy::disallowed_methods)] // setup threads may block
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -29,29 +28,12 @@ use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use nimbus_testkit::DevCluster;
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
 
-struct Dev {
-    child: Child,
-    endpoint: String,
-    access_key: String,
-    secret_key: String,
-    data: tempfile::TempDir,
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        // SIGINT: `nimbus dev` stops its children and exits.
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_dev() -> Dev {
+fn start_dev() -> DevCluster {
     let bin = std::env::var("NIMBUS_BIN")
         .unwrap_or_else(|_| format!("{}/../target/release/nimbus", env!("CARGO_MANIFEST_DIR")));
     let base = std::env::var("NIMBUS_BENCH_DIR").unwrap_or_else(|_| ".".to_owned());
@@ -59,53 +41,17 @@ fn start_dev() -> Dev {
         .prefix("nimbus-s3-load-")
         .tempdir_in(base)
         .unwrap();
-    let mut child = Command::new(&bin)
-        .arg("dev")
-        .arg("--data")
-        .arg(data.path())
-        .args(["--port", "16000", "--base-port", "16000"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("start {bin} (build it with cargo build --release -p nimbus): {e}")
-        });
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut printed = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let done = line.starts_with("Ctrl-C stops the cluster");
-        printed.push(line);
-        if done {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    let value = |label: &str| {
-        printed
-            .iter()
-            .find_map(|l| l.strip_prefix(label))
-            .unwrap_or_else(|| panic!("no {label:?} in {printed:?}"))
-            .trim()
-            .to_owned()
-    };
-    Dev {
-        endpoint: value("S3 endpoint:"),
-        access_key: value("S3 access key:"),
-        secret_key: value("S3 secret key:"),
-        child,
-        data,
-    }
+    DevCluster::start(Path::new(&bin), data)
 }
 
-fn client(dev: &Dev) -> Client {
+fn client(dev: &DevCluster) -> Client {
     let config = aws_sdk_s3::Config::builder()
         .behavior_version_latest()
-        .endpoint_url(&dev.endpoint)
+        .endpoint_url(dev.endpoint())
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new(
-            &dev.access_key,
-            &dev.secret_key,
+            dev.access_key(),
+            dev.secret_key(),
             None,
             None,
             "bench",
@@ -114,29 +60,6 @@ fn client(dev: &Dev) -> Client {
         .http_client(aws_smithy_http_client::Builder::new().build_http())
         .build();
     Client::from_conf(config)
-}
-
-/// The proxy's pid: the `nimbus proxy` process whose configuration is in `dev`'s data.
-fn proxy_pid(dev: &Dev) -> u32 {
-    let needle = dev
-        .data
-        .path()
-        .join("proxy.toml")
-        .to_string_lossy()
-        .into_owned();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&needle) {
-            return pid;
-        }
-    }
-    panic!("no proxy process");
 }
 
 /// A field of /proc/PID/status, in KiB.
@@ -231,7 +154,7 @@ fn main() {
         }
 
         // Memory: 32 uploads of 256 MiB at once.
-        let pid = proxy_pid(&dev);
+        let pid = dev.process_with("proxy.toml");
         let before = status_kib(pid, "VmRSS:");
         let peak = Arc::new(AtomicU64::new(0));
         let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));

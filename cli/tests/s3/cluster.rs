@@ -1,56 +1,26 @@
 //! A `nimbus dev` cluster for one test, and an S3 client for it.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Credentials, Region};
-use tempfile::TempDir;
+use nimbus_testkit::DevCluster;
 
-/// How long a debug build may take to start the cluster.
-const START_TIMEOUT: Duration = Duration::from_secs(240);
-
-/// A running `nimbus dev` and its data directory. Stopped (SIGKILL; the kernel then stops
-/// its children) when dropped.
+/// A running `nimbus dev` (see `nimbus_testkit::DevCluster`), its credentials, and the
+/// nodes a test restarted by hand.
 pub struct Cluster {
-    child: Child,
+    dev: DevCluster,
     pub endpoint: String,
     pub access_key: String,
     pub secret_key: String,
-    pub data: TempDir,
     /// Node `i` listens on `base_port + i`, metadata member `i` on `base_port + 100 + i`.
     pub base_port: u16,
-    stderr: Arc<Mutex<String>>,
     /// Nodes the test restarted by hand.
     restarted: Mutex<Vec<Child>>,
-}
-
-/// Port blocks handed out in this test process: each cluster gets its own 120 ports.
-static NEXT_BLOCK: AtomicU16 = AtomicU16::new(0);
-
-fn free_port_pair() -> (u16, u16) {
-    // A block of ports per cluster, below the kernel's ephemeral range (32768+), spread by
-    // process id so that test binaries running at once rarely meet; a block with a port
-    // taken is skipped. The proxy at base, nodes at base+1..6, members at base+101..105.
-    let first = 10_000 + (std::process::id() % 20) as u16 * 1000;
-    loop {
-        let block = NEXT_BLOCK.fetch_add(1, Ordering::Relaxed);
-        let base = first + (block % 8) * 120;
-        let all_free = [0]
-            .into_iter()
-            .chain(1..=6)
-            .chain(101..=105)
-            .all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-        if all_free {
-            return (base, base);
-        }
-        assert!(block < 400, "no free block of ports");
-    }
 }
 
 impl Cluster {
@@ -60,85 +30,13 @@ impl Cluster {
             .prefix("nimbus-s3-")
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .unwrap();
-        let (port, base_port) = free_port_pair();
-        Self::start_on(data, port, base_port)
-    }
-
-    fn start_on(data: TempDir, port: u16, base_port: u16) -> Cluster {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
-            .arg("dev")
-            .arg("--data")
-            .arg(data.path())
-            .args([
-                "--port",
-                &port.to_string(),
-                "--base-port",
-                &base_port.to_string(),
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let collected = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    return;
-                }
-                collected
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut printed = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) => {
-                    let done = line.starts_with("Ctrl-C stops the cluster");
-                    printed.push(line);
-                    if done {
-                        break;
-                    }
-                }
-                Err(_) => panic!(
-                    "nimbus dev did not start: stdout {printed:?}, stderr {}",
-                    stderr.lock().unwrap()
-                ),
-            }
-        }
-        let value = |label: &str| {
-            printed
-                .iter()
-                .find_map(|l| l.strip_prefix(label))
-                .unwrap_or_else(|| panic!("no {label:?} in {printed:?}"))
-                .trim()
-                .to_owned()
-        };
+        let dev = DevCluster::start(Path::new(env!("CARGO_BIN_EXE_nimbus")), data);
         Cluster {
-            child,
-            endpoint: value("S3 endpoint:"),
-            access_key: value("S3 access key:"),
-            secret_key: value("S3 secret key:"),
-            data,
-            base_port,
-            stderr,
+            endpoint: dev.endpoint(),
+            access_key: dev.access_key(),
+            secret_key: dev.secret_key(),
+            base_port: dev.base_port,
+            dev,
             restarted: Mutex::new(Vec::new()),
         }
     }
@@ -153,34 +51,21 @@ impl Cluster {
         client(&self.endpoint, &self.access_key, &self.secret_key, 1)
     }
 
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        self.dev.data.path()
+    }
+
     /// The pid of storage node `i` (1 to 6).
     pub fn node_pid(&self, i: usize) -> u32 {
-        let config = self
-            .data
-            .path()
-            .join(format!("node{i}"))
-            .join("storage.toml");
-        let needle = config.to_string_lossy().into_owned();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(&needle) && cmdline.contains(" storage ") {
-                return pid;
-            }
-        }
-        panic!("no process for node {i}: {}", self.stderr.lock().unwrap());
+        self.dev.process_with(&format!("node{i}/storage.toml"))
     }
 
     /// Freezes `nimbus dev` itself (SIGSTOP), so that it does not stop the cluster when a
     /// test kills a node; the test then restarts nodes by hand.
     pub fn detach_supervisor(&self) {
         let status = Command::new("kill")
-            .args(["-STOP", &self.child.id().to_string()])
+            .args(["-STOP", &self.dev.pid().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
@@ -189,11 +74,7 @@ impl Cluster {
     /// Starts storage node `i` again on its data, as a child of the test; waits until it
     /// listens.
     pub fn restart_node(&self, i: usize) {
-        let config = self
-            .data
-            .path()
-            .join(format!("node{i}"))
-            .join("storage.toml");
+        let config = self.path().join(format!("node{i}")).join("storage.toml");
         let mut child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
             .arg("storage")
             .arg("--config")
@@ -229,8 +110,6 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -13,7 +13,7 @@ use crate::cluster::{Cluster, runtime};
 
 /// The storage node (1 to 6) of the primary of `key`'s index shard in `bucket`.
 async fn primary_node(cluster: &Cluster, bucket: &str, key: &str) -> usize {
-    let secret = std::fs::read_to_string(cluster.data.path().join("cluster-secret")).unwrap();
+    let secret = std::fs::read_to_string(cluster.path().join("cluster-secret")).unwrap();
     let client = PeerClient::new(ClusterSecret::from_hex(&secret).unwrap());
     let member = format!("127.0.0.1:{}", cluster.base_port + 101);
     let answer = client

@@ -40,7 +40,7 @@ fn header(headers: &str, name: &str) -> Option<String> {
 #[test]
 fn swift_and_s3_reach_the_same_objects() {
     let cluster = Cluster::start();
-    let env = std::fs::read_to_string(cluster.data.path().join("dev.env")).unwrap();
+    let env = std::fs::read_to_string(cluster.path().join("dev.env")).unwrap();
     let var = |name: &str| {
         env.lines()
             .find_map(|l| l.strip_prefix(&format!("export {name}=")))
