@@ -150,6 +150,14 @@ impl S3 for NimbusS3 {
         objects::head(&self.0, &account, req).await
     }
 
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let account = account_of(&self.0, &req)?;
+        objects::copy(&self.0, &account, req).await
+    }
+
     async fn delete_object(
         &self,
         req: S3Request<DeleteObjectInput>,

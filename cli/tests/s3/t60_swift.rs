@@ -229,6 +229,53 @@ fn swift_and_s3_reach_the_same_objects() {
         assert_eq!(status, 304);
     });
 
+    // Server-side copies: X-Copy-From keeps the source's metadata and adds the request's;
+    // COPY with a Destination.
+    let (status, _, _) = curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        &t,
+        "-H",
+        "X-Copy-From: /shared/notes/hello.txt",
+        "-H",
+        "X-Object-Meta-Extra: yes",
+        "-H",
+        "Content-Length: 0",
+        &format!("{url}/shared/copy1"),
+    ]);
+    assert_eq!(status, 201);
+    let (_, headers, body) = curl(&["-H", &t, &format!("{url}/shared/copy1")]);
+    assert_eq!(body, b"hello from swift");
+    assert_eq!(
+        header(&headers, "x-object-meta-color").as_deref(),
+        Some("blue")
+    );
+    assert_eq!(
+        header(&headers, "x-object-meta-extra").as_deref(),
+        Some("yes")
+    );
+    let (status, _, _) = curl(&[
+        "-X",
+        "COPY",
+        "-H",
+        &t,
+        "-H",
+        "Destination: shared/copy2",
+        &format!("{url}/shared/copy1"),
+    ]);
+    assert_eq!(status, 201);
+    let (_, _, body) = curl(&["-H", &t, &format!("{url}/shared/copy2")]);
+    assert_eq!(body, b"hello from swift");
+    assert_eq!(
+        curl(&["-X", "DELETE", "-H", &t, &format!("{url}/shared/copy1")]).0,
+        204
+    );
+    assert_eq!(
+        curl(&["-X", "DELETE", "-H", &t, &format!("{url}/shared/copy2")]).0,
+        204
+    );
+
     // Account and container figures, then deletes.
     let (status, headers, _) = curl(&["-I", "-H", &t, &url]);
     assert_eq!(status, 204);

@@ -853,3 +853,157 @@ pub async fn delete(
         .map_err(to_s3)?;
     Ok(S3Response::new(DeleteObjectOutput::default()))
 }
+
+/// What a copy's entry takes from its request rather than its source: the content type and
+/// the metadata pairs (`REPLACE`), or nothing (`COPY`).
+pub(crate) type Replacement = Option<(String, Vec<(String, String)>)>;
+
+/// Copies `account/src_bucket/src_key` (readable under `conditions`) to
+/// `account/dst_bucket/dst_key`: the bytes streamed through the data path into a new version
+/// of the destination, never held whole; the index entry written last. Returns the new entry.
+pub(crate) async fn copy_entry(
+    state: &S3State,
+    account: &str,
+    (src_bucket, src_key): (&str, &str),
+    (dst_bucket, dst_key): (&str, &str),
+    conditions: &ReadConditions<'_>,
+    replacement: Replacement,
+) -> S3Result<IndexEntry> {
+    let destination = owned(state, account, dst_bucket)?;
+    check_key(dst_key)?;
+    let source = readable_entry(state, account, src_bucket, src_key, conditions).await?;
+    let body = open_body(state, account, src_bucket, src_key, &source, None).await?;
+    let version = state.data.clock.next();
+    let none = ChecksumPlan::of(&hyper::HeaderMap::new(), None)?;
+    let Stored { digests, data } = store_body(
+        state,
+        account,
+        dst_bucket,
+        dst_key,
+        &destination.policy,
+        version,
+        Some(StreamingBlob::wrap(body)),
+        source.size,
+        None,
+        &none,
+        true,
+    )
+    .await?;
+    let (content_type, user_metadata) =
+        replacement.unwrap_or((source.content_type.clone(), source.user_metadata.clone()));
+    let entry = IndexEntry {
+        version,
+        size: digests.bytes,
+        etag: hex::encode(digests.md5),
+        blake3: digests.blake3,
+        // The source's client checksums hold for the same bytes, when it had one part.
+        client_checksums: match source.data {
+            EntryData::Parts(_) => Vec::new(),
+            _ => source.client_checksums.clone(),
+        },
+        content_type,
+        user_metadata,
+        policy: destination.policy.clone(),
+        data,
+    };
+    entry
+        .validate()
+        .map_err(|e| s3_error!(MetadataTooLarge, "{e}"))?;
+    let shard = IndexClient::shard_of(account, dst_bucket, dst_key, destination.shards);
+    state
+        .index
+        .write(&shard, dst_key, &entry, &Condition::None)
+        .await
+        .map_err(to_s3)?;
+    Ok(entry)
+}
+
+pub async fn copy(
+    state: &S3State,
+    account: &str,
+    req: S3Request<CopyObjectInput>,
+) -> S3Result<S3Response<CopyObjectOutput>> {
+    let mut input = req.input;
+    let CopySource::Bucket {
+        bucket,
+        key,
+        version_id,
+    } = &input.copy_source
+    else {
+        return Err(s3_error!(
+            NotImplemented,
+            "access point copy sources are not supported"
+        ));
+    };
+    if version_id.is_some() {
+        return Err(s3_error!(
+            NotImplemented,
+            "versioned copy sources are not supported yet"
+        ));
+    }
+    let (src_bucket, src_key) = (bucket.to_string(), key.to_string());
+    let replace = match input
+        .metadata_directive
+        .as_ref()
+        .map(MetadataDirective::as_str)
+    {
+        None | Some("COPY") => false,
+        Some("REPLACE") => true,
+        Some(other) => {
+            return Err(s3_error!(
+                InvalidArgument,
+                "unknown metadata directive {other}"
+            ));
+        }
+    };
+    if !replace && src_bucket == input.bucket && src_key == input.key {
+        return Err(s3_error!(
+            InvalidRequest,
+            "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata."
+        ));
+    }
+    let replacement = replace.then(|| {
+        let standard = Standard {
+            cache_control: input.cache_control.take(),
+            content_disposition: input.content_disposition.take(),
+            content_encoding: input.content_encoding.take(),
+            content_language: input.content_language.take(),
+            expires: input.expires.take(),
+        };
+        (
+            input.content_type.take().unwrap_or_default(),
+            metadata_pairs(input.metadata.as_ref(), standard),
+        )
+    });
+    let conditions = ReadConditions {
+        if_match: input.copy_source_if_match.as_ref(),
+        if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+        if_none_match: input.copy_source_if_none_match.as_ref(),
+        if_modified_since: input.copy_source_if_modified_since.as_ref(),
+    };
+    let entry = copy_entry(
+        state,
+        account,
+        (&src_bucket, &src_key),
+        (&input.bucket, &input.key),
+        &conditions,
+        replacement,
+    )
+    .await
+    // A source that is not modified answers 412 to a copy, not 304.
+    .map_err(|e| {
+        if e.code().as_str() == "NotModified" {
+            s3_error!(PreconditionFailed)
+        } else {
+            e
+        }
+    })?;
+    Ok(S3Response::new(CopyObjectOutput {
+        copy_object_result: Some(CopyObjectResult {
+            e_tag: Some(etag_value(&entry.etag)),
+            last_modified: Some(last_modified(entry.version)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }))
+}

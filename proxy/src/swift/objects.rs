@@ -13,7 +13,7 @@ use super::{from_s3, not_implemented, text};
 use crate::index::{Condition, IndexClient};
 use crate::s3::S3State;
 use crate::s3::objects::{
-    ChecksumPlan, ReadConditions, Standard, Stored, byte_range, check_key, describe,
+    ChecksumPlan, ReadConditions, Standard, Stored, byte_range, check_key, copy_entry, describe,
     format_http_date, last_modified, live_entry, metadata_pairs, open_body, readable_entry,
     store_body,
 };
@@ -71,7 +71,13 @@ pub async fn object(
         _ => return text(StatusCode::NOT_FOUND, "Not Found"),
     };
     drop(map);
-    match request.method().clone() {
+    let method = request.method().clone();
+    if method.as_str() == "COPY"
+        || (method == Method::PUT && request.headers().contains_key("x-copy-from"))
+    {
+        return copy(state, account, container, key, request.headers()).await;
+    }
+    match method {
         Method::PUT => put(state, account, container, key, &bucket, request).await,
         Method::GET | Method::HEAD => get(state, account, container, key, request).await,
         Method::DELETE => match live_entry(state, account, &bucket, container, key).await {
@@ -319,4 +325,96 @@ async fn get(
     builder
         .body(body)
         .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Error"))
+}
+
+/// Splits `container/object` (with or without a leading `/`, percent-encoded) in two.
+fn split_path(value: &str) -> Option<(String, String)> {
+    let (c, o) = value.trim_start_matches('/').split_once('/')?;
+    let c = super::decode(c).ok()?;
+    let o = super::decode(o).ok()?;
+    (!c.is_empty() && !o.is_empty()).then_some((c, o))
+}
+
+/// A server-side copy: `PUT` with `X-Copy-From: /container/object`, or `COPY` of this
+/// object with `Destination: container/object`. The copy keeps the source's content type
+/// and metadata, with the request's `X-Object-Meta-*` and `Content-Type` laid over them
+/// (in place of them with `X-Fresh-Metadata: true`).
+async fn copy(
+    state: &S3State,
+    account: &str,
+    container: &str,
+    key: &str,
+    headers: &HeaderMap,
+) -> Response {
+    let (source, destination) = if let Some(from) = header(headers, "x-copy-from") {
+        let Some(source) = split_path(from) else {
+            return text(
+                StatusCode::PRECONDITION_FAILED,
+                "X-Copy-From header must be of the form <container name>/<object name>",
+            );
+        };
+        (source, (container.to_owned(), key.to_owned()))
+    } else {
+        let Some(destination) = header(headers, "destination").and_then(split_path) else {
+            return text(
+                StatusCode::PRECONDITION_FAILED,
+                "Destination header must be of the form <container name>/<object name>",
+            );
+        };
+        ((container.to_owned(), key.to_owned()), destination)
+    };
+    let map = state.cluster.map();
+    let source_bucket = match map.bucket(&source.0) {
+        Some(b) if b.owner == account => b.clone(),
+        _ => return text(StatusCode::NOT_FOUND, "Not Found"),
+    };
+    drop(map);
+    let current = match live_entry(state, account, &source_bucket, &source.0, &source.1).await {
+        Ok(e) => e,
+        Err(e) => return from_s3(&e),
+    };
+    let fresh = header(headers, "x-fresh-metadata").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let mut pairs: Vec<(String, String)> = if fresh {
+        Vec::new()
+    } else {
+        current.user_metadata.clone()
+    };
+    for (name, value) in headers {
+        if let (Some(field), Ok(value)) = (name.as_str().strip_prefix(META), value.to_str()) {
+            let field = field.to_ascii_lowercase();
+            pairs.retain(|(n, _)| *n != field);
+            pairs.push((field, value.to_owned()));
+        }
+    }
+    pairs.sort();
+    let content_type =
+        header(headers, "content-type").map_or(current.content_type.clone(), str::to_owned);
+    let conditions = ReadConditions {
+        if_match: None,
+        if_unmodified_since: None,
+        if_none_match: None,
+        if_modified_since: None,
+    };
+    match copy_entry(
+        state,
+        account,
+        (&source.0, &source.1),
+        (&destination.0, &destination.1),
+        &conditions,
+        Some((content_type, pairs)),
+    )
+    .await
+    {
+        Ok(entry) => {
+            let mut response = text(StatusCode::CREATED, "");
+            set(response.headers_mut(), "etag", &entry.etag);
+            set(
+                response.headers_mut(),
+                "x-copied-from",
+                &format!("{}/{}", source.0, source.1),
+            );
+            response
+        }
+        Err(e) => from_s3(&e),
+    }
 }
