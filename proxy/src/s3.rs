@@ -158,6 +158,14 @@ impl S3 for NimbusS3 {
         objects::copy(&self.0, &account, req).await
     }
 
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let account = account_of(&self.0, &req)?;
+        objects::delete_many(&self.0, &account, req).await
+    }
+
     async fn delete_object(
         &self,
         req: S3Request<DeleteObjectInput>,

@@ -188,6 +188,62 @@ fn listings_paginate_and_fold_prefixes_over_2500_keys() {
         // The Rust SDK hands url-encoded keys over as they came.
         assert_eq!(encoded.contents()[0].key(), Some("space%20key%2B%C3%A9"));
 
+        // DeleteObjects: 100 keys of one directory at once, quiet, and 2 loudly (one absent,
+        // which S3 reports as deleted too).
+        let batch: Vec<_> = (0..100)
+            .map(|f| {
+                aws_sdk_s3::types::ObjectIdentifier::builder()
+                    .key(format!("dir4/sub4/file{f:03}"))
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let quiet = aws_sdk_s3::types::Delete::builder()
+            .set_objects(Some(batch))
+            .quiet(true)
+            .build()
+            .unwrap();
+        let done = s3
+            .delete_objects()
+            .bucket("many")
+            .delete(quiet)
+            .send()
+            .await
+            .unwrap();
+        assert!(done.deleted().is_empty() && done.errors().is_empty());
+        let left = s3
+            .list_objects_v2()
+            .bucket("many")
+            .prefix("dir4/sub4/")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(left.key_count(), Some(0));
+        let loud = aws_sdk_s3::types::Delete::builder()
+            .objects(
+                aws_sdk_s3::types::ObjectIdentifier::builder()
+                    .key("top")
+                    .build()
+                    .unwrap(),
+            )
+            .objects(
+                aws_sdk_s3::types::ObjectIdentifier::builder()
+                    .key("never-was")
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let done = s3
+            .delete_objects()
+            .bucket("many")
+            .delete(loud)
+            .send()
+            .await
+            .unwrap();
+        let keys: Vec<_> = done.deleted().iter().filter_map(|d| d.key()).collect();
+        assert_eq!(keys, ["top", "never-was"]);
+
         // A bucket with keys cannot be deleted.
         let err = s3.delete_bucket().bucket("many").send().await.unwrap_err();
         assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(409));

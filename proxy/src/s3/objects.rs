@@ -6,6 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine as _;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use hyper::StatusCode;
 use nimbus_core::checksum::{ChecksumAlgorithm, to_base64};
 use nimbus_core::ids::VersionId;
@@ -1004,6 +1005,81 @@ pub async fn copy(
             last_modified: Some(last_modified(entry.version)),
             ..Default::default()
         }),
+        ..Default::default()
+    }))
+}
+
+/// The most keys one DeleteObjects names (S3's limit).
+const MAX_BATCH_DELETE: usize = 1000;
+
+pub async fn delete_many(
+    state: &S3State,
+    account: &str,
+    req: S3Request<DeleteObjectsInput>,
+) -> S3Result<S3Response<DeleteObjectsOutput>> {
+    let input = req.input;
+    let bucket = owned(state, account, &input.bucket)?;
+    let objects = &input.delete.objects;
+    if objects.is_empty() || objects.len() > MAX_BATCH_DELETE {
+        return Err(s3_error!(
+            MalformedXML,
+            "a DeleteObjects request names 1 to {MAX_BATCH_DELETE} keys"
+        ));
+    }
+    let quiet = input.delete.quiet.unwrap_or(false);
+    let name = input.bucket.as_str();
+    // Each key as DeleteObject does it, 16 at a time; every key gets its own outcome.
+    let keys: Vec<(String, bool)> = objects
+        .iter()
+        .map(|o| (o.key.clone(), o.version_id.is_some()))
+        .collect();
+    let bucket = &bucket;
+    let outcomes: Vec<(String, Result<(), S3Error>)> = futures_util::stream::iter(keys)
+        .map(|(key, versioned)| async move {
+            let outcome = async {
+                if versioned {
+                    return Err(s3_error!(
+                        NotImplemented,
+                        "versioned deletes are not supported yet"
+                    ));
+                }
+                check_key(&key)?;
+                let shard = IndexClient::shard_of(account, name, &key, bucket.shards);
+                let tombstone =
+                    IndexEntry::tombstone(state.data.clock.next(), bucket.policy.clone());
+                state
+                    .index
+                    .write(&shard, &key, &tombstone, &Condition::None)
+                    .await
+                    .map(|_| ())
+                    .map_err(to_s3)
+            }
+            .await;
+            (key, outcome)
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    let mut deleted = Vec::new();
+    let mut errors = Vec::new();
+    for (key, outcome) in outcomes {
+        match outcome {
+            Ok(()) if quiet => {}
+            Ok(()) => deleted.push(DeletedObject {
+                key: Some(key),
+                ..Default::default()
+            }),
+            Err(e) => errors.push(Error {
+                code: Some(e.code().as_str().to_owned()),
+                key: Some(key),
+                message: e.message().map(str::to_owned),
+                ..Default::default()
+            }),
+        }
+    }
+    Ok(S3Response::new(DeleteObjectsOutput {
+        deleted: Some(deleted),
+        errors: Some(errors),
         ..Default::default()
     }))
 }
