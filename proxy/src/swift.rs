@@ -306,6 +306,21 @@ mod tests {
         assert_eq!(read_token(&secret, &altered), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_token_round_trips_and_any_text_is_refused_without_panic(
+            id in "[a-z0-9_-]{1,20}:[a-z0-9._-]{1,20}",
+            expiry: u64,
+            junk in "\\PC{0,80}",
+        ) {
+            let secret = ClusterSecret::new([3; 32]);
+            let token = make_token(&secret, &id, expiry);
+            proptest::prop_assert_eq!(read_token(&secret, &token), Some((id, expiry)));
+            proptest::prop_assert_eq!(read_token(&secret, &junk), None);
+            let _ = decode(&junk);
+        }
+    }
+
     #[test]
     fn path_segments_decode() {
         assert_eq!(decode("a%20b%2Fc").unwrap(), "a b/c");

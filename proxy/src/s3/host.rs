@@ -28,13 +28,11 @@ impl Domains {
             _ => host,
         };
         self.0.iter().find_map(|domain| {
-            let prefix = name.len().checked_sub(domain.len() + 1)?;
-            let (bucket, rest) = name.split_at(prefix);
-            (rest.len() == domain.len() + 1
-                && rest.starts_with('.')
-                && rest[1..].eq_ignore_ascii_case(domain)
-                && !bucket.is_empty())
-            .then_some(bucket)
+            let at = name.len().checked_sub(domain.len() + 1)?;
+            // `get` rather than indexing: a host with multi-byte characters never panics.
+            let (bucket, rest) = (name.get(..at)?, name.get(at..)?);
+            let under_domain = rest.strip_prefix('.')?.eq_ignore_ascii_case(domain);
+            (under_domain && !bucket.is_empty()).then_some(bucket)
         })
     }
 }
@@ -52,6 +50,23 @@ impl S3Host for Domains {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn a_bucket_under_the_domain_is_found_and_nothing_panics(
+            bucket in "[a-z0-9][a-z0-9.-]{1,40}[a-z0-9]",
+            port in proptest::option::of(1u16..),
+            junk in "\\PC{0,60}",
+        ) {
+            let d = Domains::new(&["s3.example.com".to_owned()]);
+            let host = match port {
+                Some(p) => format!("{bucket}.s3.example.com:{p}"),
+                None => format!("{bucket}.S3.Example.com"),
+            };
+            proptest::prop_assert_eq!(d.bucket_of(&host), Some(bucket.as_str()));
+            let _ = d.bucket_of(&junk);
+        }
+    }
+
     #[test]
     fn a_bucket_only_under_a_configured_domain() {
         let d = Domains::new(&["s3.example.com".to_owned(), "localhost".to_owned()]);
@@ -67,5 +82,7 @@ mod tests {
         assert_eq!(d.bucket_of("[::1]:9000"), None);
         assert_eq!(d.bucket_of("evil-localhost"), None);
         assert_eq!(d.bucket_of(".localhost"), None);
+        assert_eq!(d.bucket_of("é.localhost"), Some("é"));
+        assert_eq!(d.bucket_of("xé"), None);
     }
 }
