@@ -8,6 +8,7 @@ mod cluster;
 mod t10_objects;
 mod t15_multipart;
 mod t16_copy;
+mod t17_presigned;
 mod t20_list;
 mod t30_errors;
 mod t35_checksums;
