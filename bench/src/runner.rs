@@ -217,6 +217,8 @@ struct Shared {
     sampler: KeySampler,
     /// Whether each key is believed present (deletes clear it, puts set it).
     present: Vec<AtomicBool>,
+    /// Deletes started on each key, so a read can tell whether one overlapped it.
+    deletes: Vec<AtomicU64>,
     start: Instant,
     warm_end: Instant,
     deadline: Option<Instant>,
@@ -238,6 +240,7 @@ pub async fn run(driver: &Driver, spec: &RunSpec, stop: watch::Receiver<bool>) -
         spec: spec.clone(),
         sampler: KeySampler::new(spec.objects, spec.keys),
         present: (0..key_count).map(|_| AtomicBool::new(true)).collect(),
+        deletes: (0..key_count).map(|_| AtomicU64::new(0)).collect(),
         start,
         warm_end,
         deadline: spec.duration.map(|d| warm_end + d),
@@ -365,6 +368,41 @@ fn present_key(shared: &Shared, rng: &mut Rng) -> u64 {
     index
 }
 
+fn is_present(shared: &Shared, index: u64) -> bool {
+    shared
+        .present
+        .get(usize::try_from(index).unwrap_or(usize::MAX))
+        .is_none_or(|p| p.load(Ordering::Relaxed))
+}
+
+/// Deletes started on key `index` so far.
+fn deletes_of(shared: &Shared, index: u64) -> u64 {
+    shared
+        .deletes
+        .get(usize::try_from(index).unwrap_or(usize::MAX))
+        .map_or(0, |d| d.load(Ordering::Relaxed))
+}
+
+/// A read's 404 on a key that a delete of this very run removed, or was removing while the
+/// read ran (`deletes_before` is [`deletes_of`] when the read was drawn), is the workload's
+/// doing, not the server's: it counts as done, moving no bytes. Any other 404 stays an error.
+fn absent_ok(
+    shared: &Shared,
+    index: u64,
+    deletes_before: u64,
+    result: Result<u64, OpError>,
+) -> Result<u64, OpError> {
+    match result {
+        Err(e)
+            if matches!(e.kind, ErrorKind::Status { status: 404, .. })
+                && (!is_present(shared, index) || deletes_of(shared, index) != deletes_before) =>
+        {
+            Ok(0)
+        }
+        other => other,
+    }
+}
+
 fn mark(shared: &Shared, index: u64, present: bool) {
     if let Some(p) = shared
         .present
@@ -403,12 +441,18 @@ async fn execute(shared: &Shared, kind: OpKind, rng: &mut Rng) -> Result<u64, Op
                     len,
                 }
             });
-            Ok(driver.get(&key, range, spec.verify).await?.bytes)
+            let before = deletes_of(shared, index);
+            let got = driver.get(&key, range, spec.verify).await.map(|g| g.bytes);
+            absent_ok(shared, index, before, got)
         }
         OpKind::Head => {
             let index = present_key(shared, rng);
             let key = key_name(&spec.prefix, index);
-            let size = driver.head(&key).await?;
+            let before = deletes_of(shared, index);
+            let size = match driver.head(&key).await {
+                Err(e) => return absent_ok(shared, index, before, Err(e)),
+                Ok(size) => size,
+            };
             let want = key_size(&spec.sizes, spec.seed, index);
             if spec.verify && size != want {
                 return Err(OpError::new(
@@ -421,8 +465,18 @@ async fn execute(shared: &Shared, kind: OpKind, rng: &mut Rng) -> Result<u64, Op
         OpKind::Delete => {
             let index = present_key(shared, rng);
             let key = key_name(&spec.prefix, index);
-            driver.delete(&key).await?;
+            // Marked gone first, so reads drawn meanwhile skip it or forgive its 404.
             mark(shared, index, false);
+            if let Some(d) = shared
+                .deletes
+                .get(usize::try_from(index).unwrap_or(usize::MAX))
+            {
+                d.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Err(e) = driver.delete(&key).await {
+                mark(shared, index, true);
+                return Err(e);
+            }
             Ok(0)
         }
         OpKind::List => {
