@@ -3,9 +3,9 @@
 //! partition in the index policy's ring. Writes go to the shard's primary (the first slot
 //! device the map has up), which applies the write and any condition atomically and gives
 //! it the shard's next sequence number; the write is then copied to the other replicas and
-//! acknowledged once a majority of the `r` hold it durably. Reads ask every replica that is
-//! up and take the newest record among a majority of answers, so a read sees every
-//! acknowledged write even while the map still names a dead primary.
+//! acknowledged once a majority of the `r` hold it durably. Reads ask every replica (those the
+//! map has down too) and take the newest record among a majority of answers, so a read sees
+//! every acknowledged write even while the map still names a dead primary.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -283,7 +283,8 @@ impl IndexClient {
             let mut calls: FuturesUnordered<_> = place
                 .slots
                 .iter()
-                .filter(|(_, up)| *up)
+                // Every replica, those the map has down too: a device marked down may well
+                // answer (a late heartbeat), and any majority of the `r` meets every write's.
                 .map(|(device, _)| {
                     let path = shard.path(device, &query);
                     let nodes = &self.nodes;
@@ -351,7 +352,14 @@ impl IndexClient {
             let replicas = replicas_header(&place);
             // The primary, peering first; should it fail, the next replica up becomes the
             // one asked (and peers in turn).
-            for (device, _) in place.slots.iter().filter(|(_, up)| *up) {
+            // Replicas the map has up first, then the others (a device marked down may
+            // still answer).
+            let ordered = place
+                .slots
+                .iter()
+                .filter(|(_, up)| *up)
+                .chain(place.slots.iter().filter(|(_, up)| !*up));
+            for (device, _) in ordered {
                 let path = shard.path(device, &query);
                 match self
                     .nodes
