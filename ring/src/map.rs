@@ -39,6 +39,14 @@ pub const MAX_SHARDS: u16 = 1024;
 pub const DEFAULT_SHARDS: u16 = 8;
 /// The longest S3 bucket access-policy document accepted.
 pub const MAX_ACCESS_POLICY_BYTES: usize = 20 * 1024;
+/// The longest attribute name of an account or bucket, in bytes.
+pub const MAX_ATTRIBUTE_NAME_BYTES: usize = 256;
+/// The most attributes one account or bucket has.
+pub const MAX_ATTRIBUTES: usize = 256;
+/// The most attribute bytes (names and values) of one account or bucket: every proxy and
+/// node holds the map, so what the APIs keep here (Swift metadata, ACLs, TempURL keys, CORS
+/// and tagging documents) stays small.
+pub const MAX_ATTRIBUTE_BYTES: usize = 128 * 1024;
 
 /// A change to the cluster map.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -163,6 +171,21 @@ pub enum MapCommand {
     SetIndexPolicy {
         /// The policy: an existing `repN`.
         policy: String,
+    },
+    /// Sets and removes attributes of an account (Swift account metadata, TempURL keys).
+    SetAccountAttributes {
+        /// The account.
+        name: String,
+        /// Attribute name → new value, or `None` to remove it.
+        changes: BTreeMap<String, Option<String>>,
+    },
+    /// Sets and removes attributes of a bucket (Swift container metadata and ACLs, S3 CORS
+    /// and tagging documents).
+    SetBucketAttributes {
+        /// The bucket.
+        name: String,
+        /// Attribute name → new value, or `None` to remove it.
+        changes: BTreeMap<String, Option<String>>,
     },
 }
 
@@ -301,6 +324,8 @@ pub struct PolicyEntry {
 pub struct Account {
     /// When it was created.
     pub created_ms: Millis,
+    /// Attributes the APIs keep (see [`MapCommand::SetAccountAttributes`]).
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// Stored credentials.
@@ -352,6 +377,8 @@ pub struct Bucket {
     pub created_ms: Millis,
     /// S3 access-policy document, if set.
     pub access_policy: Option<String>,
+    /// Attributes the APIs keep (see [`MapCommand::SetBucketAttributes`]).
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// The cluster map. See the module documentation.
@@ -625,6 +652,7 @@ impl ClusterMap {
                     name.clone(),
                     Account {
                         created_ms: *now_ms,
+                        attributes: BTreeMap::new(),
                     },
                 );
                 Ok(MapOutcome::Done)
@@ -744,6 +772,7 @@ impl ClusterMap {
                         shards,
                         created_ms: *now_ms,
                         access_policy: None,
+                        attributes: BTreeMap::new(),
                     },
                 );
                 Ok(MapOutcome::Done)
@@ -789,6 +818,19 @@ impl ClusterMap {
                 Ok(MapOutcome::Done)
             }
             MapCommand::SetIndexPolicy { policy } => self.set_index_policy(policy),
+            MapCommand::SetAccountAttributes { name, changes } => {
+                let account = self
+                    .accounts
+                    .get_mut(name)
+                    .ok_or_else(|| MapError::NoSuchAccount { name: name.clone() })?;
+                account.attributes = changed_attributes(&account.attributes, changes)?;
+                Ok(MapOutcome::Done)
+            }
+            MapCommand::SetBucketAttributes { name, changes } => {
+                let bucket = self.bucket_mut(name)?;
+                bucket.attributes = changed_attributes(&bucket.attributes, changes)?;
+                Ok(MapOutcome::Done)
+            }
         }
     }
 
@@ -819,6 +861,32 @@ impl ClusterMap {
         self.index_policy = Some(name.to_owned());
         Ok(MapOutcome::Done)
     }
+}
+
+/// `current` with `changes` made, or why the result would break a bound.
+fn changed_attributes(
+    current: &BTreeMap<String, String>,
+    changes: &BTreeMap<String, Option<String>>,
+) -> Result<BTreeMap<String, String>, MapError> {
+    let mut next = current.clone();
+    for (name, value) in changes {
+        if name.is_empty() || name.len() > MAX_ATTRIBUTE_NAME_BYTES {
+            return Err(invalid(format!(
+                "an attribute name has 1 to {MAX_ATTRIBUTE_NAME_BYTES} bytes"
+            )));
+        }
+        match value {
+            Some(v) => next.insert(name.clone(), v.clone()),
+            None => next.remove(name),
+        };
+    }
+    let bytes: usize = next.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if next.len() > MAX_ATTRIBUTES || bytes > MAX_ATTRIBUTE_BYTES {
+        return Err(invalid(format!(
+            "at most {MAX_ATTRIBUTES} attributes of {MAX_ATTRIBUTE_BYTES} bytes in all"
+        )));
+    }
+    Ok(next)
 }
 
 fn ring_error(policy: &str, e: &crate::error::BuilderError) -> MapError {

@@ -53,6 +53,43 @@ fn get_opt_str(r: &mut Reader<'_>, field: &'static str) -> Result<Option<String>
     }
 }
 
+/// Writes the owners that have attributes, each with its attributes.
+fn put_attributes<'a>(
+    w: &mut Writer,
+    owners: impl Iterator<Item = (&'a String, &'a BTreeMap<String, String>)>,
+) {
+    let owners: Vec<_> = owners.filter(|(_, a)| !a.is_empty()).collect();
+    w.put_u32(owners.len() as u32);
+    for (name, attributes) in owners {
+        w.put_str(name);
+        w.put_u32(attributes.len() as u32);
+        for (k, v) in attributes {
+            w.put_str(k);
+            w.put_u32(v.len() as u32);
+            w.put_bytes(v.as_bytes());
+        }
+    }
+}
+
+type Attributes = BTreeMap<String, String>;
+
+fn get_attributes(
+    r: &mut Reader<'_>,
+    owner: &'static str,
+) -> Result<Vec<(String, Attributes)>, FormatError> {
+    let mut owners = Vec::new();
+    for _ in 0..count(r, "attribute owner count")? {
+        let name = r.str(owner)?.to_owned();
+        let mut attributes = BTreeMap::new();
+        for _ in 0..count(r, "attribute count")? {
+            let k = r.str("attribute name")?.to_owned();
+            attributes.insert(k, get_long_str(r, "attribute value")?);
+        }
+        owners.push((name, attributes));
+    }
+    Ok(owners)
+}
+
 fn count(r: &mut Reader<'_>, field: &'static str) -> Result<usize, FormatError> {
     let n = r.u32(field)? as usize;
     // Every element takes at least one byte: a count beyond what is left is corrupt.
@@ -126,6 +163,11 @@ impl ClusterMap {
         }
         // Added after the first release of this encoding: see the module documentation.
         put_opt_str(&mut w, self.index_policy.as_deref());
+        put_attributes(
+            &mut w,
+            self.accounts.iter().map(|(n, a)| (n, &a.attributes)),
+        );
+        put_attributes(&mut w, self.buckets.iter().map(|(n, b)| (n, &b.attributes)));
         frame(MAGIC, w.as_slice())
     }
 
@@ -164,6 +206,7 @@ impl ClusterMap {
                 name,
                 Account {
                     created_ms: r.u64("account created")?,
+                    attributes: BTreeMap::new(),
                 },
             );
         }
@@ -219,6 +262,7 @@ impl ClusterMap {
                     shards,
                     created_ms,
                     access_policy,
+                    attributes: BTreeMap::new(),
                 },
             );
         }
@@ -237,6 +281,21 @@ impl ClusterMap {
         } else {
             get_opt_str(&mut r, "index policy")?
         };
+        // And one encoded before attributes existed here.
+        if r.remaining() > 0 {
+            for (name, attributes) in get_attributes(&mut r, "account")? {
+                accounts
+                    .get_mut(&name)
+                    .ok_or_else(|| invalid(format!("attributes of unknown account {name}")))?
+                    .attributes = attributes;
+            }
+            for (name, attributes) in get_attributes(&mut r, "bucket")? {
+                buckets
+                    .get_mut(&name)
+                    .ok_or_else(|| invalid(format!("attributes of unknown bucket {name}")))?
+                    .attributes = attributes;
+            }
+        }
         r.finish()?;
         if let Some(p) = &default_policy
             && !policies.contains_key(p)
@@ -302,8 +361,9 @@ mod tests {
     fn a_map_encoded_before_the_index_policy_existed_decodes_without_one() {
         let m = map_with_index_policy();
         let mut old = payload(&m.encode());
-        // Drop the trailing field: flag 1, length 4, "rep3".
-        old.truncate(old.len() - (1 + 4 + 4));
+        // Drop the trailing fields: no attributes (two empty counts), then the index policy
+        // (flag 1, length 4, "rep3").
+        old.truncate(old.len() - 8 - (1 + 4 + 4));
         let decoded = ClusterMap::decode(&frame(MAGIC, &old)).unwrap();
         assert_eq!(decoded.index_policy(), None);
         assert_eq!(decoded.policy_names().collect::<Vec<_>>(), ["rep3"]);
@@ -312,7 +372,8 @@ mod tests {
     #[test]
     fn a_cut_or_padded_index_policy_is_refused() {
         let m = map_with_index_policy();
-        let full = payload(&m.encode());
+        let mut full = payload(&m.encode());
+        full.truncate(full.len() - 8);
         for cut in 1..(1 + 4 + 4) {
             let bytes = frame(MAGIC, &full[..full.len() - cut]);
             assert!(ClusterMap::decode(&bytes).is_err(), "cut {cut}");
@@ -325,5 +386,92 @@ mod tests {
         unknown.extend_from_slice(b"rep5");
         let err = ClusterMap::decode(&frame(MAGIC, &unknown)).unwrap_err();
         assert!(err.to_string().contains("index policy rep5"), "{err}");
+    }
+
+    #[test]
+    fn attributes_round_trip_and_old_maps_have_none() {
+        let mut m = map_with_index_policy();
+        m.apply(&MapCommand::CreateAccount {
+            name: "AUTH_a".into(),
+            now_ms: 1,
+        })
+        .unwrap();
+        m.apply(&MapCommand::CreateBucket {
+            name: "photos".into(),
+            owner: "AUTH_a".into(),
+            policy: Some("rep3".into()),
+            shards: None,
+            now_ms: 2,
+        })
+        .unwrap();
+        let before = m.encode();
+        m.apply(&MapCommand::SetAccountAttributes {
+            name: "AUTH_a".into(),
+            changes: BTreeMap::from([("meta:color".into(), Some("blue".into()))]),
+        })
+        .unwrap();
+        m.apply(&MapCommand::SetBucketAttributes {
+            name: "photos".into(),
+            changes: BTreeMap::from([("read-acl".into(), Some(".r:*".into()))]),
+        })
+        .unwrap();
+        let decoded = ClusterMap::decode(&m.encode()).unwrap();
+        assert_eq!(decoded, m);
+        assert_eq!(
+            decoded.bucket("photos").unwrap().attributes["read-acl"],
+            ".r:*"
+        );
+        // A map encoded before attributes existed: the payload without the two counts.
+        let mut old = payload(&before);
+        old.truncate(old.len() - 8);
+        let decoded = ClusterMap::decode(&frame(MAGIC, &old)).unwrap();
+        assert!(decoded.bucket("photos").unwrap().attributes.is_empty());
+        // Attributes of a bucket the map does not have.
+        let mut orphan = payload(&before);
+        orphan.truncate(orphan.len() - 4);
+        let mut w = Writer::default();
+        w.put_u32(1);
+        w.put_str("nope");
+        w.put_u32(0);
+        orphan.extend_from_slice(w.as_slice());
+        assert!(ClusterMap::decode(&frame(MAGIC, &orphan)).is_err());
+    }
+
+    #[test]
+    fn attribute_changes_are_bounded_and_leave_the_map_alone_when_refused() {
+        let mut m = map_with_index_policy();
+        m.apply(&MapCommand::CreateAccount {
+            name: "AUTH_a".into(),
+            now_ms: 1,
+        })
+        .unwrap();
+        let big = "x".repeat(crate::map::MAX_ATTRIBUTE_BYTES);
+        let before = m.clone();
+        let err = m
+            .apply(&MapCommand::SetAccountAttributes {
+                name: "AUTH_a".into(),
+                changes: BTreeMap::from([("k".into(), Some(big))]),
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("attributes"), "{err}");
+        assert_eq!(m, before);
+        m.apply(&MapCommand::SetAccountAttributes {
+            name: "AUTH_a".into(),
+            changes: BTreeMap::from([("k".into(), Some("v".into())), ("gone".into(), None)]),
+        })
+        .unwrap();
+        m.apply(&MapCommand::SetAccountAttributes {
+            name: "AUTH_a".into(),
+            changes: BTreeMap::from([("k".into(), None)]),
+        })
+        .unwrap();
+        assert!(m.accounts["AUTH_a"].attributes.is_empty());
+        assert!(
+            m.apply(&MapCommand::SetBucketAttributes {
+                name: "nope".into(),
+                changes: BTreeMap::new(),
+            })
+            .is_err()
+        );
     }
 }
