@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use hyper::{Method, StatusCode};
+use nimbus_core::ids::VersionId;
 use nimbus_core::index::{IndexEntry, IndexRecord, decode_records, shard_of};
 use nimbus_ring::map::{ClusterMap, DeviceKey};
 use tokio::time::Instant;
@@ -60,6 +61,9 @@ pub enum Condition {
     IfNoneMatch,
     /// A live entry with this ETag (`If-Match`).
     IfMatch(String),
+    /// An entry of exactly this version: rewrites of an object's metadata (tagging, Swift
+    /// POST) that must not undo a newer PUT or DELETE.
+    IfVersion(VersionId),
 }
 
 impl Condition {
@@ -68,6 +72,7 @@ impl Condition {
             Condition::None => "none".to_owned(),
             Condition::IfNoneMatch => "if-none-match".to_owned(),
             Condition::IfMatch(etag) => format!("if-match {etag}"),
+            Condition::IfVersion(version) => format!("if-version {version}"),
         }
     }
 }
