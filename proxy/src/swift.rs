@@ -6,12 +6,19 @@
 //! that with the cluster secret, so any proxy checks any token; a revoked credential's tokens
 //! stop working at once (the credential is looked up on every request).
 //!
-//! Not served yet (answered 501): object POST, expiry
-//! (`X-Delete-At`/`X-Delete-After`), large-object manifests, container and account metadata
-//! (POST), ACLs, TempURL, bulk delete, CORS, multi-range GETs and reverse listings.
+//! Who may do what: a token of the account's own users may do anything; other Swift users
+//! and anonymous clients only what the container's ACLs grant (`swift::meta`), and a
+//! TempURL only the one method on the object (or prefix) it was signed for
+//! (`swift::tempurl`).
+//!
+//! Not served yet (answered 501): object POST, expiry (`X-Delete-At`/`X-Delete-After`),
+//! large-object manifests, CORS and multi-range GETs.
 
+mod bulk;
 mod listing;
+mod meta;
 mod objects;
+mod tempurl;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -108,16 +115,145 @@ pub async fn handle(state: Arc<S3State>, request: Request) -> Response {
     let Some(account) = account_part.strip_prefix(ACCOUNT_PREFIX).map(str::to_owned) else {
         return text(StatusCode::NOT_FOUND, "Not Found");
     };
-    if let Err(status) = check_token(&state, request.headers(), &account) {
-        let reason = status.canonical_reason().unwrap_or("Unauthorized");
-        return text(status, reason);
-    }
     let container = container.filter(|c| !c.is_empty());
     let object = object.filter(|o| !o.is_empty());
+    let caller = match authorize(
+        &state,
+        &request,
+        &account,
+        container.as_deref(),
+        object.as_deref(),
+    ) {
+        Ok(caller) => caller,
+        Err(refused) => return text(refused.0, refused.1),
+    };
     match (container, object) {
         (None, _) => listing::account(&state, &account, request).await,
-        (Some(c), None) => listing::container(&state, &account, &c, request).await,
-        (Some(c), Some(o)) => objects::object(&state, &account, &c, &o, request).await,
+        (Some(c), None) => {
+            listing::container(&state, &account, &c, request, caller == Caller::Owner).await
+        }
+        (Some(c), Some(o)) => {
+            let mut response = objects::object(&state, &account, &c, &o, request).await;
+            if let Caller::TempUrl {
+                disposition: Some(d),
+            } = caller
+                && response.status().is_success()
+                && let Ok(v) = HeaderValue::from_str(&d)
+            {
+                response.headers_mut().insert("content-disposition", v);
+            }
+            response
+        }
+    }
+}
+
+/// A refused request: its status and text.
+#[derive(Debug)]
+struct Refused(StatusCode, &'static str);
+
+const UNAUTHORIZED: Refused = Refused(StatusCode::UNAUTHORIZED, "Unauthorized");
+
+/// Who a request acts as, once admitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Caller {
+    /// A user of the account.
+    Owner,
+    /// Another Swift user, or an anonymous client, admitted by a container ACL.
+    Granted,
+    /// A TempURL; a GET answers with this `Content-Disposition`.
+    TempUrl { disposition: Option<String> },
+}
+
+/// Decides whether a request may proceed, and as whom; refused requests get 401 (no valid
+/// token, a bad TempURL) or 403 (a valid token the ACLs do not admit).
+fn authorize(
+    state: &S3State,
+    request: &Request,
+    account: &str,
+    container: Option<&str>,
+    object: Option<&str>,
+) -> Result<Caller, Refused> {
+    let method = request.method();
+    let pairs = listing::query_pairs(request);
+    if let (Some(c), Some(o), Some(url)) = (container, object, tempurl::TempUrl::from_query(&pairs))
+    {
+        let invalid = || Refused(StatusCode::UNAUTHORIZED, "Unauthorized: Temp URL invalid");
+        let url = url.map_err(|_| invalid())?;
+        let map = state.cluster.map();
+        let bucket = map.bucket(c).filter(|b| b.owner == account);
+        let keys = tempurl::keys(
+            map.account(account).map(|a| &a.attributes),
+            bucket.map(|b| &b.attributes),
+        );
+        let path = format!("/v1/{ACCOUNT_PREFIX}{account}/{c}/{o}");
+        let allowed = tempurl::METHODS.contains(&method.as_str())
+            && url.admits(method.as_str(), &path, o, &keys, now_secs());
+        if !allowed {
+            return Err(invalid());
+        }
+        let disposition = if method == Method::GET {
+            tempurl::disposition(&url, o)
+        } else {
+            None
+        };
+        return Ok(Caller::TempUrl { disposition });
+    }
+    let token = request
+        .headers()
+        .get("x-auth-token")
+        .or_else(|| request.headers().get("x-storage-token"));
+    let user = match token {
+        Some(t) => Some(identity(state, t.to_str().unwrap_or_default())?),
+        None => None,
+    };
+    if let Some((a, _)) = &user
+        && a == account
+    {
+        return Ok(Caller::Owner);
+    }
+    // Anyone else gets what the container's ACLs grant, on its objects and listing only.
+    let refuse = || match user {
+        Some(_) => Refused(StatusCode::FORBIDDEN, "Forbidden"),
+        None => UNAUTHORIZED,
+    };
+    let Some(c) = container else {
+        return Err(refuse());
+    };
+    let map = state.cluster.map();
+    let Some(bucket) = map.bucket(c).filter(|b| b.owner == account) else {
+        return Err(refuse());
+    };
+    let acl = |name: &str| {
+        bucket
+            .attributes
+            .get(name)
+            .and_then(|text| meta::Acl::parse(text).ok())
+            .unwrap_or_default()
+    };
+    let granted_user = |acl: &meta::Acl| user.as_ref().is_some_and(|(a, u)| acl.grants_user(a, u));
+    let read = *method == Method::GET || *method == Method::HEAD;
+    let copy = method.as_str() == "COPY" || request.headers().contains_key("x-copy-from");
+    let granted = match (object.is_some(), read) {
+        (true, true) => {
+            let read_acl = acl(meta::READ_ACL);
+            read_acl.public_objects() || granted_user(&read_acl)
+        }
+        (false, true) => {
+            let read_acl = acl(meta::READ_ACL);
+            read_acl.public_listings() || granted_user(&read_acl)
+        }
+        // Writes to objects (not server-side copies, whose source the ACL does not cover).
+        (true, false) => {
+            matches!(*method, Method::PUT | Method::POST | Method::DELETE)
+                && !copy
+                && granted_user(&acl(meta::WRITE_ACL))
+        }
+        (false, false) => false,
+    };
+    if granted {
+        Ok(Caller::Granted)
+    } else {
+        Err(refuse())
     }
 }
 
@@ -222,26 +358,19 @@ fn auth(state: &S3State, headers: &HeaderMap) -> Response {
     response
 }
 
-/// Checks the request's token against the account it addresses.
-fn check_token(state: &S3State, headers: &HeaderMap, account: &str) -> Result<(), StatusCode> {
-    let token = headers
-        .get("x-auth-token")
-        .or_else(|| headers.get("x-storage-token"))
-        .and_then(|v| v.to_str().ok());
-    let Some((id, expiry)) = token.and_then(|t| read_token(&state.secret, t)) else {
-        return Err(StatusCode::UNAUTHORIZED);
-    };
+/// The Swift user (`account`, `user`) a token stands for, if it is valid, unexpired and its
+/// credential still exists; 401 otherwise.
+fn identity(state: &S3State, token: &str) -> Result<(String, String), Refused> {
+    let (id, expiry) = read_token(&state.secret, token).ok_or(UNAUTHORIZED)?;
     let map = state.cluster.map();
     let live = map
         .credential(&id)
         .is_some_and(|c| c.kind == CredentialKind::Swift);
     if expiry < now_secs() || !live {
-        return Err(StatusCode::UNAUTHORIZED);
+        return Err(UNAUTHORIZED);
     }
-    if id.split_once(':').map(|(a, _)| a) != Some(account) {
-        return Err(StatusCode::FORBIDDEN);
-    }
-    Ok(())
+    let (account, user) = id.split_once(':').ok_or(UNAUTHORIZED)?;
+    Ok((account.to_owned(), user.to_owned()))
 }
 
 /// `GET /info`: what this cluster serves.
@@ -263,12 +392,25 @@ fn info(state: &S3State) -> Response {
             "max_meta_name_length": 128,
             "max_meta_value_length": 256,
             "max_meta_count": nimbus_core::index::MAX_USER_METADATA_PAIRS,
+            "max_meta_overall_size": meta::MAX_OVERALL,
             "container_listing_limit": listing::MAX_LIMIT,
             "account_listing_limit": listing::MAX_LIMIT,
             "policies": policies,
             "strict_cors_mode": true,
+            "max_account_name_length": nimbus_core::index::MAX_NAME_BYTES,
+            "max_container_name_length": 63,
         },
         "tempauth": { "account_acls": false },
+        "tempurl": {
+            "methods": tempurl::METHODS,
+            "allowed_digests": tempurl::DIGESTS,
+            "incoming_remove_headers": [],
+            "outgoing_remove_headers": [],
+        },
+        "bulk_delete": {
+            "max_deletes_per_request": bulk::MAX_DELETES,
+            "max_failed_deletes": bulk::MAX_DELETES,
+        },
     });
     Response::builder()
         .status(StatusCode::OK)

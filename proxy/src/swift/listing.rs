@@ -1,6 +1,8 @@
 //! Swift accounts and containers: the account's containers are the buckets it owns;
-//! a container's listing is the bucket's index, as text, JSON or XML.
+//! a container's listing is the bucket's index, as text, JSON or XML. Account and container
+//! metadata and ACLs are attributes in the cluster map (`swift::meta`).
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 
 use axum::body::Body;
@@ -11,7 +13,9 @@ use nimbus_core::index::IndexRecord;
 use nimbus_ring::map::Bucket;
 use s3s::S3Error;
 
+use super::meta::{self, Level};
 use super::{from_s3, not_implemented, text};
+use crate::error::DataError;
 use crate::s3::S3State;
 use crate::s3::buckets::{create_named, delete as delete_bucket};
 use crate::s3::list::{Query, Resume, page};
@@ -21,15 +25,18 @@ pub const MAX_LIMIT: usize = 10_000;
 /// Records read per call when adding up a container's usage.
 const USAGE_PAGE: usize = 1000;
 
+/// Records asked for per call when a reverse listing walks its range.
+const REVERSE_PAGE: usize = 1000;
+
 /// A listing's format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Format {
+pub(super) enum Format {
     Plain,
     Json,
     Xml,
 }
 
-fn query_pairs(request: &Request) -> Vec<(String, String)> {
+pub(super) fn query_pairs(request: &Request) -> Vec<(String, String)> {
     request
         .uri()
         .query()
@@ -72,7 +79,7 @@ fn unescape(v: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn format_of(pairs: &[(String, String)], headers: &HeaderMap) -> Format {
+pub(super) fn format_of(pairs: &[(String, String)], headers: &HeaderMap) -> Format {
     let asked = pairs
         .iter()
         .find(|(k, _)| k == "format")
@@ -91,7 +98,7 @@ fn format_of(pairs: &[(String, String)], headers: &HeaderMap) -> Format {
     }
 }
 
-fn xml_escape(s: &str) -> String {
+pub(super) fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -102,7 +109,7 @@ fn listing_response(
     format: Format,
     body: String,
     empty: bool,
-    headers: Vec<(&'static str, String)>,
+    headers: Vec<(String, String)>,
 ) -> Response {
     let content_type = match format {
         Format::Plain => "text/plain; charset=utf-8",
@@ -161,9 +168,74 @@ async fn usage(
     }
 }
 
-/// `GET`/`HEAD /v1/AUTH_<account>`.
+/// The answer to a metadata change.
+fn stored(result: Result<(), DataError>, success: StatusCode) -> Response {
+    match result {
+        Ok(()) => text(success, ""),
+        Err(DataError::NoSuchBucket) => text(StatusCode::NOT_FOUND, "Not Found"),
+        Err(DataError::BadRequest(m)) => text(StatusCode::BAD_REQUEST, m),
+        Err(e) => from_s3(&crate::s3::to_s3(e)),
+    }
+}
+
+/// Reads the metadata changes of a request and stores them on the account or container.
+async fn store_metadata(
+    state: &S3State,
+    account: &str,
+    container: Option<&str>,
+    headers: &HeaderMap,
+    success: StatusCode,
+) -> Response {
+    let level = if container.is_some() {
+        Level::Container
+    } else {
+        Level::Account
+    };
+    let changes = match meta::changes(headers, level) {
+        Ok(c) => c,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.0),
+    };
+    let current = {
+        let map = state.cluster.map();
+        match container {
+            Some(c) => map.bucket(c).map(|b| b.attributes.clone()),
+            None => map.account(account).map(|a| a.attributes.clone()),
+        }
+    };
+    let Some(current) = current else {
+        return text(StatusCode::NOT_FOUND, "Not Found");
+    };
+    if let Err(e) = meta::check_bounds(&current, &changes) {
+        return text(StatusCode::BAD_REQUEST, e.0);
+    }
+    stored(
+        meta::store(&state.cluster, account, container, changes).await,
+        success,
+    )
+}
+
+/// `GET`/`HEAD`/`POST /v1/AUTH_<account>` (a `POST` with `?bulk-delete` is a bulk delete).
 pub async fn account(state: &S3State, account: &str, request: Request) -> Response {
     let method = request.method().clone();
+    if method == Method::POST || method == Method::DELETE {
+        let bulk = request.uri().query().is_some_and(|q| {
+            q.split('&')
+                .any(|p| p.split('=').next() == Some("bulk-delete"))
+        });
+        if bulk {
+            return super::bulk::delete(state, account, request).await;
+        }
+        if method == Method::POST {
+            return store_metadata(
+                state,
+                account,
+                None,
+                request.headers(),
+                StatusCode::NO_CONTENT,
+            )
+            .await;
+        }
+    }
     if method != Method::GET && method != Method::HEAD {
         return not_implemented(&method);
     }
@@ -175,6 +247,10 @@ pub async fn account(state: &S3State, account: &str, request: Request) -> Respon
         .buckets_of(account)
         .map(|(n, b)| (n.to_owned(), b.clone()))
         .collect();
+    let attributes = map
+        .account(account)
+        .map(|a| a.attributes.clone())
+        .unwrap_or_default();
     drop(map);
     let mut rows = Vec::with_capacity(buckets.len());
     let (mut objects, mut bytes) = (0u64, 0u64);
@@ -187,11 +263,15 @@ pub async fn account(state: &S3State, account: &str, request: Request) -> Respon
         bytes += b;
         rows.push((name.clone(), c, b));
     }
-    let headers = vec![
-        ("x-account-container-count", buckets.len().to_string()),
-        ("x-account-object-count", objects.to_string()),
-        ("x-account-bytes-used", bytes.to_string()),
+    let mut headers = vec![
+        (
+            "x-account-container-count".to_owned(),
+            buckets.len().to_string(),
+        ),
+        ("x-account-object-count".to_owned(), objects.to_string()),
+        ("x-account-bytes-used".to_owned(), bytes.to_string()),
     ];
+    headers.extend(meta::headers(&attributes, Level::Account));
     if method == Method::HEAD {
         return listing_response(Format::Plain, String::new(), true, headers);
     }
@@ -208,13 +288,30 @@ pub async fn account(state: &S3State, account: &str, request: Request) -> Respon
         .and_then(|l| l.parse().ok())
         .unwrap_or(MAX_LIMIT)
         .min(MAX_LIMIT);
-    let rows: Vec<_> = rows
+    let reverse = is_reverse(&pairs);
+    let mut rows: Vec<_> = rows
         .into_iter()
         .filter(|(n, _, _)| {
-            n.starts_with(&prefix) && *n > marker && end_marker.as_ref().is_none_or(|e| n < e)
+            let (low, high) = if reverse {
+                (
+                    end_marker.as_deref(),
+                    (!marker.is_empty()).then_some(marker.as_str()),
+                )
+            } else {
+                (
+                    (!marker.is_empty()).then_some(marker.as_str()),
+                    end_marker.as_deref(),
+                )
+            };
+            n.starts_with(&prefix)
+                && low.is_none_or(|l| n.as_str() > l)
+                && high.is_none_or(|h| n.as_str() < h)
         })
-        .take(limit)
         .collect();
+    if reverse {
+        rows.reverse();
+    }
+    rows.truncate(limit);
     let body = match format {
         Format::Plain => rows.iter().map(|(n, _, _)| format!("{n}\n")).collect(),
         Format::Json => serde_json::Value::Array(
@@ -242,19 +339,69 @@ pub async fn account(state: &S3State, account: &str, request: Request) -> Respon
     listing_response(format, body, rows.is_empty(), headers)
 }
 
-/// `PUT`/`GET`/`HEAD`/`DELETE /v1/AUTH_<account>/<container>`.
-pub async fn container(state: &S3State, account: &str, name: &str, request: Request) -> Response {
+/// Whether a listing asks for `reverse`.
+fn is_reverse(pairs: &[(String, String)]) -> bool {
+    pairs.iter().any(|(k, v)| {
+        k == "reverse"
+            && matches!(
+                v.to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on" | "t" | "y"
+            )
+    })
+}
+
+/// `PUT`/`POST`/`GET`/`HEAD`/`DELETE /v1/AUTH_<account>/<container>`; `owner` tells whether
+/// the caller owns the account (others, admitted by an ACL, do not see the ACLs).
+pub async fn container(
+    state: &S3State,
+    account: &str,
+    name: &str,
+    request: Request,
+    owner: bool,
+) -> Response {
     let method = request.method().clone();
+    if method == Method::POST {
+        return store_metadata(
+            state,
+            account,
+            Some(name),
+            request.headers(),
+            StatusCode::NO_CONTENT,
+        )
+        .await;
+    }
     if method == Method::PUT {
         let policy = request
             .headers()
             .get("x-storage-policy")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        // Checked before the container is made, so a bad header creates nothing.
+        if let Err(e) = meta::changes(request.headers(), Level::Container)
+            .and_then(|c| meta::check_bounds(&Default::default(), &c))
+        {
+            return text(StatusCode::BAD_REQUEST, e.0);
+        }
         return match create_named(state, account, name, policy).await {
-            Ok(()) => text(StatusCode::CREATED, ""),
+            Ok(()) => {
+                store_metadata(
+                    state,
+                    account,
+                    Some(name),
+                    request.headers(),
+                    StatusCode::CREATED,
+                )
+                .await
+            }
             Err(e) if e.code().as_str() == "BucketAlreadyOwnedByYou" => {
-                text(StatusCode::ACCEPTED, "")
+                store_metadata(
+                    state,
+                    account,
+                    Some(name),
+                    request.headers(),
+                    StatusCode::ACCEPTED,
+                )
+                .await
             }
             Err(e) if e.code().as_str() == "BucketAlreadyExists" => {
                 text(StatusCode::CONFLICT, "Conflict")
@@ -281,15 +428,24 @@ pub async fn container(state: &S3State, account: &str, name: &str, request: Requ
                 Ok(u) => u,
                 Err(e) => return from_s3(&e),
             };
-            let headers = vec![
-                ("x-container-object-count", count.to_string()),
-                ("x-container-bytes-used", bytes.to_string()),
-                ("x-storage-policy", bucket.policy.clone()),
+            let mut headers = vec![
+                ("x-container-object-count".to_owned(), count.to_string()),
+                ("x-container-bytes-used".to_owned(), bytes.to_string()),
+                ("x-storage-policy".to_owned(), bucket.policy.clone()),
                 (
-                    "x-timestamp",
+                    "x-timestamp".to_owned(),
                     format!("{:.5}", bucket.created_ms as f64 / 1000.0),
                 ),
             ];
+            headers.extend(
+                meta::headers(&bucket.attributes, Level::Container)
+                    .into_iter()
+                    .filter(|(k, _)| {
+                        owner
+                            || !k.starts_with("x-container-read")
+                                && !k.starts_with("x-container-write")
+                    }),
+            );
             if method == Method::HEAD {
                 return listing_response(Format::Plain, String::new(), true, headers);
             }
@@ -301,6 +457,94 @@ pub async fn container(state: &S3State, account: &str, name: &str, request: Requ
     }
 }
 
+/// One row of a container listing.
+enum Item {
+    Object(Box<IndexRecord>),
+    Subdir(String),
+}
+
+impl Item {
+    fn name(&self) -> &str {
+        match self {
+            Item::Object(r) => &r.key,
+            Item::Subdir(p) => p,
+        }
+    }
+}
+
+/// A page's objects and subdirectories as rows in key order.
+fn rows(listed: crate::s3::list::Page) -> Vec<Item> {
+    let mut items: Vec<Item> = listed
+        .objects
+        .into_iter()
+        .map(|r| Item::Object(Box::new(r)))
+        .chain(listed.prefixes.into_iter().map(Item::Subdir))
+        .collect();
+    items.sort_by(|a, b| a.name().cmp(b.name()));
+    items
+}
+
+/// What a reverse listing asks for.
+struct Span<'a> {
+    prefix: &'a str,
+    delimiter: Option<&'a str>,
+    end_marker: Option<&'a str>,
+    marker: Option<&'a str>,
+    limit: usize,
+}
+
+/// The rows of a reverse listing: those between `end_marker` (exclusive, the low end) and
+/// `marker` (exclusive, the high end), last first, at most `limit`. The index is read
+/// forwards, so this walks the whole range and keeps its last `limit` rows: its cost grows
+/// with the range, not the answer.
+async fn reverse_rows(
+    state: &S3State,
+    account: &str,
+    name: &str,
+    bucket: &Bucket,
+    span: Span<'_>,
+) -> Result<Vec<Item>, S3Error> {
+    let Span {
+        prefix,
+        delimiter,
+        end_marker,
+        marker,
+        limit,
+    } = span;
+    let mut kept: VecDeque<Item> = VecDeque::with_capacity(limit.min(REVERSE_PAGE));
+    let mut resume = end_marker.map(|e| match delimiter {
+        Some(d) if e.ends_with(d) && e.starts_with(prefix) => Resume::Prefix(e.to_owned()),
+        _ => Resume::Key(e.to_owned()),
+    });
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    loop {
+        let query = Query {
+            prefix,
+            delimiter,
+            resume: resume.take(),
+            max_keys: REVERSE_PAGE,
+        };
+        let listed = page(state, account, name, bucket.shards, query).await?;
+        let (truncated, next) = (listed.truncated, listed.next.clone());
+        for item in rows(listed) {
+            if marker.is_some_and(|m| item.name() >= m) {
+                return Ok(kept.into_iter().rev().collect());
+            }
+            if kept.len() == limit {
+                kept.pop_front();
+            }
+            kept.push_back(item);
+        }
+        match next {
+            Some(n) if truncated => resume = Some(n),
+            _ => return Ok(kept.into_iter().rev().collect()),
+        }
+    }
+}
+
+#[allow(clippy::too_many_lines)]
 async fn list_container(
     state: &S3State,
     account: &str,
@@ -308,7 +552,7 @@ async fn list_container(
     bucket: &Bucket,
     pairs: Vec<(String, String)>,
     format: Format,
-    headers: Vec<(&'static str, String)>,
+    headers: Vec<(String, String)>,
 ) -> Response {
     let get = |k: &str| {
         pairs
@@ -316,14 +560,9 @@ async fn list_container(
             .find(|(key, _)| key == k)
             .map(|(_, v)| v.clone())
     };
-    if get("reverse").is_some_and(|r| matches!(r.as_str(), "1" | "true" | "yes" | "on")) {
-        return text(
-            StatusCode::NOT_IMPLEMENTED,
-            "reverse listings are not implemented here yet",
-        );
-    }
     let prefix = get("prefix").unwrap_or_default();
     let delimiter = get("delimiter").filter(|d| !d.is_empty());
+    let marker = get("marker").filter(|m| !m.is_empty());
     let end_marker = get("end_marker").filter(|e| !e.is_empty());
     let limit = match get("limit").map(|l| l.parse::<usize>()) {
         None => MAX_LIMIT,
@@ -335,47 +574,44 @@ async fn list_container(
             );
         }
     };
-    let query = Query {
-        prefix: &prefix,
-        delimiter: delimiter.as_deref(),
-        // A marker that is a subdirectory resumes after everything under it, as Swift does
-        // (clients page with the last name they got, a subdirectory's too).
-        resume: get("marker")
-            .filter(|m| !m.is_empty())
-            .map(|m| match &delimiter {
+    let items = if is_reverse(&pairs) {
+        let span = Span {
+            prefix: &prefix,
+            delimiter: delimiter.as_deref(),
+            end_marker: end_marker.as_deref(),
+            marker: marker.as_deref(),
+            limit,
+        };
+        match reverse_rows(state, account, name, bucket, span).await {
+            Ok(items) => items,
+            Err(e) => return from_s3(&e),
+        }
+    } else {
+        let query = Query {
+            prefix: &prefix,
+            delimiter: delimiter.as_deref(),
+            // A marker that is a subdirectory resumes after everything under it, as Swift
+            // does (clients page with the last name they got, a subdirectory's too).
+            resume: marker.map(|m| match &delimiter {
                 Some(d) if m.ends_with(d.as_str()) && m.starts_with(&prefix) => Resume::Prefix(m),
                 _ => Resume::Key(m),
             }),
-        max_keys: limit,
+            max_keys: limit,
+        };
+        match page(state, account, name, bucket.shards, query).await {
+            Ok(p) => rows(p)
+                .into_iter()
+                .filter(|i| end_marker.as_ref().is_none_or(|e| i.name() < e.as_str()))
+                .collect(),
+            Err(e) => return from_s3(&e),
+        }
     };
-    let listed = match page(state, account, name, bucket.shards, query).await {
-        Ok(p) => p,
-        Err(e) => return from_s3(&e),
-    };
-    // Objects and subdirectories in key order, before end_marker.
-    enum Item<'a> {
-        Object(&'a IndexRecord),
-        Subdir(&'a str),
-    }
-    let mut items: Vec<(&str, Item<'_>)> = listed
-        .objects
-        .iter()
-        .map(|r| (r.key.as_str(), Item::Object(r)))
-        .chain(
-            listed
-                .prefixes
-                .iter()
-                .map(|p| (p.as_str(), Item::Subdir(p))),
-        )
-        .filter(|(k, _)| end_marker.as_ref().is_none_or(|e| *k < e.as_str()))
-        .collect();
-    items.sort_by(|a, b| a.0.cmp(b.0));
     let body = match format {
-        Format::Plain => items.iter().map(|(k, _)| format!("{k}\n")).collect(),
+        Format::Plain => items.iter().map(|i| format!("{}\n", i.name())).collect(),
         Format::Json => serde_json::Value::Array(
             items
                 .iter()
-                .map(|(_, item)| match item {
+                .map(|item| match item {
                     Item::Object(r) => serde_json::json!({
                         "name": r.key,
                         "hash": r.entry.etag,
@@ -390,7 +626,7 @@ async fn list_container(
         .to_string(),
         Format::Xml => {
             let mut x = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<container name=\"{}\">", xml_escape(name));
-            for (_, item) in &items {
+            for item in &items {
                 match item {
                     Item::Object(r) => {
                         let _ = write!(
