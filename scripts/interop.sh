@@ -155,6 +155,19 @@ cmp "$work/small" "$work/small.swift" && cmp "$work/big" "$work/big.swift"
 # The same objects through S3.
 aws s3 cp --only-show-errors s3://interop-swift/big "$work/big.swift-s3"
 cmp "$work/big" "$work/big.swift-s3"
+# Container metadata, a TempURL signed by swiftclient, an anonymous read through an ACL.
+swift post -m color:blue interop-swift
+swift stat interop-swift | grep -q 'Meta Color: blue'
+swift post -m Temp-URL-Key:interop-key
+storage_url=$(swift auth | sed -n 's/^export OS_STORAGE_URL=//p' | tr -d "'\"")
+account_path=/v1/${storage_url##*/v1/}
+temp_path=$(swift tempurl GET 600 "$account_path/interop-swift/small" interop-key)
+curl -sf "${storage_url%%/v1/*}$temp_path" -o "$work/small.tempurl"
+cmp "$work/small" "$work/small.tempurl"
+swift post -r '.r:*' interop-swift
+curl -sf "$storage_url/interop-swift/small" -o "$work/small.public"
+cmp "$work/small" "$work/small.public"
+# Several objects at once: swiftclient uses bulk delete, which /info advertises.
 swift delete interop-swift small big >/dev/null
 swift delete interop-swift >/dev/null
 ok "python-swiftclient"
