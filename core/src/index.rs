@@ -46,6 +46,10 @@ pub const ENTRY_FORMAT_VERSION: u8 = 1;
 /// The longest object key, in bytes (S3's and Swift's limit).
 pub const MAX_KEY_BYTES: usize = 1024;
 
+/// The longest key the index stores: an object key and what the proxy adds to it to name
+/// the record of one of its versions.
+pub const MAX_INDEX_KEY_BYTES: usize = MAX_KEY_BYTES + 64;
+
 /// The longest account or container name, in bytes (Swift's container limit; S3 bucket names
 /// are shorter).
 pub const MAX_NAME_BYTES: usize = 256;
@@ -197,12 +201,21 @@ pub fn shard_of(key: &str, shards: u16) -> u16 {
     (u64::from_le_bytes(first) % u64::from(shards)) as u16
 }
 
-/// Checks that an object key is 1 to [`MAX_KEY_BYTES`] bytes.
+/// Checks that an object key, as a client names it, is 1 to [`MAX_KEY_BYTES`] bytes.
+///
+/// # Errors
+/// [`EntryError::Empty`] or [`EntryError::FieldTooLong`].
+pub fn validate_object_key(key: &str) -> Result<(), EntryError> {
+    check_len("key", key.len(), 1, MAX_KEY_BYTES)
+}
+
+/// Checks that a key the index stores is 1 to [`MAX_INDEX_KEY_BYTES`] bytes: an object key,
+/// or one the proxy derives from it (a version's record).
 ///
 /// # Errors
 /// [`EntryError::Empty`] or [`EntryError::FieldTooLong`].
 pub fn validate_key(key: &str) -> Result<(), EntryError> {
-    check_len("key", key.len(), 1, MAX_KEY_BYTES)
+    check_len("key", key.len(), 1, MAX_INDEX_KEY_BYTES)
 }
 
 fn check_len(field: &'static str, len: usize, min: usize, max: usize) -> Result<(), EntryError> {
@@ -773,8 +786,10 @@ mod tests {
     #[test]
     fn keys_and_shard_names_are_bounded() {
         assert_eq!(validate_key(""), Err(EntryError::Empty { field: "key" }));
-        assert_eq!(validate_key(&"k".repeat(MAX_KEY_BYTES)), Ok(()));
-        assert!(validate_key(&"k".repeat(MAX_KEY_BYTES + 1)).is_err());
+        assert_eq!(validate_object_key(&"k".repeat(MAX_KEY_BYTES)), Ok(()));
+        assert!(validate_object_key(&"k".repeat(MAX_KEY_BYTES + 1)).is_err());
+        assert_eq!(validate_key(&"k".repeat(MAX_INDEX_KEY_BYTES)), Ok(()));
+        assert!(validate_key(&"k".repeat(MAX_INDEX_KEY_BYTES + 1)).is_err());
         let shard = ShardId {
             account: "acct".to_owned(),
             container: String::new(),

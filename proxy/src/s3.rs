@@ -8,6 +8,7 @@ mod host;
 pub(crate) mod list;
 mod multipart;
 pub(crate) mod objects;
+pub(crate) mod versions;
 
 use std::sync::Arc;
 
@@ -164,6 +165,30 @@ impl S3 for NimbusS3 {
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
         let account = account_of(&self.0, &req)?;
         objects::delete_many(&self.0, &account, req).await
+    }
+
+    async fn put_bucket_versioning(
+        &self,
+        req: S3Request<PutBucketVersioningInput>,
+    ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
+        let account = account_of(&self.0, &req)?;
+        versions::put_versioning(&self.0, &account, req).await
+    }
+
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+        let account = account_of(&self.0, &req)?;
+        versions::get_versioning(&self.0, &account, &req)
+    }
+
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let account = account_of(&self.0, &req)?;
+        versions::list(&self.0, &account, req).await
     }
 
     async fn delete_object(

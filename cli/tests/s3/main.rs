@@ -9,6 +9,7 @@ mod t10_objects;
 mod t15_multipart;
 mod t16_copy;
 mod t17_presigned;
+mod t18_versioning;
 mod t20_list;
 mod t30_errors;
 mod t35_checksums;

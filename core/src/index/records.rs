@@ -5,7 +5,7 @@
 //! u32 count, then per record: u64 seq | u16 key length | key | u32 entry length | entry
 //! ```
 
-use super::{EntryDecodeError, IndexEntry, IndexRecord, MAX_KEY_BYTES, validate_key};
+use super::{EntryDecodeError, IndexEntry, IndexRecord, MAX_INDEX_KEY_BYTES, validate_key};
 use crate::encoding::{DecodeError, Reader, Writer};
 
 /// The most records one frame may carry.
@@ -14,14 +14,17 @@ pub const MAX_RECORDS_PER_FRAME: usize = 100_000;
 /// Encodes records for the wire.
 ///
 /// # Panics
-/// If a record's key is longer than [`MAX_KEY_BYTES`] or its entry is invalid: stores only
+/// If a record's key is longer than [`MAX_INDEX_KEY_BYTES`] or its entry is invalid: stores only
 /// hold valid records.
 #[must_use]
 pub fn encode_records(records: &[IndexRecord]) -> Vec<u8> {
     let mut w = Writer::with_capacity(64 * records.len() + 4);
     w.put_u32(u32::try_from(records.len()).expect("fewer than 2^32 records"));
     for r in records {
-        assert!(r.key.len() <= MAX_KEY_BYTES, "key longer than allowed");
+        assert!(
+            r.key.len() <= MAX_INDEX_KEY_BYTES,
+            "key longer than allowed"
+        );
         w.put_u64(r.seq);
         w.put_str(&r.key);
         let entry = r.entry.encode();

@@ -388,12 +388,16 @@ pub async fn complete(
         },
         _ => Condition::None,
     };
-    let shard = IndexClient::shard_of(account, &input.bucket, &input.key, bucket.shards);
-    state
-        .index
-        .write(&shard, &input.key, &entry, &condition)
-        .await
-        .map_err(to_s3)?;
+    let version_id = super::versions::commit(
+        state,
+        account,
+        &input.bucket,
+        &bucket,
+        &input.key,
+        entry,
+        &condition,
+    )
+    .await?;
     retire(
         state,
         account,
@@ -409,6 +413,7 @@ pub async fn complete(
         key: Some(input.key.clone()),
         e_tag: Some(etag_value(&etag)),
         location: Some(format!("/{}/{}", input.bucket, input.key)),
+        version_id,
         ..Default::default()
     }))
 }

@@ -10,8 +10,8 @@ use futures_util::StreamExt;
 use hyper::StatusCode;
 use nimbus_core::checksum::{ChecksumAlgorithm, to_base64};
 use nimbus_core::ids::VersionId;
-use nimbus_core::index::{EntryData, IndexEntry, Part, validate_key};
-use nimbus_ring::map::Bucket;
+use nimbus_core::index::{EntryData, IndexEntry, Part, validate_object_key};
+use nimbus_ring::map::{Bucket, Versioning};
 use s3s::dto::*;
 use s3s::{S3Error, S3Request, S3Response, S3Result, TrailingHeaders, s3_error};
 
@@ -32,7 +32,7 @@ const CONTENT_LANGUAGE: &str = ":content-language";
 const EXPIRES: &str = ":expires";
 
 pub(crate) fn check_key(key: &str) -> S3Result<()> {
-    validate_key(key).map_err(|e| {
+    validate_object_key(key).map_err(|e| {
         if key.is_empty() {
             s3_error!(InvalidArgument, "{e}")
         } else {
@@ -124,6 +124,8 @@ pub(crate) fn describe(entry: &IndexEntry) -> Described {
             CONTENT_ENCODING => d.content_encoding = Some(v.clone()),
             CONTENT_LANGUAGE => d.content_language = Some(v.clone()),
             EXPIRES => d.expires = Timestamp::parse(TimestampFormat::HttpDate, v).ok(),
+            // Other reserved pairs (':' never begins a user's name) are Nimbus's own.
+            k if k.starts_with(':') => {}
             _ => {
                 d.metadata.insert(k.clone(), v.clone());
             }
@@ -436,14 +438,19 @@ pub async fn put(
     entry
         .validate()
         .map_err(|e| s3_error!(MetadataTooLarge, "{e}"))?;
-    let shard = IndexClient::shard_of(account, &input.bucket, &input.key, bucket.shards);
-    state
-        .index
-        .write(&shard, &input.key, &entry, &condition)
-        .await
-        .map_err(to_s3)?;
+    let version_id = super::versions::commit(
+        state,
+        account,
+        &input.bucket,
+        &bucket,
+        &input.key,
+        entry,
+        &condition,
+    )
+    .await?;
     let c = output_checksums(&client_checksums);
     Ok(S3Response::new(PutObjectOutput {
+        version_id,
         e_tag: Some(etag_value(&etag)),
         size: Some(digests.bytes as i64),
         checksum_crc32: c.crc32,
@@ -617,7 +624,15 @@ pub async fn get(
         if_none_match: input.if_none_match.as_ref(),
         if_modified_since: input.if_modified_since.as_ref(),
     };
-    let entry = readable_entry(state, account, &input.bucket, &input.key, &conditions).await?;
+    let (entry, version_id) = super::versions::read(
+        state,
+        account,
+        &input.bucket,
+        &input.key,
+        input.version_id.as_deref(),
+        &conditions,
+    )
+    .await?;
     let size = entry.size;
     let range = byte_range(input.range.as_ref(), size)?;
     let wanted = range.clone().unwrap_or(0..size);
@@ -674,6 +689,7 @@ pub async fn get(
         e_tag: Some(etag_value(&entry.etag)),
         last_modified: Some(last_modified(entry.version)),
         metadata: Some(d.metadata).filter(|m| !m.is_empty()),
+        version_id,
         ..Default::default()
     };
     if range.is_some() {
@@ -793,7 +809,15 @@ pub async fn head(
         if_none_match: input.if_none_match.as_ref(),
         if_modified_since: input.if_modified_since.as_ref(),
     };
-    let entry = readable_entry(state, account, &input.bucket, &input.key, &conditions).await?;
+    let (entry, version_id) = super::versions::read(
+        state,
+        account,
+        &input.bucket,
+        &input.key,
+        input.version_id.as_deref(),
+        &conditions,
+    )
+    .await?;
     let range = byte_range(input.range.as_ref(), entry.size)?;
     let d = describe(&entry);
     let c = output_checksums(if checksums_wanted(input.checksum_mode.as_ref()) {
@@ -826,6 +850,7 @@ pub async fn head(
         e_tag: Some(etag_value(&entry.etag)),
         last_modified: Some(last_modified(entry.version)),
         metadata: Some(d.metadata).filter(|m| !m.is_empty()),
+        version_id,
         ..Default::default()
     };
     if range.is_some() {
@@ -843,6 +868,9 @@ pub async fn delete(
     let input = req.input;
     let bucket = owned(state, account, &input.bucket)?;
     check_key(&input.key)?;
+    if input.version_id.is_some() || bucket.versioning != Versioning::Unversioned {
+        return super::versions::delete(state, account, &bucket, &input).await;
+    }
     let shard = IndexClient::shard_of(account, &input.bucket, &input.key, bucket.shards);
     // Deleting a key that is absent succeeds, as in S3; the tombstone orders the delete
     // after every earlier write.
@@ -910,12 +938,16 @@ pub(crate) async fn copy_entry(
     entry
         .validate()
         .map_err(|e| s3_error!(MetadataTooLarge, "{e}"))?;
-    let shard = IndexClient::shard_of(account, dst_bucket, dst_key, destination.shards);
-    state
-        .index
-        .write(&shard, dst_key, &entry, &Condition::None)
-        .await
-        .map_err(to_s3)?;
+    super::versions::commit(
+        state,
+        account,
+        dst_bucket,
+        &destination,
+        dst_key,
+        entry.clone(),
+        &Condition::None,
+    )
+    .await?;
     Ok(entry)
 }
 
@@ -1029,21 +1061,27 @@ pub async fn delete_many(
     let quiet = input.delete.quiet.unwrap_or(false);
     let name = input.bucket.as_str();
     // Each key as DeleteObject does it, 16 at a time; every key gets its own outcome.
-    let keys: Vec<(String, bool)> = objects
+    let keys: Vec<(String, Option<String>)> = objects
         .iter()
-        .map(|o| (o.key.clone(), o.version_id.is_some()))
+        .map(|o| (o.key.clone(), o.version_id.clone()))
         .collect();
     let bucket = &bucket;
-    let outcomes: Vec<(String, Result<(), S3Error>)> = futures_util::stream::iter(keys)
-        .map(|(key, versioned)| async move {
+    type Outcome = Result<DeleteObjectOutput, S3Error>;
+    let outcomes: Vec<(String, Option<String>, Outcome)> = futures_util::stream::iter(keys)
+        .map(|(key, version_id)| async move {
             let outcome = async {
-                if versioned {
-                    return Err(s3_error!(
-                        NotImplemented,
-                        "versioned deletes are not supported yet"
-                    ));
-                }
                 check_key(&key)?;
+                if version_id.is_some() || bucket.versioning != Versioning::Unversioned {
+                    let one = DeleteObjectInput {
+                        bucket: name.to_owned(),
+                        key: key.clone(),
+                        version_id: version_id.clone(),
+                        ..Default::default()
+                    };
+                    return super::versions::delete(state, account, bucket, &one)
+                        .await
+                        .map(|r| r.output);
+                }
                 let shard = IndexClient::shard_of(account, name, &key, bucket.shards);
                 let tombstone =
                     IndexEntry::tombstone(state.data.clock.next(), bucket.policy.clone());
@@ -1051,29 +1089,35 @@ pub async fn delete_many(
                     .index
                     .write(&shard, &key, &tombstone, &Condition::None)
                     .await
-                    .map(|_| ())
+                    .map(|_| DeleteObjectOutput::default())
                     .map_err(to_s3)
             }
             .await;
-            (key, outcome)
+            (key, version_id, outcome)
         })
         .buffered(16)
         .collect()
         .await;
     let mut deleted = Vec::new();
     let mut errors = Vec::new();
-    for (key, outcome) in outcomes {
+    for (key, version_id, outcome) in outcomes {
         match outcome {
-            Ok(()) if quiet => {}
-            Ok(()) => deleted.push(DeletedObject {
+            Ok(_) if quiet => {}
+            Ok(out) => deleted.push(DeletedObject {
                 key: Some(key),
-                ..Default::default()
+                // A delete marker made, or one deleted by its id.
+                delete_marker: out.delete_marker,
+                delete_marker_version_id: out
+                    .delete_marker
+                    .and(version_id.is_none().then_some(()))
+                    .and(out.version_id.clone()),
+                version_id,
             }),
             Err(e) => errors.push(Error {
                 code: Some(e.code().as_str().to_owned()),
                 key: Some(key),
                 message: e.message().map(str::to_owned),
-                ..Default::default()
+                version_id,
             }),
         }
     }

@@ -15,10 +15,11 @@ use s3s::S3Error;
 
 use super::listing::{Format, format_of, query_pairs, xml_escape};
 use super::{decode, text};
-use crate::index::{Condition, IndexClient};
+use crate::index::Condition;
 use crate::s3::S3State;
 use crate::s3::buckets::delete as delete_bucket;
 use crate::s3::objects::{check_key, live_entry};
+use crate::s3::versions;
 
 /// The most paths one request may name (Swift's `max_deletes_per_request`).
 pub const MAX_DELETES: usize = 10_000;
@@ -109,15 +110,20 @@ async fn delete_path(state: &S3State, account: &str, path: &str) -> Outcome {
             async {
                 check_key(key)?;
                 live_entry(state, account, &bucket, &container, key).await?;
-                let shard = IndexClient::shard_of(account, &container, key, bucket.shards);
+                // Through versioning, which keeps the versions of an S3-versioned bucket.
                 let tombstone =
                     IndexEntry::tombstone(state.data.clock.next(), bucket.policy.clone());
-                state
-                    .index
-                    .write(&shard, key, &tombstone, &Condition::None)
-                    .await
-                    .map(|_| ())
-                    .map_err(crate::s3::to_s3)
+                versions::commit(
+                    state,
+                    account,
+                    &container,
+                    &bucket,
+                    key,
+                    tombstone,
+                    &Condition::None,
+                )
+                .await
+                .map(|_| ())
             }
             .await
         }
