@@ -42,11 +42,31 @@ const LEADER_WAIT: Duration = Duration::from_secs(60);
 /// The pause between attempts while it does.
 const LEADER_PAUSE: Duration = Duration::from_millis(250);
 
+/// Attempts at the whole setup: one whose change timed out (a loaded machine commits
+/// slowly) is finished by the next, which does only what is missing.
+const ATTEMPTS: u32 = 3;
+
 /// Sets up the cluster (or finishes setting it up) and returns its credentials.
 ///
 /// # Errors
-/// No leader within [`LEADER_WAIT`], a refused change, a change whose outcome is unknown.
+/// No leader within [`LEADER_WAIT`], a refused change, or a change whose outcome was unknown
+/// [`ATTEMPTS`] times.
 pub async fn run(client: &MetaClient, layout: &Layout) -> Result<Credentials> {
+    let mut attempt = 1;
+    loop {
+        match attempt_setup(client, layout).await {
+            Ok(credentials) => return Ok(credentials),
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::warn!(error = format!("{e:#}"), attempt, "setup cut short; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn attempt_setup(client: &MetaClient, layout: &Layout) -> Result<Credentials> {
     init_group(client, layout).await?;
     let map = wait_for_map(client).await?;
     let hash_key: [u8; 32] = random_bytes().context("draw the cluster hash key")?;
