@@ -106,6 +106,43 @@ for key in keys:
     s3.delete_object(Bucket="interop-boto3", Key=key)
 s3.delete_bucket(Bucket="interop-boto3")
 PY
+# Browser uploads: POST policies signed by boto3 (SigV4 and SigV2), sent as forms by curl;
+# an altered signature, a body over the policy's content-length-range, an expired policy.
+python3 - "$work" <<'PY'
+import filecmp, subprocess, sys, boto3
+from botocore.config import Config
+work = sys.argv[1]
+s3 = boto3.client("s3", config=Config(signature_version="s3v4"))
+s3.create_bucket(Bucket="interop-post")
+open(f"{work}/toobig", "wb").write(b"y" * (2 << 20))
+def send(post, path, **changed):
+    fields = dict(post["fields"], **changed)
+    args = ["curl", "-s", "-o", f"{work}/post.out", "-w", "%{http_code}"]
+    for k, v in fields.items():
+        args += ["--form-string", f"{k}={v}"]
+    args += ["-F", f"file=@{path}", post["url"]]
+    code = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    return code, open(f"{work}/post.out").read()
+for version, sig in [("s3v4", "x-amz-signature"), ("s3", "signature")]:
+    signer = boto3.client("s3", config=Config(signature_version=version))
+    key = f"form/{version}"
+    post = signer.generate_presigned_post(
+        "interop-post", key, Conditions=[["content-length-range", 1, 1 << 20]], ExpiresIn=600)
+    code, body = send(post, f"{work}/small")
+    assert code == "204", (version, code, body)
+    s3.download_file("interop-post", key, f"{work}/small.post")
+    assert filecmp.cmp(f"{work}/small", f"{work}/small.post", shallow=False)
+    altered = post["fields"][sig][:-4] + ("AAAA" if post["fields"][sig][-4:] != "AAAA" else "BBBB")
+    code, body = send(post, f"{work}/small", **{sig: altered})
+    assert code == "403" and "SignatureDoesNotMatch" in body, (version, code, body)
+    code, body = send(post, f"{work}/toobig")
+    assert code == "400" and "EntityTooLarge" in body, (version, code, body)
+    late = signer.generate_presigned_post("interop-post", "form/late", ExpiresIn=-10)
+    code, body = send(late, f"{work}/small")
+    assert code == "403", (version, code, body)
+    s3.delete_object(Bucket="interop-post", Key=key)
+s3.delete_bucket(Bucket="interop-post")
+PY
 ok boto3
 
 # rclone (its AWS SDK cannot apply a CA bundle to its own transport: none is needed here).
