@@ -294,38 +294,46 @@ impl IndexClient {
                     let path = shard.path(device, &query);
                     let nodes = &self.nodes;
                     async move {
-                        nodes
+                        let answer = nodes
                             .call(
                                 device,
                                 SmallCall::new(Method::GET, path, place.epoch, CALL_TIMEOUT),
                             )
-                            .await
+                            .await;
+                        (device, answer)
                     }
                 })
                 .collect();
-            let mut answers = 0usize;
+            // The sequence number each answering replica holds for the key (0: none).
+            let mut held: Vec<(&DeviceKey, u64)> = Vec::new();
             let mut newest: Option<IndexRecord> = None;
             let mut last = String::from("no replica up");
-            while let Some(answer) = calls.next().await {
+            while let Some((device, answer)) = calls.next().await {
                 match answer {
                     Ok(a) if a.status == StatusCode::OK => {
                         let records = decode_records(&a.body)
                             .map_err(|e| DataError::Internal(format!("index answer: {e}")))?;
+                        let mut seq = 0;
                         for r in records {
+                            seq = seq.max(r.seq);
                             if newest.as_ref().is_none_or(|n| r.seq > n.seq) {
                                 newest = Some(r);
                             }
                         }
-                        answers += 1;
+                        held.push((device, seq));
                     }
-                    Ok(a) if a.status == StatusCode::NOT_FOUND => answers += 1,
+                    Ok(a) if a.status == StatusCode::NOT_FOUND => held.push((device, 0)),
                     Ok(a) => last = format!("{} {}", a.status, answer_text(&a)),
                     Err(e) => last = e.to_string(),
                 }
-                if answers >= majority {
+                if held.len() >= majority {
+                    if let Some(n) = &newest {
+                        self.repair(&place, shard, n, &held);
+                    }
                     return Ok(newest);
                 }
             }
+            let answers = held.len();
             if started.elapsed() > READ_DEADLINE {
                 return Err(DataError::Unavailable(format!(
                     "index shard {}: {answers} of {majority} replicas answered ({last})",
@@ -333,6 +341,44 @@ impl IndexClient {
                 )));
             }
             self.cluster.newer_than(map.version(), MAP_WAIT).await;
+        }
+    }
+
+    /// Read repair: copies `newest` to the replicas among those that answered a read which
+    /// hold an older record of its key, or none, in the background. Once a read has returned
+    /// a record, any later read's majority then finds it, even if the write that made it was
+    /// never acknowledged (its primary kept it alone) and that primary is gone.
+    fn repair(
+        &self,
+        place: &Place,
+        shard: &Shard<'_>,
+        newest: &IndexRecord,
+        held: &[(&DeviceKey, u64)],
+    ) {
+        let stale: Vec<DeviceKey> = held
+            .iter()
+            .filter(|(_, seq)| *seq < newest.seq)
+            .map(|(device, _)| (*device).clone())
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let query = format!(
+            "/replicated?key={}&seq={}",
+            encode_query(&newest.key),
+            newest.seq
+        );
+        let body = Bytes::from(newest.entry.encode());
+        for device in stale {
+            let nodes = self.nodes.clone();
+            let path = shard.path(&device, &query);
+            let (body, epoch) = (body.clone(), place.epoch);
+            tokio::spawn(async move {
+                let call = SmallCall::new(Method::PUT, path, epoch, CALL_TIMEOUT).body(body);
+                if let Err(e) = nodes.call(&device, call).await {
+                    tracing::debug!(node = %device.node, error = %e, "read repair failed");
+                }
+            });
         }
     }
 

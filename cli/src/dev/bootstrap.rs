@@ -57,7 +57,11 @@ pub async fn run(client: &MetaClient, layout: &Layout) -> Result<Credentials> {
         match attempt_setup(client, layout).await {
             Ok(credentials) => return Ok(credentials),
             Err(e) if attempt < ATTEMPTS => {
-                tracing::warn!(error = format!("{e:#}"), attempt, "setup cut short; trying again");
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    attempt,
+                    "setup cut short; trying again"
+                );
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 attempt += 1;
             }
