@@ -57,6 +57,8 @@ pub struct Device {
     pub fragments: FragmentStore,
     /// Its index store.
     pub index: IndexStore,
+    /// What its auditor has done.
+    pub audit: Arc<crate::audit::AuditStats>,
 }
 
 /// What every handler shares.
@@ -138,6 +140,7 @@ async fn health(axum::extract::State(state): axum::extract::State<Arc<NodeState>
             "name": name,
             "engine": d.fragments.engine().name(),
             "available_bytes": space.map(|s| s.0),
+            "audit": d.audit.report(),
         }));
     }
     axum::Json(json!({ "status": "ok", "epoch": state.epoch(), "devices": devices }))

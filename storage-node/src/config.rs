@@ -34,6 +34,30 @@ pub struct Config {
     /// Present when the node heartbeats its devices to the metadata members, whose leader
     /// marks a device down when its heartbeats stop. Absent: no heartbeats.
     pub heartbeat: Option<HeartbeatSection>,
+    /// How the auditor re-reads each device's fragments.
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+/// The auditor's pace.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// Bytes per second each device's auditor reads at most; 0 turns it off. Default 8 MiB/s
+    /// (a 10 TB device every ~2 weeks).
+    pub bytes_per_sec: u64,
+    /// Seconds between the end of one pass over a device and the start of the next. Default
+    /// 3600.
+    pub cycle_pause_secs: u64,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            bytes_per_sec: 8 << 20,
+            cycle_pause_secs: 3600,
+        }
+    }
 }
 
 /// Where and how often the node heartbeats.

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use nimbus_core::auth::{AuthError, ClusterSecret};
 use nimbus_ring::raft::group::{MetaConfig, MetaNode, RaftTuning};
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, Device, NodeState};
+use crate::audit::{AuditConfig, AuditStats, Auditor};
 use crate::config::Config;
 use crate::heartbeat::Heartbeats;
 use crate::index::IndexStore;
@@ -86,6 +88,13 @@ pub struct RunningNode {
     pub meta: Option<MetaNode>,
     server: JoinHandle<Result<(), NodeError>>,
     heartbeats: Option<RunningHeartbeats>,
+    audits: RunningAudits,
+}
+
+/// The devices' auditors and the sender that stops them.
+struct RunningAudits {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// The heartbeat task and the sender that stops it.
@@ -121,6 +130,11 @@ impl RunningNode {
                     abort.abort();
                 }
             }
+        }
+        // Auditors only read: stopping them mid-fragment loses nothing.
+        self.audits.stop.send_replace(true);
+        for task in self.audits.tasks {
+            task.abort();
         }
         if let Some(meta) = &self.meta {
             meta.shutdown().await;
@@ -158,6 +172,7 @@ pub async fn start(
 
     let mut devices = HashMap::new();
     let mut engines = Vec::new();
+    let mut auditors = Vec::new();
     for d in &config.devices {
         let engine =
             Engine::new(kind, config.engine_config()).map_err(|source| NodeError::Engine {
@@ -183,7 +198,23 @@ pub async fn start(
                 name: d.name.clone(),
                 reason: e.to_string(),
             })?;
-        devices.insert(d.name.clone(), Device { fragments, index });
+        let audit = Arc::new(AuditStats::default());
+        auditors.push(Auditor::new(
+            fragments.clone(),
+            AuditConfig {
+                bytes_per_sec: config.audit.bytes_per_sec,
+                cycle_pause: Duration::from_secs(config.audit.cycle_pause_secs),
+            },
+            Arc::clone(&audit),
+        ));
+        devices.insert(
+            d.name.clone(),
+            Device {
+                fragments,
+                index,
+                audit,
+            },
+        );
     }
     let meta = match &config.meta {
         Some(m) => {
@@ -239,6 +270,11 @@ pub async fn start(
             task: tokio::spawn(sender.run(stopped)),
         }
     });
+    let (stop_audits, audits_stopped) = watch::channel(false);
+    let audits = auditors
+        .into_iter()
+        .map(|a| tokio::spawn(a.run(audits_stopped.clone())))
+        .collect();
     let app = api::router(state);
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -255,5 +291,9 @@ pub async fn start(
         meta,
         server,
         heartbeats,
+        audits: RunningAudits {
+            stop: stop_audits,
+            tasks: audits,
+        },
     })
 }

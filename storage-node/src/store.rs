@@ -148,7 +148,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    fn io(path: &Path, source: io::Error) -> StoreError {
+    pub(crate) fn io(path: &Path, source: io::Error) -> StoreError {
         if source.raw_os_error() == Some(libc::ENOSPC) {
             return StoreError::Full {
                 available: 0,
@@ -310,6 +310,15 @@ impl FragmentStore {
         Self::check_policy(&id.policy)?;
         let path = id.object_dir(&self.root).join(id.file_name());
         FragmentReader::open(self.clone(), path, range).await
+    }
+
+    /// Opens a committed fragment file by its path (the auditor walks the directories),
+    /// for reading all of it.
+    ///
+    /// # Errors
+    /// As [`FragmentStore::read`].
+    pub(crate) async fn open_path(&self, path: PathBuf) -> Result<FragmentReader, StoreError> {
+        FragmentReader::open(self.clone(), path, 0..u64::MAX).await
     }
 
     /// Removes a fragment (committed or pending).

@@ -10,6 +10,7 @@ mod t20_crash;
 mod t30_index;
 mod t40_meta;
 mod t50_partition;
+mod t60_audit;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -38,6 +39,11 @@ impl Node {
     /// Starts a node that also hosts metadata member `meta` (listening on `meta_port`, 0 for
     /// any free port).
     pub fn start_with(dir: &Path, meta: Option<(u64, u16)>) -> Node {
+        Node::start_configured(dir, meta, "")
+    }
+
+    /// As [`Node::start_with`], with `extra` TOML sections appended to the configuration.
+    pub fn start_configured(dir: &Path, meta: Option<(u64, u16)>, extra: &str) -> Node {
         let secret = ClusterSecret::new([42; 32]);
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("secret"), secret.to_hex()).unwrap();
@@ -57,6 +63,7 @@ impl Node {
             path = "{dir}/d1"
             reserve_bytes = 0
             {meta}
+            {extra}
             "#,
             dir = dir.display(),
             meta = meta.map_or(String::new(), |(id, port)| format!(
