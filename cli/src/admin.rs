@@ -79,6 +79,9 @@ enum AdminCommand {
     /// The cluster map as a whole.
     #[command(subcommand)]
     Map(map::MapViewCommand),
+    /// What each storage node's background workers have done (the auditor: passes, fragments
+    /// and bytes verified, corrupt fragments quarantined), device by device.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -162,6 +165,7 @@ async fn execute(client: &MetaClient, command: AdminCommand) -> Result<Report> {
         AdminCommand::Credential(c) => map::credential(client, c).await,
         AdminCommand::Bucket(c) => map::bucket(client, c).await,
         AdminCommand::Map(c) => map::map_view(client, c).await,
+        AdminCommand::Status => workers(client).await,
     }
 }
 
@@ -215,6 +219,23 @@ async fn meta(client: &MetaClient, command: MetaCommand) -> Result<Report> {
             Ok(output::statuses(&statuses))
         }
     }
+}
+
+/// `nimbus admin status`: every storage node of the map's rings, asked for its health.
+async fn workers(client: &MetaClient) -> Result<Report> {
+    let map = client.map().await?;
+    let nodes: BTreeSet<String> = map
+        .policy_names()
+        .filter_map(|p| map.policy(p))
+        .flat_map(|entry| entry.builder.devices().iter().filter(|d| !d.removed))
+        .map(|d| d.device.location.node.to_string())
+        .collect();
+    let mut answers = Vec::new();
+    for node in nodes {
+        let health = client.node_health(&node).await;
+        answers.push((node, health));
+    }
+    Ok(output::workers(&answers))
 }
 
 /// Parses `ID=ADDR`.

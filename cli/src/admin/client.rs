@@ -114,6 +114,31 @@ impl MetaClient {
         json_answer(self.call(&call).await?, true)
     }
 
+    /// Returns a storage node's `/health` answer (devices and their workers' counters).
+    ///
+    /// # Errors
+    /// The node did not answer, or not with JSON.
+    pub async fn node_health(&self, node: &str) -> Result<serde_json::Value> {
+        let answer = self
+            .peers
+            .send_bytes(
+                hyper::Method::GET,
+                node,
+                "/health",
+                0,
+                bytes::Bytes::new(),
+                Duration::from_secs(5),
+                1 << 20,
+            )
+            .await
+            .with_context(|| format!("ask storage node {node} for its health"))?;
+        if answer.status.as_u16() != 200 {
+            bail!("storage node {node} answered {}", answer.status);
+        }
+        serde_json::from_slice(&answer.body)
+            .with_context(|| format!("read the health of storage node {node}"))
+    }
+
     /// Returns the leader's map, as of a read index (everything committed before is in
     /// it).
     ///

@@ -417,3 +417,39 @@ mod tests {
         assert_eq!(counted(&[]), "none");
     }
 }
+
+/// The workers of each storage node, one line per device; fails if a node gave no answer.
+pub fn workers(nodes: &[(String, Result<Value>)]) -> Report {
+    let mut lines = Vec::new();
+    let mut values = Vec::new();
+    let mut failed = false;
+    for (node, health) in nodes {
+        match health {
+            Ok(h) => {
+                for d in h["devices"].as_array().into_iter().flatten() {
+                    let a = &d["audit"];
+                    lines.push(format!(
+                        "{node} {}: audit {} passes, {} fragments ({} bytes) verified, {} corrupt quarantined, {} unreadable",
+                        d["name"].as_str().unwrap_or("?"),
+                        a["cycles"],
+                        a["fragments"],
+                        a["bytes"],
+                        a["corrupt"],
+                        a["errors"],
+                    ));
+                }
+                values.push(json!({ "node": node, "devices": h["devices"] }));
+            }
+            Err(e) => {
+                failed = true;
+                lines.push(format!("{node}: no answer: {e:#}"));
+                values.push(json!({ "node": node, "error": format!("{e:#}") }));
+            }
+        }
+    }
+    Report {
+        text: lines.join("\n"),
+        json: Value::Array(values),
+        failed,
+    }
+}

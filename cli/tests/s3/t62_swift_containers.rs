@@ -84,18 +84,19 @@ fn dev_var(cluster: &Cluster, name: &str) -> String {
         .unwrap_or_else(|| panic!("{name} in dev.env"))
 }
 
-/// Runs `nimbus admin` against the cluster.
-fn admin(cluster: &Cluster, args: &[&str]) {
-    let status = Command::new(env!("CARGO_BIN_EXE_nimbus"))
+/// Runs `nimbus admin` against the cluster; returns what it printed.
+fn admin(cluster: &Cluster, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_nimbus"))
         .arg("admin")
         .arg("--meta")
         .arg(format!("127.0.0.1:{}", cluster.base_port + 101))
         .arg("--secret-file")
         .arg(cluster.path().join("cluster-secret"))
         .args(args)
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success(), "nimbus admin {args:?}");
+    assert!(out.status.success(), "nimbus admin {args:?}");
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// HMAC of `message` with `key`, by Python's standard library, in hex.
@@ -365,4 +366,20 @@ fn metadata_acls_listings_bulk_delete_and_temp_urls() {
     assert_eq!(report["Errors"][0][1], "409 Conflict", "{report}");
     assert_eq!(dev.call("HEAD", "/gone", &[]).0, 404);
     assert_eq!(dev.call("HEAD", "/box", &[]).0, 204);
+
+    // `nimbus admin status`: every node's devices and their auditors.
+    let status: serde_json::Value =
+        serde_json::from_str(&admin(&cluster, &["--json", "status"])).unwrap();
+    let nodes = status.as_array().unwrap();
+    assert_eq!(nodes.len(), 6, "{status}");
+    for node in nodes {
+        let devices = node["devices"].as_array().unwrap();
+        assert_eq!(devices.len(), 2, "{node}");
+        for d in devices {
+            assert!(d["audit"]["fragments"].is_u64(), "{d}");
+            assert_eq!(d["audit"]["corrupt"], 0, "{d}");
+        }
+    }
+    let text = admin(&cluster, &["status"]);
+    assert_eq!(text.lines().count(), 12, "{text}");
 }
