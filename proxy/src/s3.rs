@@ -8,6 +8,7 @@ mod host;
 pub(crate) mod list;
 mod multipart;
 pub(crate) mod objects;
+mod tagging;
 
 use std::sync::Arc;
 
@@ -228,6 +229,54 @@ impl S3 for NimbusS3 {
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let account = account_of(&self.0, &req)?;
         multipart::list_uploads(&self.0, &account, req).await
+    }
+
+    async fn put_object_tagging(
+        &self,
+        req: S3Request<PutObjectTaggingInput>,
+    ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+        let account = account_of(&self.0, &req)?;
+        tagging::put_object(&self.0, &account, req).await
+    }
+
+    async fn get_object_tagging(
+        &self,
+        req: S3Request<GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+        let account = account_of(&self.0, &req)?;
+        tagging::get_object(&self.0, &account, req).await
+    }
+
+    async fn delete_object_tagging(
+        &self,
+        req: S3Request<DeleteObjectTaggingInput>,
+    ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+        let account = account_of(&self.0, &req)?;
+        tagging::delete_object(&self.0, &account, req).await
+    }
+
+    async fn put_bucket_tagging(
+        &self,
+        req: S3Request<PutBucketTaggingInput>,
+    ) -> S3Result<S3Response<PutBucketTaggingOutput>> {
+        let account = account_of(&self.0, &req)?;
+        tagging::put_bucket(&self.0, &account, req).await
+    }
+
+    async fn get_bucket_tagging(
+        &self,
+        req: S3Request<GetBucketTaggingInput>,
+    ) -> S3Result<S3Response<GetBucketTaggingOutput>> {
+        let account = account_of(&self.0, &req)?;
+        tagging::get_bucket(&self.0, &account, req).await
+    }
+
+    async fn delete_bucket_tagging(
+        &self,
+        req: S3Request<DeleteBucketTaggingInput>,
+    ) -> S3Result<S3Response<DeleteBucketTaggingOutput>> {
+        let account = account_of(&self.0, &req)?;
+        tagging::delete_bucket(&self.0, &account, req).await
     }
 
     async fn list_objects(

@@ -15,3 +15,4 @@ mod t35_checksums;
 mod t40_conditional;
 mod t50_faults;
 mod t60_swift;
+mod t70_tagging_cors;

@@ -119,7 +119,11 @@ pub async fn create(
         blake3: [0; 32],
         client_checksums: Vec::new(),
         content_type: input.content_type.take().unwrap_or_default(),
-        user_metadata: metadata_pairs(input.metadata.as_ref(), standard),
+        // The tags wait in the upload's record with the metadata; Complete applies both.
+        user_metadata: metadata_pairs(input.metadata.as_ref(), standard)
+            .into_iter()
+            .chain(super::tagging::pair_of_header(input.tagging.as_deref())?)
+            .collect(),
         policy: bucket.policy.clone(),
         data: EntryData::Inline(Vec::new()),
     };

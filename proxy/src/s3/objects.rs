@@ -18,6 +18,7 @@ use s3s::{S3Error, S3Request, S3Response, S3Result, TrailingHeaders, s3_error};
 use super::S3State;
 use super::buckets::owned;
 use super::error::to_s3;
+use super::tagging;
 use crate::data::{self, FragmentName, PutBody, Shape};
 use crate::error::DataError;
 use crate::index::{Condition, IndexClient};
@@ -106,6 +107,8 @@ pub(crate) struct Described {
     pub content_encoding: Option<String>,
     pub content_language: Option<String>,
     pub expires: Option<Timestamp>,
+    /// The number of tags (`x-amz-tagging-count`), when there are any.
+    pub tag_count: Option<i32>,
 }
 
 pub(crate) fn describe(entry: &IndexEntry) -> Described {
@@ -116,6 +119,7 @@ pub(crate) fn describe(entry: &IndexEntry) -> Described {
         content_encoding: None,
         content_language: None,
         expires: None,
+        tag_count: None,
     };
     for (k, v) in &entry.user_metadata {
         match k.as_str() {
@@ -124,6 +128,9 @@ pub(crate) fn describe(entry: &IndexEntry) -> Described {
             CONTENT_ENCODING => d.content_encoding = Some(v.clone()),
             CONTENT_LANGUAGE => d.content_language = Some(v.clone()),
             EXPIRES => d.expires = Timestamp::parse(TimestampFormat::HttpDate, v).ok(),
+            tagging::TAGGING => {
+                d.tag_count = i32::try_from(tagging::count(v)).ok().filter(|n| *n > 0);
+            }
             _ => {
                 d.metadata.insert(k.clone(), v.clone());
             }
@@ -398,6 +405,7 @@ pub async fn put(
     let declared = declared_length(input.content_length)?;
     let md5 = content_md5(input.content_md5.as_ref())?;
     let condition = condition_of(&input)?;
+    let tags = tagging::pair_of_header(input.tagging.as_deref())?;
     let version = state.data.clock.next();
     let Stored { digests, data } = store_body(
         state,
@@ -429,7 +437,10 @@ pub async fn put(
         blake3: digests.blake3,
         client_checksums: client_checksums.clone(),
         content_type: input.content_type.clone().unwrap_or_default(),
-        user_metadata: metadata_pairs(input.metadata.as_ref(), standard),
+        user_metadata: metadata_pairs(input.metadata.as_ref(), standard)
+            .into_iter()
+            .chain(tags)
+            .collect(),
         policy: bucket.policy.clone(),
         data,
     };
@@ -671,6 +682,7 @@ pub async fn get(
             .clone()
             .or(d.content_language),
         expires: input.response_expires.clone().or(d.expires),
+        tag_count: d.tag_count,
         e_tag: Some(etag_value(&entry.etag)),
         last_modified: Some(last_modified(entry.version)),
         metadata: Some(d.metadata).filter(|m| !m.is_empty()),
@@ -796,6 +808,7 @@ pub async fn head(
     let entry = readable_entry(state, account, &input.bucket, &input.key, &conditions).await?;
     let range = byte_range(input.range.as_ref(), entry.size)?;
     let d = describe(&entry);
+    let tag_count = d.tag_count;
     let c = output_checksums(if checksums_wanted(input.checksum_mode.as_ref()) {
         &entry.client_checksums
     } else {
@@ -828,11 +841,18 @@ pub async fn head(
         metadata: Some(d.metadata).filter(|m| !m.is_empty()),
         ..Default::default()
     };
-    if range.is_some() {
-        Ok(S3Response::with_status(output, StatusCode::PARTIAL_CONTENT))
+    let mut response = if range.is_some() {
+        S3Response::with_status(output, StatusCode::PARTIAL_CONTENT)
     } else {
-        Ok(S3Response::new(output))
+        S3Response::new(output)
+    };
+    // HeadObjectOutput has no field for it; S3 sends it on HEAD as on GET.
+    if let Some(n) = tag_count {
+        response
+            .headers
+            .insert("x-amz-tagging-count", hyper::header::HeaderValue::from(n));
     }
+    Ok(response)
 }
 
 pub async fn delete(
@@ -859,6 +879,13 @@ pub async fn delete(
 /// the metadata pairs (`REPLACE`), or nothing (`COPY`).
 pub(crate) type Replacement = Option<(String, Vec<(String, String)>)>;
 
+/// What a copy's tags are: the source's (`COPY`, the default) or the request's (`REPLACE`,
+/// the checked metadata pair, none for no tags).
+pub(crate) enum TagsDirective {
+    Copy,
+    Replace(Option<(String, String)>),
+}
+
 /// Copies `account/src_bucket/src_key` (readable under `conditions`) to
 /// `account/dst_bucket/dst_key`: the bytes streamed through the data path into a new version
 /// of the destination, never held whole; the index entry written last. Returns the new entry.
@@ -869,6 +896,21 @@ pub(crate) async fn copy_entry(
     (dst_bucket, dst_key): (&str, &str),
     conditions: &ReadConditions<'_>,
     replacement: Replacement,
+) -> S3Result<IndexEntry> {
+    let keep = TagsDirective::Copy;
+    let (src, dst) = ((src_bucket, src_key), (dst_bucket, dst_key));
+    copy_entry_tagged(state, account, src, dst, conditions, replacement, keep).await
+}
+
+/// [`copy_entry`], with the destination's tags chosen by `tags`.
+pub(crate) async fn copy_entry_tagged(
+    state: &S3State,
+    account: &str,
+    (src_bucket, src_key): (&str, &str),
+    (dst_bucket, dst_key): (&str, &str),
+    conditions: &ReadConditions<'_>,
+    replacement: Replacement,
+    tags: TagsDirective,
 ) -> S3Result<IndexEntry> {
     let destination = owned(state, account, dst_bucket)?;
     check_key(dst_key)?;
@@ -890,8 +932,13 @@ pub(crate) async fn copy_entry(
         true,
     )
     .await?;
-    let (content_type, user_metadata) =
+    let (content_type, mut user_metadata) =
         replacement.unwrap_or((source.content_type.clone(), source.user_metadata.clone()));
+    let tags = match tags {
+        TagsDirective::Copy => tagging::pair_of(&source),
+        TagsDirective::Replace(pair) => pair,
+    };
+    tagging::replace_pair(&mut user_metadata, tags);
     let entry = IndexEntry {
         version,
         size: digests.bytes,
@@ -976,19 +1023,36 @@ pub async fn copy(
             metadata_pairs(input.metadata.as_ref(), standard),
         )
     });
+    let tags = match input
+        .tagging_directive
+        .as_ref()
+        .map(TaggingDirective::as_str)
+    {
+        None | Some("COPY") => TagsDirective::Copy,
+        Some("REPLACE") => {
+            TagsDirective::Replace(tagging::pair_of_header(input.tagging.as_deref())?)
+        }
+        Some(other) => {
+            return Err(s3_error!(
+                InvalidArgument,
+                "unknown tagging directive {other}"
+            ));
+        }
+    };
     let conditions = ReadConditions {
         if_match: input.copy_source_if_match.as_ref(),
         if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
         if_none_match: input.copy_source_if_none_match.as_ref(),
         if_modified_since: input.copy_source_if_modified_since.as_ref(),
     };
-    let entry = copy_entry(
+    let entry = copy_entry_tagged(
         state,
         account,
         (&src_bucket, &src_key),
         (&input.bucket, &input.key),
         &conditions,
         replacement,
+        tags,
     )
     .await
     // A source that is not modified answers 412 to a copy, not 304.
