@@ -3,6 +3,7 @@
 //! cluster map (buckets), the index (keys) and the data path (bytes).
 
 pub(crate) mod buckets;
+mod cors;
 mod error;
 mod host;
 pub(crate) mod list;
@@ -277,6 +278,30 @@ impl S3 for NimbusS3 {
     ) -> S3Result<S3Response<DeleteBucketTaggingOutput>> {
         let account = account_of(&self.0, &req)?;
         tagging::delete_bucket(&self.0, &account, req).await
+    }
+
+    async fn put_bucket_cors(
+        &self,
+        req: S3Request<PutBucketCorsInput>,
+    ) -> S3Result<S3Response<PutBucketCorsOutput>> {
+        let account = account_of(&self.0, &req)?;
+        cors::put(&self.0, &account, req).await
+    }
+
+    async fn get_bucket_cors(
+        &self,
+        req: S3Request<GetBucketCorsInput>,
+    ) -> S3Result<S3Response<GetBucketCorsOutput>> {
+        let account = account_of(&self.0, &req)?;
+        cors::get(&self.0, &account, req).await
+    }
+
+    async fn delete_bucket_cors(
+        &self,
+        req: S3Request<DeleteBucketCorsInput>,
+    ) -> S3Result<S3Response<DeleteBucketCorsOutput>> {
+        let account = account_of(&self.0, &req)?;
+        cors::delete(&self.0, &account, req).await
     }
 
     async fn list_objects(

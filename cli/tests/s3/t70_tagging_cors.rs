@@ -2,7 +2,7 @@
 //! headers, S3 and Swift paths) and UploadPartCopy, on a real cluster.
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{Tag, Tagging, TaggingDirective};
+use aws_sdk_s3::types::{CorsConfiguration, CorsRule, Tag, Tagging, TaggingDirective};
 
 use crate::cluster::{Cluster, bytes, runtime};
 
@@ -517,5 +517,373 @@ fn tags_live_with_the_object_version_and_with_the_bucket() {
             .await
             .unwrap_err();
         assert_eq!(code(&err), "NoSuchBucket");
+    });
+}
+
+/// Sets attributes of a bucket in the cluster map, as another API (Swift container
+/// metadata) would: a map write signed with the cluster secret, sent to each metadata member
+/// until the leader takes it.
+async fn set_bucket_attributes(cluster: &Cluster, bucket: &str, changes: &[(&str, &str)]) {
+    use nimbus_ring::map::MapCommand;
+    use nimbus_ring::raft::network::{PeerClient, paths};
+    let text = std::fs::read_to_string(cluster.path().join("cluster-secret")).unwrap();
+    let secret = nimbus_core::auth::ClusterSecret::from_hex(&text).unwrap();
+    let client = PeerClient::new(secret);
+    let command = MapCommand::SetBucketAttributes {
+        name: bucket.to_owned(),
+        changes: changes
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Some((*v).to_owned())))
+            .collect(),
+    };
+    for _ in 0..50 {
+        for i in 1..=5u16 {
+            let addr = format!("127.0.0.1:{}", cluster.base_port + 100 + i);
+            let answer = client
+                .post_json(
+                    &addr,
+                    paths::WRITE,
+                    &command,
+                    None,
+                    std::time::Duration::from_secs(10),
+                    1 << 20,
+                )
+                .await;
+            if let Ok(a) = answer
+                && a.status.as_u16() == 200
+            {
+                let body = String::from_utf8_lossy(&a.body);
+                assert!(body.contains("Ok") || body.contains("ok"), "{body}");
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("no metadata member took the write");
+}
+
+fn cors_rule(
+    origins: &[&str],
+    methods: &[&str],
+    headers: &[&str],
+    expose: &[&str],
+    max_age: Option<i32>,
+) -> CorsRule {
+    CorsRule::builder()
+        .set_allowed_origins(Some(origins.iter().map(|s| (*s).to_owned()).collect()))
+        .set_allowed_methods(Some(methods.iter().map(|s| (*s).to_owned()).collect()))
+        .set_allowed_headers(
+            (!headers.is_empty()).then(|| headers.iter().map(|s| (*s).to_owned()).collect()),
+        )
+        .set_expose_headers(
+            (!expose.is_empty()).then(|| expose.iter().map(|s| (*s).to_owned()).collect()),
+        )
+        .set_max_age_seconds(max_age)
+        .build()
+        .unwrap()
+}
+
+fn cors_config(rules: Vec<CorsRule>) -> CorsConfiguration {
+    CorsConfiguration::builder()
+        .set_cors_rules(Some(rules))
+        .build()
+        .unwrap()
+}
+
+/// Sends a preflight for `url`; returns (status, headers, body).
+fn preflight(
+    cluster: &Cluster,
+    url: &str,
+    origin: &str,
+    method: &str,
+    headers: Option<&str>,
+) -> (u16, String, String) {
+    let mut args = vec![
+        "-X".to_owned(),
+        "OPTIONS".to_owned(),
+        "-H".to_owned(),
+        format!("Origin: {origin}"),
+        "-H".to_owned(),
+        format!("Access-Control-Request-Method: {method}"),
+    ];
+    if let Some(h) = headers {
+        args.push("-H".to_owned());
+        args.push(format!("Access-Control-Request-Headers: {h}"));
+    }
+    args.push(url.to_owned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    curl(cluster, false, &args)
+}
+
+#[test]
+fn bucket_cors_answers_preflights_and_marks_responses() {
+    let cluster = Cluster::start();
+    let s3 = cluster.client_no_retry();
+    let page = format!("{}/web/page", cluster.endpoint);
+    runtime().block_on(async {
+        s3.create_bucket().bucket("web").send().await.unwrap();
+        s3.put_object()
+            .bucket("web")
+            .key("page")
+            .metadata("owner", "ana")
+            .body(ByteStream::from_static(b"<html></html>"))
+            .send()
+            .await
+            .unwrap();
+
+        // No configuration yet: NoSuchCORSConfiguration, and preflights are refused.
+        let err = s3.get_bucket_cors().bucket("web").send().await.unwrap_err();
+        assert_eq!(code(&err), "NoSuchCORSConfiguration");
+        assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(404));
+        let (status, _, body) = preflight(&cluster, &page, "https://app.example.com", "GET", None);
+        assert_eq!(status, 403);
+        assert!(body.contains("CORSResponse"), "{body}");
+
+        // Bad configurations: 400, nothing stored.
+        for (rules, expected) in [
+            (
+                vec![cors_rule(&["*"], &["PATCH"], &[], &[], None)],
+                "InvalidRequest",
+            ),
+            (
+                vec![cors_rule(&["http://*.*.example"], &["GET"], &[], &[], None)],
+                "InvalidRequest",
+            ),
+            (
+                (0..101)
+                    .map(|_| cors_rule(&["*"], &["GET"], &[], &[], None))
+                    .collect(),
+                "MalformedXML",
+            ),
+        ] {
+            let err = s3
+                .put_bucket_cors()
+                .bucket("web")
+                .cors_configuration(cors_config(rules))
+                .send()
+                .await
+                .unwrap_err();
+            assert_eq!(code(&err), expected);
+            assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(400));
+        }
+        let err = s3.get_bucket_cors().bucket("web").send().await.unwrap_err();
+        assert_eq!(code(&err), "NoSuchCORSConfiguration");
+
+        // A configuration: stored and read back as given.
+        let rules = vec![
+            cors_rule(
+                &["https://*.example.com"],
+                &["GET", "HEAD"],
+                &["x-amz-*"],
+                &["ETag", "x-amz-meta-owner"],
+                Some(600),
+            ),
+            cors_rule(&["*"], &["PUT"], &["*"], &[], None),
+        ];
+        s3.put_bucket_cors()
+            .bucket("web")
+            .cors_configuration(cors_config(rules.clone()))
+            .send()
+            .await
+            .unwrap();
+        let got = s3.get_bucket_cors().bucket("web").send().await.unwrap();
+        assert_eq!(got.cors_rules(), rules.as_slice());
+
+        // Preflights: the first rule allowing origin, method and headers answers.
+        let (status, headers, _) = preflight(
+            &cluster,
+            &page,
+            "https://app.example.com",
+            "GET",
+            Some("X-Amz-Date, x-amz-content-sha256"),
+        );
+        assert_eq!(status, 200, "{headers}");
+        let h = |name: &str| header(&headers, name);
+        assert_eq!(
+            h("access-control-allow-origin").as_deref(),
+            Some("https://app.example.com")
+        );
+        assert_eq!(
+            h("access-control-allow-methods").as_deref(),
+            Some("GET, HEAD")
+        );
+        assert_eq!(
+            h("access-control-allow-headers").as_deref(),
+            Some("x-amz-date, x-amz-content-sha256")
+        );
+        assert_eq!(h("access-control-max-age").as_deref(), Some("600"));
+        assert_eq!(
+            h("access-control-expose-headers").as_deref(),
+            Some("ETag, x-amz-meta-owner")
+        );
+        let (status, _, body) = preflight(
+            &cluster,
+            &page,
+            "https://app.example.com",
+            "GET",
+            Some("content-type"),
+        );
+        assert_eq!(status, 403, "a header no rule allows");
+        assert!(body.contains("CORSResponse"), "{body}");
+        let (status, _, _) = preflight(&cluster, &page, "https://example.com", "GET", None);
+        assert_eq!(status, 403, "the wildcard needs a subdomain");
+        let (status, _, _) = preflight(&cluster, &page, "https://app.example.com", "DELETE", None);
+        assert_eq!(status, 403, "a method no rule allows");
+        let (status, headers, _) = preflight(
+            &cluster,
+            &page,
+            "http://anyone.test",
+            "PUT",
+            Some("content-type"),
+        );
+        assert_eq!(status, 200);
+        assert_eq!(
+            header(&headers, "access-control-allow-origin").as_deref(),
+            Some("*")
+        );
+        // Virtual-host style, and on the bucket itself.
+        let (status, _, _) = curl(
+            &cluster,
+            false,
+            &[
+                "-X",
+                "OPTIONS",
+                "-H",
+                "Host: web.localhost",
+                "-H",
+                "Origin: https://app.example.com",
+                "-H",
+                "Access-Control-Request-Method: HEAD",
+                &format!("{}/page", cluster.endpoint),
+            ],
+        );
+        assert_eq!(status, 200);
+        let (status, _, _) = preflight(
+            &cluster,
+            &format!("{}/web", cluster.endpoint),
+            "https://app.example.com",
+            "GET",
+            None,
+        );
+        assert_eq!(status, 200);
+        // Without Origin: not a preflight S3 can answer.
+        let (status, _, _) = curl(&cluster, false, &["-X", "OPTIONS", &page]);
+        assert_eq!(status, 400);
+
+        // Requests with Origin: the matching rule's headers, on errors too; none otherwise.
+        let (status, headers, body) = curl(
+            &cluster,
+            true,
+            &["-H", "Origin: https://app.example.com", &page],
+        );
+        assert_eq!(status, 200);
+        assert_eq!(body, "<html></html>");
+        assert_eq!(
+            header(&headers, "access-control-allow-origin").as_deref(),
+            Some("https://app.example.com")
+        );
+        assert_eq!(
+            header(&headers, "access-control-expose-headers").as_deref(),
+            Some("ETag, x-amz-meta-owner")
+        );
+        assert!(header(&headers, "vary").is_some_and(|v| v.contains("Origin")));
+        let (status, headers, _) = curl(
+            &cluster,
+            true,
+            &[
+                "-H",
+                "Origin: https://app.example.com",
+                &format!("{}/web/missing", cluster.endpoint),
+            ],
+        );
+        assert_eq!(status, 404);
+        assert_eq!(
+            header(&headers, "access-control-allow-origin").as_deref(),
+            Some("https://app.example.com")
+        );
+        let (status, headers, _) =
+            curl(&cluster, true, &["-H", "Origin: https://evil.test", &page]);
+        assert_eq!(status, 200);
+        assert_eq!(header(&headers, "access-control-allow-origin"), None);
+        let (_, headers, _) = curl(&cluster, true, &[&page]);
+        assert_eq!(header(&headers, "access-control-allow-origin"), None);
+
+        // Swift containers: CORS from the container's metadata, on Swift's paths.
+        let (token, url) = swift_login(&cluster);
+        let swift_page = format!("{url}/web/page");
+        let (status, _, _) = preflight(&cluster, &swift_page, "http://swift.test", "GET", None);
+        assert_eq!(status, 401, "no container metadata yet");
+        set_bucket_attributes(
+            &cluster,
+            "web",
+            &[
+                (
+                    "meta:access-control-allow-origin",
+                    "http://swift.test https://other.test",
+                ),
+                ("meta:access-control-max-age", "45"),
+                ("meta:access-control-expose-headers", "x-object-meta-owner"),
+            ],
+        )
+        .await;
+        let mut answered = (0, String::new(), String::new());
+        for _ in 0..50 {
+            answered = preflight(
+                &cluster,
+                &swift_page,
+                "http://swift.test",
+                "PUT",
+                Some("x-auth-token"),
+            );
+            if answered.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let (status, headers, _) = answered;
+        assert_eq!(status, 200, "{headers}");
+        assert_eq!(
+            header(&headers, "access-control-allow-origin").as_deref(),
+            Some("http://swift.test")
+        );
+        assert_eq!(
+            header(&headers, "access-control-max-age").as_deref(),
+            Some("45")
+        );
+        assert_eq!(
+            header(&headers, "access-control-allow-headers").as_deref(),
+            Some("x-auth-token")
+        );
+        let (status, _, _) = preflight(&cluster, &swift_page, "http://evil.test", "GET", None);
+        assert_eq!(status, 401);
+        let auth = format!("X-Auth-Token: {token}");
+        let (status, headers, _) = curl(
+            &cluster,
+            false,
+            &["-H", &auth, "-H", "Origin: https://other.test", &swift_page],
+        );
+        assert_eq!(status, 200);
+        assert_eq!(
+            header(&headers, "access-control-allow-origin").as_deref(),
+            Some("https://other.test")
+        );
+        assert!(
+            header(&headers, "access-control-expose-headers")
+                .is_some_and(|e| e.contains("etag") && e.contains("x-object-meta-owner")),
+            "{headers}"
+        );
+        let (_, headers, _) = curl(
+            &cluster,
+            false,
+            &["-H", &auth, "-H", "Origin: http://evil.test", &swift_page],
+        );
+        assert_eq!(header(&headers, "access-control-allow-origin"), None);
+
+        // DeleteBucketCors: gone, and preflights are refused again.
+        s3.delete_bucket_cors().bucket("web").send().await.unwrap();
+        let err = s3.get_bucket_cors().bucket("web").send().await.unwrap_err();
+        assert_eq!(code(&err), "NoSuchCORSConfiguration");
+        let (status, _, _) = preflight(&cluster, &page, "https://app.example.com", "GET", None);
+        assert_eq!(status, 403);
     });
 }
