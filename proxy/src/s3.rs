@@ -200,6 +200,14 @@ impl S3 for NimbusS3 {
         multipart::upload_part(&self.0, &account, req).await
     }
 
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let account = account_of(&self.0, &req)?;
+        multipart::upload_part_copy(&self.0, &account, req).await
+    }
+
     async fn complete_multipart_upload(
         &self,
         req: S3Request<CompleteMultipartUploadInput>,

@@ -2,9 +2,12 @@
 //! headers, S3 and Swift paths) and UploadPartCopy, on a real cluster.
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CorsConfiguration, CorsRule, Tag, Tagging, TaggingDirective};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, CorsConfiguration, CorsRule, Tag, Tagging,
+    TaggingDirective,
+};
 
-use crate::cluster::{Cluster, bytes, runtime};
+use crate::cluster::{Cluster, bytes, etag, runtime};
 
 /// Runs curl; returns (status, headers, body). With `signed`, the request carries SigV4.
 fn curl(cluster: &Cluster, signed: bool, args: &[&str]) -> (u16, String, String) {
@@ -102,7 +105,7 @@ fn swift_login(cluster: &Cluster) -> (String, String) {
 }
 
 #[test]
-fn tags_live_with_the_object_version_and_with_the_bucket() {
+fn tags_live_with_the_object_and_the_bucket_and_parts_copy_ranges() {
     let cluster = Cluster::start();
     let s3 = cluster.client_no_retry();
     runtime().block_on(async {
@@ -442,9 +445,9 @@ fn tags_live_with_the_object_version_and_with_the_bucket() {
             .key("mp")
             .upload_id(id)
             .multipart_upload(
-                aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                CompletedMultipartUpload::builder()
                     .parts(
-                        aws_sdk_s3::types::CompletedPart::builder()
+                        CompletedPart::builder()
                             .part_number(1)
                             .e_tag(part.e_tag().unwrap())
                             .build(),
@@ -517,7 +520,175 @@ fn tags_live_with_the_object_version_and_with_the_bucket() {
             .await
             .unwrap_err();
         assert_eq!(code(&err), "NoSuchBucket");
+
+        upload_part_copies(&s3).await;
     });
+}
+
+/// UploadPartCopy: two ranges of a fragmented source (out of order) and a whole inline one
+/// from another bucket, assembled into one object; bad ranges, missing sources and copy conditions.
+async fn upload_part_copies(s3: &aws_sdk_s3::Client) {
+    s3.create_bucket().bucket("other").send().await.unwrap();
+    let big = bytes((6 << 20) + 100, 71);
+    let small = bytes(3000, 72);
+    let big_put = s3
+        .put_object()
+        .bucket("tags")
+        .key("big")
+        .body(ByteStream::from(big.clone()))
+        .send()
+        .await
+        .unwrap();
+    s3.put_object()
+        .bucket("other")
+        .key("small")
+        .body(ByteStream::from(small.clone()))
+        .send()
+        .await
+        .unwrap();
+    let upload = s3
+        .create_multipart_upload()
+        .bucket("tags")
+        .key("assembled")
+        .send()
+        .await
+        .unwrap();
+    let id = upload.upload_id().unwrap();
+    let split = 5 << 20;
+    let mut completed = Vec::new();
+    for (number, source, range, expected) in [
+        (
+            1,
+            "tags/big",
+            Some(format!("bytes=100-{}", big.len() - 1)),
+            &big[100..],
+        ),
+        (
+            2,
+            "tags/big",
+            Some(format!("bytes=0-{}", split - 1)),
+            &big[..split],
+        ),
+        (3, "other/small", None, &small[..]),
+    ] {
+        let copied = s3
+            .upload_part_copy()
+            .bucket("tags")
+            .key("assembled")
+            .upload_id(id)
+            .part_number(number)
+            .copy_source(source)
+            .set_copy_source_range(range)
+            .send()
+            .await
+            .unwrap();
+        let part_etag = copied.copy_part_result().and_then(|r| r.e_tag()).unwrap();
+        assert_eq!(part_etag, etag(expected), "part {number}");
+        completed.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .e_tag(part_etag)
+                .build(),
+        );
+    }
+    let parts = s3
+        .list_parts()
+        .bucket("tags")
+        .key("assembled")
+        .upload_id(id)
+        .send()
+        .await
+        .unwrap();
+    let sizes: Vec<i64> = parts.parts().iter().filter_map(|p| p.size()).collect();
+    assert_eq!(sizes, [(big.len() - 100) as i64, split as i64, 3000]);
+
+    // Bad ranges, missing sources, copy-source conditions.
+    let copy = |source: &str| {
+        s3.upload_part_copy()
+            .bucket("tags")
+            .key("assembled")
+            .upload_id(id)
+            .part_number(4)
+            .copy_source(source)
+    };
+    let err = copy("tags/big")
+        .copy_source_range(format!("bytes=0-{}", big.len()))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "InvalidRange");
+    assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(416));
+    for malformed in ["bytes=9-3", "bytes=4-", "items=0-3"] {
+        let err = copy("tags/big")
+            .copy_source_range(malformed)
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(code(&err), "InvalidArgument", "{malformed}");
+        assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(400));
+    }
+    let err = copy("tags/nothing-here").send().await.unwrap_err();
+    assert_eq!(code(&err), "NoSuchKey");
+    let err = copy("no-such-bucket/big").send().await.unwrap_err();
+    assert_eq!(code(&err), "NoSuchBucket");
+    let err = copy("tags/big")
+        .copy_source_if_match("\"0123456789abcdef0123456789abcdef\"")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(412));
+    let err = copy("tags/big")
+        .copy_source_if_none_match(big_put.e_tag().unwrap())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(412));
+    let err = s3
+        .upload_part_copy()
+        .bucket("tags")
+        .key("assembled")
+        .upload_id("0123456789abcdef0123456789abcdef")
+        .part_number(1)
+        .copy_source("tags/big")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "NoSuchUpload");
+    copy("tags/big")
+        .copy_source_if_match(big_put.e_tag().unwrap())
+        .copy_source_range("bytes=0-0")
+        .send()
+        .await
+        .unwrap();
+
+    // Complete with the three copied parts (part 4 left out): the bytes in order.
+    s3.complete_multipart_upload()
+        .bucket("tags")
+        .key("assembled")
+        .upload_id(id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(completed))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let got = s3
+        .get_object()
+        .bucket("tags")
+        .key("assembled")
+        .send()
+        .await
+        .unwrap();
+    let expected: Vec<u8> = big[100..]
+        .iter()
+        .chain(&big[..split])
+        .chain(&small)
+        .copied()
+        .collect();
+    assert_eq!(got.content_length(), Some(expected.len() as i64));
+    assert!(got.body.collect().await.unwrap().into_bytes().as_ref() == expected.as_slice());
 }
 
 /// Sets attributes of a bucket in the cluster map, as another API (Swift container

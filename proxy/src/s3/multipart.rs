@@ -6,7 +6,10 @@
 //! records; parts left out are garbage for the collector, as are the parts of an aborted
 //! upload. Bucket names cannot contain `#`, so these containers never meet a bucket.
 
+mod part_copy;
+
 use md5::Digest as _;
+use nimbus_core::ids::VersionId;
 use nimbus_core::index::{EntryData, IndexEntry, IndexRecord, Part as StoredPart};
 use nimbus_ring::map::Bucket;
 use s3s::dto::*;
@@ -20,6 +23,8 @@ use super::objects::{
     last_modified, metadata_pairs, output_checksums, store_body,
 };
 use crate::index::{Condition, IndexClient};
+
+pub use part_copy::upload_part_copy;
 
 /// Every part but the last must have at least this many bytes (S3's rule).
 pub const MIN_PART_BYTES: u64 = 5 << 20;
@@ -179,28 +184,11 @@ pub async fn upload_part(
         false,
     )
     .await?;
-    let etag = hex::encode(digests.md5);
-    let client_checksums = digests.client_checksums();
-    let record = IndexEntry {
-        version,
-        size: digests.bytes,
-        etag: etag.clone(),
-        blake3: digests.blake3,
-        client_checksums: client_checksums.clone(),
-        content_type: String::new(),
-        user_metadata: Vec::new(),
-        policy: upload.policy.clone(),
-        data,
-    };
-    let container = parts_container(&input.bucket);
-    let pkey = part_key(&input.upload_id, input.part_number);
-    let shard = IndexClient::shard_of(account, &container, &pkey, bucket.shards);
-    state
-        .index
-        .write(&shard, &pkey, &record, &Condition::None)
-        .await
-        .map_err(to_s3)?;
-    let c = output_checksums(&client_checksums);
+    let record = part_record(version, digests, data, &upload.policy);
+    let place = (&bucket, input.bucket.as_str(), input.upload_id.as_str());
+    record_part(state, account, place, input.part_number, &record).await?;
+    let etag = record.etag;
+    let c = output_checksums(&record.client_checksums);
     Ok(S3Response::new(UploadPartOutput {
         e_tag: Some(etag_value(&etag)),
         checksum_crc32: c.crc32,
@@ -210,6 +198,45 @@ pub async fn upload_part(
         checksum_sha256: c.sha256,
         ..Default::default()
     }))
+}
+
+/// The record of a part stored as `version`.
+fn part_record(
+    version: VersionId,
+    digests: crate::data::Digests,
+    data: EntryData,
+    policy: &str,
+) -> IndexEntry {
+    IndexEntry {
+        version,
+        size: digests.bytes,
+        etag: hex::encode(digests.md5),
+        blake3: digests.blake3,
+        client_checksums: digests.client_checksums(),
+        content_type: String::new(),
+        user_metadata: Vec::new(),
+        policy: policy.to_owned(),
+        data,
+    }
+}
+
+/// Records part `number` of upload `upload_id` in bucket `name` (replacing an earlier one).
+async fn record_part(
+    state: &S3State,
+    account: &str,
+    (bucket, name, upload_id): (&Bucket, &str, &str),
+    number: i32,
+    record: &IndexEntry,
+) -> S3Result<()> {
+    let container = parts_container(name);
+    let pkey = part_key(upload_id, number);
+    let shard = IndexClient::shard_of(account, &container, &pkey, bucket.shards);
+    state
+        .index
+        .write(&shard, &pkey, record, &Condition::None)
+        .await
+        .map_err(to_s3)?;
+    Ok(())
 }
 
 /// Every recorded part of an upload, in part order (at most [`MAX_PART_NUMBER`]).
