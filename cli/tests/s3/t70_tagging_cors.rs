@@ -522,7 +522,171 @@ fn tags_live_with_the_object_and_the_bucket_and_parts_copy_ranges() {
         assert_eq!(code(&err), "NoSuchBucket");
 
         upload_part_copies(&s3).await;
+        composite_checksums(&s3).await;
     });
+}
+
+/// The SHA-256 of `data`, in base64.
+fn sha256_base64(data: &[u8]) -> String {
+    let mut h = nimbus_core::checksum::ChecksumAlgorithm::Sha256.checksummer();
+    h.update(data);
+    h.finish_base64()
+}
+
+/// Multipart checksums: per-part SHA-256 verified, stored and listed (copied parts get one
+/// computed), and the object's composite checksum (`base64-N`) from Complete, HEAD and GET.
+async fn composite_checksums(s3: &aws_sdk_s3::Client) {
+    use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode};
+    let first = bytes(5 << 20, 73);
+    let second = bytes(1000, 74);
+    let upload = s3
+        .create_multipart_upload()
+        .bucket("tags")
+        .key("summed")
+        .checksum_algorithm(ChecksumAlgorithm::Sha256)
+        .send()
+        .await
+        .unwrap();
+    let id = upload.upload_id().unwrap();
+    let part = |number: i32, data: &[u8], algorithm: ChecksumAlgorithm| {
+        s3.upload_part()
+            .bucket("tags")
+            .key("summed")
+            .upload_id(id)
+            .part_number(number)
+            .checksum_algorithm(algorithm)
+            .body(ByteStream::from(data.to_vec()))
+            .send()
+    };
+    // A part checksummed with another algorithm than the upload's is refused.
+    let err = part(1, &first, ChecksumAlgorithm::Crc32).await.unwrap_err();
+    assert_eq!(code(&err), "InvalidRequest");
+    let p1 = part(1, &first, ChecksumAlgorithm::Sha256).await.unwrap();
+    assert_eq!(p1.checksum_sha256(), Some(sha256_base64(&first).as_str()));
+    // A copied part: its checksum is computed as it streams.
+    let p2 = s3
+        .upload_part_copy()
+        .bucket("tags")
+        .key("summed")
+        .upload_id(id)
+        .part_number(2)
+        .copy_source("tags/big")
+        .copy_source_range(format!("bytes=0-{}", (5 << 20) - 1))
+        .send()
+        .await
+        .unwrap();
+    let copied = &bytes((6 << 20) + 100, 71)[..5 << 20];
+    let p2 = p2.copy_part_result().unwrap();
+    assert_eq!(p2.checksum_sha256(), Some(sha256_base64(copied).as_str()));
+    let p3 = part(3, &second, ChecksumAlgorithm::Sha256).await.unwrap();
+    let listed = s3
+        .list_parts()
+        .bucket("tags")
+        .key("summed")
+        .upload_id(id)
+        .send()
+        .await
+        .unwrap();
+    let listed: Vec<Option<&str>> = listed.parts().iter().map(|p| p.checksum_sha256()).collect();
+    assert_eq!(
+        listed,
+        [
+            Some(sha256_base64(&first).as_str()),
+            Some(sha256_base64(copied).as_str()),
+            Some(sha256_base64(&second).as_str())
+        ]
+    );
+    let completed = |sha: &str, number: i32, etag: &str| {
+        CompletedPart::builder()
+            .part_number(number)
+            .e_tag(etag)
+            .checksum_sha256(sha)
+            .build()
+    };
+    // Parts named with another checksum than theirs: InvalidPart.
+    let err = s3
+        .complete_multipart_upload()
+        .bucket("tags")
+        .key("summed")
+        .upload_id(id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .parts(completed(&sha256_base64(b"other"), 1, p1.e_tag().unwrap()))
+                .parts(completed(
+                    p3.checksum_sha256().unwrap(),
+                    3,
+                    p3.e_tag().unwrap(),
+                ))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "InvalidPart");
+    let done = s3
+        .complete_multipart_upload()
+        .bucket("tags")
+        .key("summed")
+        .upload_id(id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .parts(completed(
+                    p1.checksum_sha256().unwrap(),
+                    1,
+                    p1.e_tag().unwrap(),
+                ))
+                .parts(completed(
+                    p2.checksum_sha256().unwrap(),
+                    2,
+                    p2.e_tag().unwrap(),
+                ))
+                .parts(completed(
+                    p3.checksum_sha256().unwrap(),
+                    3,
+                    p3.e_tag().unwrap(),
+                ))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut composite = nimbus_core::checksum::ChecksumAlgorithm::Sha256.checksummer();
+    for data in [&first[..], copied, &second[..]] {
+        let mut h = nimbus_core::checksum::ChecksumAlgorithm::Sha256.checksummer();
+        h.update(data);
+        composite.update(&h.finish());
+    }
+    let expected = format!("{}-3", composite.finish_base64());
+    assert_eq!(done.checksum_sha256(), Some(expected.as_str()));
+    let head = s3
+        .head_object()
+        .bucket("tags")
+        .key("summed")
+        .checksum_mode(ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.checksum_sha256(), Some(expected.as_str()));
+    let got = s3
+        .get_object()
+        .bucket("tags")
+        .key("summed")
+        .checksum_mode(ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.checksum_sha256(), Some(expected.as_str()));
+    let body = got.body.collect().await.unwrap().into_bytes();
+    assert_eq!(body.len(), first.len() + copied.len() + second.len());
+    // Without the mode, no checksum.
+    let head = s3
+        .head_object()
+        .bucket("tags")
+        .key("summed")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.checksum_sha256(), None);
 }
 
 /// UploadPartCopy: two ranges of a fragmented source (out of order) and a whole inline one

@@ -6,6 +6,7 @@
 //! records; parts left out are garbage for the collector, as are the parts of an aborted
 //! upload. Bucket names cannot contain `#`, so these containers never meet a bucket.
 
+mod checksums;
 mod part_copy;
 
 use md5::Digest as _;
@@ -109,6 +110,7 @@ pub async fn create(
     let mut input = req.input;
     let bucket = owned(state, account, &input.bucket)?;
     check_key(&input.key)?;
+    let algorithm = checksums::requested(&input)?;
     let (version, upload_id) = new_upload_id(state);
     let standard = Standard {
         cache_control: input.cache_control.take(),
@@ -122,7 +124,7 @@ pub async fn create(
         size: 0,
         etag: String::new(),
         blake3: [0; 32],
-        client_checksums: Vec::new(),
+        client_checksums: checksums::marker(algorithm),
         content_type: input.content_type.take().unwrap_or_default(),
         // The tags wait in the upload's record with the metadata; Complete applies both.
         user_metadata: metadata_pairs(input.metadata.as_ref(), standard)
@@ -147,6 +149,8 @@ pub async fn create(
         bucket: Some(input.bucket),
         key: Some(input.key),
         upload_id: Some(upload_id),
+        checksum_algorithm: algorithm.map(|a| ChecksumAlgorithm::from(a.s3_name().to_owned())),
+        checksum_type: algorithm.map(|_| ChecksumType::from(ChecksumType::COMPOSITE.to_owned())),
         ..Default::default()
     }))
 }
@@ -166,6 +170,14 @@ pub async fn upload_part(
     }
     let (bucket, upload) =
         open_upload(state, account, &input.bucket, &input.key, &input.upload_id).await?;
+    if let Some(algorithm) = checksums::of_upload(&upload)
+        && !plan.covers(algorithm)
+    {
+        return Err(s3_error!(
+            InvalidRequest,
+            "The upload was created using a {algorithm} checksum. The part upload request must include a checksum of the same algorithm."
+        ));
+    }
     let declared = declared_length(input.content_length)?;
     let md5 = content_md5(input.content_md5.as_ref())?;
     let version = state.data.clock.next();
@@ -345,6 +357,7 @@ pub async fn complete(
     let mut previous = 0;
     let mut parts = Vec::with_capacity(requested.len());
     let mut md5s = md5::Md5::new();
+    let mut composite = checksums::of_upload(&upload).map(checksums::Composite::new);
     let mut size = 0u64;
     for (i, p) in requested.iter().enumerate() {
         let number = p
@@ -375,6 +388,9 @@ pub async fn complete(
                 entry.size
             ));
         }
+        if let Some(c) = composite.as_mut() {
+            c.add(number, entry, p)?;
+        }
         let md5 = hex::decode(&entry.etag).map_err(|_| s3_error!(InternalError))?;
         md5s.update(&md5);
         size += entry.size;
@@ -402,7 +418,10 @@ pub async fn complete(
         size,
         etag: etag.clone(),
         blake3: [0; 32],
-        client_checksums: Vec::new(),
+        client_checksums: composite
+            .map(checksums::Composite::finish)
+            .into_iter()
+            .collect(),
         content_type: upload.content_type.clone(),
         user_metadata: upload.user_metadata.clone(),
         policy: upload.policy.clone(),
@@ -435,7 +454,15 @@ pub async fn complete(
         &upload.policy,
     )
     .await?;
+    let c = output_checksums(&entry.client_checksums);
+    let composite = !entry.client_checksums.is_empty();
     Ok(S3Response::new(CompleteMultipartUploadOutput {
+        checksum_crc32: c.crc32,
+        checksum_crc32c: c.crc32c,
+        checksum_crc64nvme: c.crc64nvme,
+        checksum_sha1: c.sha1,
+        checksum_sha256: c.sha256,
+        checksum_type: composite.then(|| ChecksumType::from(ChecksumType::COMPOSITE.to_owned())),
         bucket: Some(input.bucket.clone()),
         key: Some(input.key.clone()),
         e_tag: Some(etag_value(&etag)),
@@ -500,12 +527,19 @@ pub async fn list_parts(
         parts: Some(
             parts
                 .into_iter()
-                .map(|(n, r)| Part {
-                    part_number: Some(n),
-                    e_tag: Some(etag_value(&r.entry.etag)),
-                    size: Some(r.entry.size as i64),
-                    last_modified: Some(last_modified(r.entry.version)),
-                    ..Default::default()
+                .map(|(n, r)| {
+                    let c = output_checksums(&r.entry.client_checksums);
+                    Part {
+                        checksum_crc32: c.crc32,
+                        checksum_crc32c: c.crc32c,
+                        checksum_crc64nvme: c.crc64nvme,
+                        checksum_sha1: c.sha1,
+                        checksum_sha256: c.sha256,
+                        part_number: Some(n),
+                        e_tag: Some(etag_value(&r.entry.etag)),
+                        size: Some(r.entry.size as i64),
+                        last_modified: Some(last_modified(r.entry.version)),
+                    }
                 })
                 .collect(),
         ),

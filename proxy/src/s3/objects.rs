@@ -250,6 +250,11 @@ impl ChecksumPlan {
         Ok(plan)
     }
 
+    /// Tells whether the body's checksum of `algorithm` is sent or to be computed.
+    pub(crate) fn covers(&self, algorithm: ChecksumAlgorithm) -> bool {
+        self.algorithms.contains(&algorithm)
+    }
+
     /// Checks the computed checksums against the values the client sent.
     fn verify(&self, computed: &[(ChecksumAlgorithm, Vec<u8>)]) -> Result<(), DataError> {
         for (algorithm, value) in computed {
@@ -309,7 +314,12 @@ pub(crate) fn output_checksums(checksums: &[(String, Vec<u8>)]) -> OutputChecksu
         sha256: None,
     };
     for (name, value) in checksums {
-        let encoded = Some(to_base64(value));
+        // A multipart object's composite checksum is kept as `ALG-N`, answered `base64-N`.
+        let (name, parts) = match name.split_once('-') {
+            Some((name, parts)) => (name, format!("-{parts}")),
+            None => (name.as_str(), String::new()),
+        };
+        let encoded = Some(to_base64(value) + &parts);
         match name.parse::<ChecksumAlgorithm>() {
             Ok(ChecksumAlgorithm::Crc32) => out.crc32 = encoded,
             Ok(ChecksumAlgorithm::Crc32c) => out.crc32c = encoded,

@@ -10,8 +10,8 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 use super::{MAX_PART_NUMBER, open_upload, part_record, record_part};
 use crate::s3::S3State;
 use crate::s3::objects::{
-    ChecksumPlan, ReadConditions, Stored, etag_value, last_modified, open_body, readable_entry,
-    store_body,
+    ChecksumPlan, ReadConditions, Stored, etag_value, last_modified, open_body, output_checksums,
+    readable_entry, store_body,
 };
 
 /// The most bytes one UploadPartCopy copies (S3's limit on a part).
@@ -106,7 +106,15 @@ pub async fn upload_part_copy(
     }
     let body = open_body(state, account, src_bucket, src_key, &source, range).await?;
     let version = state.data.clock.next();
-    let none = ChecksumPlan::of(&hyper::HeaderMap::new(), None)?;
+    // A part of an upload with a checksum algorithm gets its checksum computed.
+    let mut headers = hyper::HeaderMap::new();
+    if let Some(algorithm) = super::checksums::of_upload(&upload) {
+        headers.insert(
+            "x-amz-sdk-checksum-algorithm",
+            hyper::header::HeaderValue::from_static(algorithm.s3_name()),
+        );
+    }
+    let plan = ChecksumPlan::of(&headers, None)?;
     let Stored { digests, data } = store_body(
         state,
         account,
@@ -117,18 +125,23 @@ pub async fn upload_part_copy(
         Some(StreamingBlob::wrap(body)),
         bytes,
         None,
-        &none,
+        &plan,
         false,
     )
     .await?;
     let record = part_record(version, digests, data, &upload.policy);
     let place = (&bucket, input.bucket.as_str(), input.upload_id.as_str());
     record_part(state, account, place, input.part_number, &record).await?;
+    let c = output_checksums(&record.client_checksums);
     Ok(S3Response::new(UploadPartCopyOutput {
         copy_part_result: Some(CopyPartResult {
+            checksum_crc32: c.crc32,
+            checksum_crc32c: c.crc32c,
+            checksum_crc64nvme: c.crc64nvme,
+            checksum_sha1: c.sha1,
+            checksum_sha256: c.sha256,
             e_tag: Some(etag_value(&record.etag)),
             last_modified: Some(last_modified(version)),
-            ..Default::default()
         }),
         ..Default::default()
     }))
