@@ -954,10 +954,16 @@ pub(crate) async fn copy_entry_tagged(
         size: digests.bytes,
         etag: hex::encode(digests.md5),
         blake3: digests.blake3,
-        // The source's client checksums hold for the same bytes, when it had one part.
+        // The source's client checksums hold for the same bytes, when it had one part (a
+        // composite `ALG-N` one never does: the copy has one part).
         client_checksums: match source.data {
             EntryData::Parts(_) => Vec::new(),
-            _ => source.client_checksums.clone(),
+            _ => source
+                .client_checksums
+                .iter()
+                .filter(|(name, _)| !name.contains('-'))
+                .cloned()
+                .collect(),
         },
         content_type,
         user_metadata,
