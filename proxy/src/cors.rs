@@ -382,6 +382,8 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 /// A request's CORS context, taken before the request is served.
 #[derive(Debug)]
 pub struct Cors {
+    /// Whether the request is on Swift's paths (which answer preflights the Swift way).
+    swift: bool,
     target: Option<Target>,
     origin: Option<String>,
     method: Method,
@@ -392,6 +394,7 @@ impl Cors {
     #[must_use]
     pub fn of(request: &Request, domains: &Domains) -> Cors {
         Cors {
+            swift: crate::swift::is_swift(request),
             target: target_of(request, domains),
             origin: header(request.headers(), "origin").map(str::to_owned),
             method: request.method().clone(),
@@ -407,7 +410,7 @@ impl Cors {
     /// Answers a preflight `OPTIONS` request.
     #[must_use]
     pub fn preflight(&self, state: &S3State, headers: &HeaderMap) -> Response {
-        let swift = matches!(self.target, Some(Target::Swift { .. }));
+        let swift = self.swift;
         let method = header(headers, "access-control-request-method");
         let (Some(origin), Some(method)) = (self.origin.as_deref(), method) else {
             if swift {
@@ -455,6 +458,8 @@ impl Cors {
                     },
                 }
             }
+            // Swift's accounts, `/info` and `/auth` have no CORS settings of their own.
+            None if swift => answer(StatusCode::UNAUTHORIZED, &[], "Unauthorized"),
             None => s3_error_answer(StatusCode::FORBIDDEN, "AccessForbidden", NOT_ENABLED),
         }
     }

@@ -335,6 +335,43 @@ fn tags_live_with_the_object_and_the_bucket_and_parts_copy_ranges() {
             .unwrap_err();
         assert_eq!(code(&err), "NoSuchBucket");
 
+        // Tag changes racing PUTs of the key never bring an older version back: each
+        // rewrite is conditional on the version it read.
+        for round in 0..12u64 {
+            let data = bytes(100, 1000 + round);
+            let (put, tag) = tokio::join!(
+                s3.put_object()
+                    .bucket("tags")
+                    .key("raced")
+                    .body(ByteStream::from(data.clone()))
+                    .send(),
+                s3.put_object_tagging()
+                    .bucket("tags")
+                    .key("raced")
+                    .tagging(tagging(&[("round", "x")]))
+                    .send(),
+            );
+            put.unwrap();
+            if let Err(e) = tag {
+                assert!(
+                    ["OperationAborted", "NoSuchKey"].contains(&code(&e).as_str()),
+                    "{e:?}"
+                );
+            }
+            let got = s3
+                .get_object()
+                .bucket("tags")
+                .key("raced")
+                .send()
+                .await
+                .unwrap();
+            let body = got.body.collect().await.unwrap().into_bytes();
+            assert!(
+                body.as_ref() == data.as_slice(),
+                "round {round}: an older version came back"
+            );
+        }
+
         // A new PUT of the key is a new object: no tags.
         s3.put_object_tagging()
             .bucket("tags")
@@ -1191,6 +1228,8 @@ fn bucket_cors_answers_preflights_and_marks_responses() {
         );
         let (status, _, _) = preflight(&cluster, &swift_page, "http://evil.test", "GET", None);
         assert_eq!(status, 401);
+        let (status, _, _) = preflight(&cluster, &url, "http://swift.test", "GET", None);
+        assert_eq!(status, 401, "an account has no CORS settings");
         let auth = format!("X-Auth-Token: {token}");
         let (status, headers, _) = curl(
             &cluster,
