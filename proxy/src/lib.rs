@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod cors;
 pub mod data;
 pub mod error;
 pub mod index;

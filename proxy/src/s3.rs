@@ -3,11 +3,13 @@
 //! cluster map (buckets), the index (keys) and the data path (bytes).
 
 pub(crate) mod buckets;
+mod cors;
 mod error;
 mod host;
 pub(crate) mod list;
 mod multipart;
 pub(crate) mod objects;
+mod tagging;
 pub(crate) mod versions;
 
 use std::sync::Arc;
@@ -223,6 +225,14 @@ impl S3 for NimbusS3 {
         multipart::upload_part(&self.0, &account, req).await
     }
 
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let account = account_of(&self.0, &req)?;
+        multipart::upload_part_copy(&self.0, &account, req).await
+    }
+
     async fn complete_multipart_upload(
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
@@ -253,6 +263,78 @@ impl S3 for NimbusS3 {
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let account = account_of(&self.0, &req)?;
         multipart::list_uploads(&self.0, &account, req).await
+    }
+
+    async fn put_object_tagging(
+        &self,
+        req: S3Request<PutObjectTaggingInput>,
+    ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+        let account = account_of(&self.0, &req)?;
+        tagging::put_object(&self.0, &account, req).await
+    }
+
+    async fn get_object_tagging(
+        &self,
+        req: S3Request<GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+        let account = account_of(&self.0, &req)?;
+        tagging::get_object(&self.0, &account, req).await
+    }
+
+    async fn delete_object_tagging(
+        &self,
+        req: S3Request<DeleteObjectTaggingInput>,
+    ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+        let account = account_of(&self.0, &req)?;
+        tagging::delete_object(&self.0, &account, req).await
+    }
+
+    async fn put_bucket_tagging(
+        &self,
+        req: S3Request<PutBucketTaggingInput>,
+    ) -> S3Result<S3Response<PutBucketTaggingOutput>> {
+        let account = account_of(&self.0, &req)?;
+        tagging::put_bucket(&self.0, &account, req).await
+    }
+
+    async fn get_bucket_tagging(
+        &self,
+        req: S3Request<GetBucketTaggingInput>,
+    ) -> S3Result<S3Response<GetBucketTaggingOutput>> {
+        let account = account_of(&self.0, &req)?;
+        tagging::get_bucket(&self.0, &account, req).await
+    }
+
+    async fn delete_bucket_tagging(
+        &self,
+        req: S3Request<DeleteBucketTaggingInput>,
+    ) -> S3Result<S3Response<DeleteBucketTaggingOutput>> {
+        let account = account_of(&self.0, &req)?;
+        tagging::delete_bucket(&self.0, &account, req).await
+    }
+
+    async fn put_bucket_cors(
+        &self,
+        req: S3Request<PutBucketCorsInput>,
+    ) -> S3Result<S3Response<PutBucketCorsOutput>> {
+        let account = account_of(&self.0, &req)?;
+        cors::put(&self.0, &account, req).await
+    }
+
+    async fn get_bucket_cors(
+        &self,
+        req: S3Request<GetBucketCorsInput>,
+    ) -> S3Result<S3Response<GetBucketCorsOutput>> {
+        let account = account_of(&self.0, &req)?;
+        cors::get(&self.0, &account, req).await
+    }
+
+    async fn delete_bucket_cors(
+        &self,
+        req: S3Request<DeleteBucketCorsInput>,
+    ) -> S3Result<S3Response<DeleteBucketCorsOutput>> {
+        let account = account_of(&self.0, &req)?;
+        cors::delete(&self.0, &account, req).await
     }
 
     async fn list_objects(

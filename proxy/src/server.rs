@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::cluster::{Cluster, Watcher};
 use crate::config::ProxyConfig;
+use crate::cors::Cors;
 use crate::data::{DataPath, VersionClock};
 use crate::index::IndexClient;
 use crate::node_client::NodeClient;
@@ -112,6 +113,7 @@ pub async fn start(
     let mut builder = S3ServiceBuilder::new(NimbusS3(Arc::clone(&state)));
     builder.set_auth(MapAuth(cluster));
     builder.set_host(Domains::new(&config.s3_domains));
+    let domains = Arc::new(Domains::new(&config.s3_domains));
     let s3 = builder.build();
     let listener = TcpListener::bind(config.listen)
         .await
@@ -126,7 +128,7 @@ pub async fn start(
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
         .fallback(serve)
-        .with_state(Front { s3, state });
+        .with_state(Front { s3, state, domains });
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -148,12 +150,26 @@ pub async fn start(
 struct Front {
     s3: S3Service,
     state: Arc<S3State>,
+    /// The S3 domains (the bucket of a virtual-host request, for CORS).
+    domains: Arc<Domains>,
 }
 
-/// Swift's paths go to the Swift API; everything else but the proxy's own routes is S3.
+/// Preflight `OPTIONS` requests are answered from the bucket's CORS settings; Swift's paths
+/// go to the Swift API; everything else but the proxy's own routes is S3. The answer to a
+/// request with `Origin` gets the CORS headers its bucket's settings give it.
 async fn serve(State(front): State<Front>, request: Request) -> Response {
+    let cors = Cors::of(&request, &front.domains);
+    if cors.is_preflight() {
+        return cors.preflight(&front.state, request.headers());
+    }
+    let mut response = serve_api(&front, request).await;
+    cors.decorate(&front.state, &mut response);
+    response
+}
+
+async fn serve_api(front: &Front, request: Request) -> Response {
     if crate::swift::is_swift(&request) {
-        return crate::swift::handle(front.state, request).await;
+        return crate::swift::handle(Arc::clone(&front.state), request).await;
     }
     match front
         .s3

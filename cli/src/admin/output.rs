@@ -394,30 +394,6 @@ pub fn map_summary(map: &ClusterMap) -> Report {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tables_align_columns_and_trim_line_ends() {
-        let rows = [
-            ["ID".to_owned(), "NAME".to_owned()],
-            ["10".to_owned(), "x".to_owned()],
-        ];
-        assert_eq!(table(&rows), "ID  NAME\n10  x");
-    }
-
-    #[test]
-    fn long_name_lists_are_counted_and_cut() {
-        let names: Vec<String> = (0..12).map(|i| format!("b{i}")).collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let text = counted(&names);
-        assert!(text.starts_with("12 (b0, b1"), "{text}");
-        assert!(text.ends_with("b9, …)"), "{text}");
-        assert_eq!(counted(&[]), "none");
-    }
-}
-
 /// The workers of each storage node, one line per device; fails if a node gave no answer.
 pub fn workers(nodes: &[(String, Result<Value>)]) -> Report {
     let mut lines = Vec::new();
@@ -451,5 +427,29 @@ pub fn workers(nodes: &[(String, Result<Value>)]) -> Report {
         text: lines.join("\n"),
         json: Value::Array(values),
         failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns_and_trim_line_ends() {
+        let rows = [
+            ["ID".to_owned(), "NAME".to_owned()],
+            ["10".to_owned(), "x".to_owned()],
+        ];
+        assert_eq!(table(&rows), "ID  NAME\n10  x");
+    }
+
+    #[test]
+    fn long_name_lists_are_counted_and_cut() {
+        let names: Vec<String> = (0..12).map(|i| format!("b{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let text = counted(&names);
+        assert!(text.starts_with("12 (b0, b1"), "{text}");
+        assert!(text.ends_with("b9, …)"), "{text}");
+        assert_eq!(counted(&[]), "none");
     }
 }

@@ -17,3 +17,4 @@ mod t40_conditional;
 mod t50_faults;
 mod t60_swift;
 mod t62_swift_containers;
+mod t70_tagging_cors;

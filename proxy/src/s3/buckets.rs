@@ -146,3 +146,35 @@ pub async fn delete(
         Err(e) => Err(s3_error!(InvalidRequest, "{e}")),
     }
 }
+
+/// Sets (or with `None`, removes) attribute `attribute` of bucket `name` through the
+/// metadata leader, waiting until this proxy's map shows the change.
+pub(crate) async fn set_attribute(
+    state: &S3State,
+    name: &str,
+    attribute: &str,
+    value: Option<String>,
+) -> S3Result<()> {
+    let command = MapCommand::SetBucketAttributes {
+        name: name.to_owned(),
+        changes: [(attribute.to_owned(), value.clone())]
+            .into_iter()
+            .collect(),
+    };
+    let visible = |m: &nimbus_ring::map::ClusterMap| {
+        m.bucket(name)
+            .is_none_or(|b| b.attributes.get(attribute) == value.as_ref())
+    };
+    match meta_write::write(&state.cluster, &command, visible)
+        .await
+        .map_err(to_s3)?
+    {
+        Ok(_) => Ok(()),
+        Err(MapError::NoSuchBucket { .. }) => Err(s3_error!(NoSuchBucket)),
+        Err(MapError::Invalid { reason }) => Err(s3_error!(
+            InvalidRequest,
+            "the bucket's configuration is too large: {reason}"
+        )),
+        Err(e) => Err(s3_error!(InvalidRequest, "{e}")),
+    }
+}

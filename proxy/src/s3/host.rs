@@ -17,7 +17,7 @@ impl Domains {
     }
 
     /// Returns the bucket `host` names, if any.
-    fn bucket_of<'a>(&self, host: &'a str) -> Option<&'a str> {
+    pub(crate) fn bucket_of<'a>(&self, host: &'a str) -> Option<&'a str> {
         // Without the port; an IPv6 literal keeps its brackets and names no bucket.
         let name = match host.rsplit_once(':') {
             Some((name, port))

@@ -6,7 +6,11 @@
 //! records; parts left out are garbage for the collector, as are the parts of an aborted
 //! upload. Bucket names cannot contain `#`, so these containers never meet a bucket.
 
+mod checksums;
+mod part_copy;
+
 use md5::Digest as _;
+use nimbus_core::ids::VersionId;
 use nimbus_core::index::{EntryData, IndexEntry, IndexRecord, Part as StoredPart};
 use nimbus_ring::map::Bucket;
 use s3s::dto::*;
@@ -20,6 +24,8 @@ use super::objects::{
     last_modified, metadata_pairs, output_checksums, store_body,
 };
 use crate::index::{Condition, IndexClient};
+
+pub use part_copy::upload_part_copy;
 
 /// Every part but the last must have at least this many bytes (S3's rule).
 pub const MIN_PART_BYTES: u64 = 5 << 20;
@@ -104,6 +110,7 @@ pub async fn create(
     let mut input = req.input;
     let bucket = owned(state, account, &input.bucket)?;
     check_key(&input.key)?;
+    let algorithm = checksums::requested(&input)?;
     let (version, upload_id) = new_upload_id(state);
     let standard = Standard {
         cache_control: input.cache_control.take(),
@@ -117,9 +124,13 @@ pub async fn create(
         size: 0,
         etag: String::new(),
         blake3: [0; 32],
-        client_checksums: Vec::new(),
+        client_checksums: checksums::marker(algorithm),
         content_type: input.content_type.take().unwrap_or_default(),
-        user_metadata: metadata_pairs(input.metadata.as_ref(), standard),
+        // The tags wait in the upload's record with the metadata; Complete applies both.
+        user_metadata: metadata_pairs(input.metadata.as_ref(), standard)
+            .into_iter()
+            .chain(super::tagging::pair_of_header(input.tagging.as_deref())?)
+            .collect(),
         policy: bucket.policy.clone(),
         data: EntryData::Inline(Vec::new()),
     };
@@ -138,6 +149,8 @@ pub async fn create(
         bucket: Some(input.bucket),
         key: Some(input.key),
         upload_id: Some(upload_id),
+        checksum_algorithm: algorithm.map(|a| ChecksumAlgorithm::from(a.s3_name().to_owned())),
+        checksum_type: algorithm.map(|_| ChecksumType::from(ChecksumType::COMPOSITE.to_owned())),
         ..Default::default()
     }))
 }
@@ -157,6 +170,14 @@ pub async fn upload_part(
     }
     let (bucket, upload) =
         open_upload(state, account, &input.bucket, &input.key, &input.upload_id).await?;
+    if let Some(algorithm) = checksums::of_upload(&upload)
+        && !plan.covers(algorithm)
+    {
+        return Err(s3_error!(
+            InvalidRequest,
+            "The upload was created using a {algorithm} checksum. The part upload request must include a checksum of the same algorithm."
+        ));
+    }
     let declared = declared_length(input.content_length)?;
     let md5 = content_md5(input.content_md5.as_ref())?;
     let version = state.data.clock.next();
@@ -175,28 +196,11 @@ pub async fn upload_part(
         false,
     )
     .await?;
-    let etag = hex::encode(digests.md5);
-    let client_checksums = digests.client_checksums();
-    let record = IndexEntry {
-        version,
-        size: digests.bytes,
-        etag: etag.clone(),
-        blake3: digests.blake3,
-        client_checksums: client_checksums.clone(),
-        content_type: String::new(),
-        user_metadata: Vec::new(),
-        policy: upload.policy.clone(),
-        data,
-    };
-    let container = parts_container(&input.bucket);
-    let pkey = part_key(&input.upload_id, input.part_number);
-    let shard = IndexClient::shard_of(account, &container, &pkey, bucket.shards);
-    state
-        .index
-        .write(&shard, &pkey, &record, &Condition::None)
-        .await
-        .map_err(to_s3)?;
-    let c = output_checksums(&client_checksums);
+    let record = part_record(version, digests, data, &upload.policy);
+    let place = (&bucket, input.bucket.as_str(), input.upload_id.as_str());
+    record_part(state, account, place, input.part_number, &record).await?;
+    let etag = record.etag;
+    let c = output_checksums(&record.client_checksums);
     Ok(S3Response::new(UploadPartOutput {
         e_tag: Some(etag_value(&etag)),
         checksum_crc32: c.crc32,
@@ -206,6 +210,45 @@ pub async fn upload_part(
         checksum_sha256: c.sha256,
         ..Default::default()
     }))
+}
+
+/// The record of a part stored as `version`.
+fn part_record(
+    version: VersionId,
+    digests: crate::data::Digests,
+    data: EntryData,
+    policy: &str,
+) -> IndexEntry {
+    IndexEntry {
+        version,
+        size: digests.bytes,
+        etag: hex::encode(digests.md5),
+        blake3: digests.blake3,
+        client_checksums: digests.client_checksums(),
+        content_type: String::new(),
+        user_metadata: Vec::new(),
+        policy: policy.to_owned(),
+        data,
+    }
+}
+
+/// Records part `number` of upload `upload_id` in bucket `name` (replacing an earlier one).
+async fn record_part(
+    state: &S3State,
+    account: &str,
+    (bucket, name, upload_id): (&Bucket, &str, &str),
+    number: i32,
+    record: &IndexEntry,
+) -> S3Result<()> {
+    let container = parts_container(name);
+    let pkey = part_key(upload_id, number);
+    let shard = IndexClient::shard_of(account, &container, &pkey, bucket.shards);
+    state
+        .index
+        .write(&shard, &pkey, record, &Condition::None)
+        .await
+        .map_err(to_s3)?;
+    Ok(())
 }
 
 /// Every recorded part of an upload, in part order (at most [`MAX_PART_NUMBER`]).
@@ -314,6 +357,7 @@ pub async fn complete(
     let mut previous = 0;
     let mut parts = Vec::with_capacity(requested.len());
     let mut md5s = md5::Md5::new();
+    let mut composite = checksums::of_upload(&upload).map(checksums::Composite::new);
     let mut size = 0u64;
     for (i, p) in requested.iter().enumerate() {
         let number = p
@@ -344,6 +388,9 @@ pub async fn complete(
                 entry.size
             ));
         }
+        if let Some(c) = composite.as_mut() {
+            c.add(number, entry, p)?;
+        }
         let md5 = hex::decode(&entry.etag).map_err(|_| s3_error!(InternalError))?;
         md5s.update(&md5);
         size += entry.size;
@@ -371,7 +418,10 @@ pub async fn complete(
         size,
         etag: etag.clone(),
         blake3: [0; 32],
-        client_checksums: Vec::new(),
+        client_checksums: composite
+            .map(checksums::Composite::finish)
+            .into_iter()
+            .collect(),
         content_type: upload.content_type.clone(),
         user_metadata: upload.user_metadata.clone(),
         policy: upload.policy.clone(),
@@ -388,6 +438,7 @@ pub async fn complete(
         },
         _ => Condition::None,
     };
+    let checksums = entry.client_checksums.clone();
     let version_id = super::versions::commit(
         state,
         account,
@@ -408,7 +459,15 @@ pub async fn complete(
         &upload.policy,
     )
     .await?;
+    let c = output_checksums(&checksums);
+    let composite = !checksums.is_empty();
     Ok(S3Response::new(CompleteMultipartUploadOutput {
+        checksum_crc32: c.crc32,
+        checksum_crc32c: c.crc32c,
+        checksum_crc64nvme: c.crc64nvme,
+        checksum_sha1: c.sha1,
+        checksum_sha256: c.sha256,
+        checksum_type: composite.then(|| ChecksumType::from(ChecksumType::COMPOSITE.to_owned())),
         bucket: Some(input.bucket.clone()),
         key: Some(input.key.clone()),
         e_tag: Some(etag_value(&etag)),
@@ -474,12 +533,19 @@ pub async fn list_parts(
         parts: Some(
             parts
                 .into_iter()
-                .map(|(n, r)| Part {
-                    part_number: Some(n),
-                    e_tag: Some(etag_value(&r.entry.etag)),
-                    size: Some(r.entry.size as i64),
-                    last_modified: Some(last_modified(r.entry.version)),
-                    ..Default::default()
+                .map(|(n, r)| {
+                    let c = output_checksums(&r.entry.client_checksums);
+                    Part {
+                        checksum_crc32: c.crc32,
+                        checksum_crc32c: c.crc32c,
+                        checksum_crc64nvme: c.crc64nvme,
+                        checksum_sha1: c.sha1,
+                        checksum_sha256: c.sha256,
+                        part_number: Some(n),
+                        e_tag: Some(etag_value(&r.entry.etag)),
+                        size: Some(r.entry.size as i64),
+                        last_modified: Some(last_modified(r.entry.version)),
+                    }
                 })
                 .collect(),
         ),

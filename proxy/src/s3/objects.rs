@@ -18,6 +18,7 @@ use s3s::{S3Error, S3Request, S3Response, S3Result, TrailingHeaders, s3_error};
 use super::S3State;
 use super::buckets::owned;
 use super::error::to_s3;
+use super::tagging;
 use crate::data::{self, FragmentName, PutBody, Shape};
 use crate::error::DataError;
 use crate::index::{Condition, IndexClient};
@@ -106,6 +107,8 @@ pub(crate) struct Described {
     pub content_encoding: Option<String>,
     pub content_language: Option<String>,
     pub expires: Option<Timestamp>,
+    /// The number of tags (`x-amz-tagging-count`), when there are any.
+    pub tag_count: Option<i32>,
 }
 
 pub(crate) fn describe(entry: &IndexEntry) -> Described {
@@ -116,6 +119,7 @@ pub(crate) fn describe(entry: &IndexEntry) -> Described {
         content_encoding: None,
         content_language: None,
         expires: None,
+        tag_count: None,
     };
     for (k, v) in &entry.user_metadata {
         match k.as_str() {
@@ -124,6 +128,9 @@ pub(crate) fn describe(entry: &IndexEntry) -> Described {
             CONTENT_ENCODING => d.content_encoding = Some(v.clone()),
             CONTENT_LANGUAGE => d.content_language = Some(v.clone()),
             EXPIRES => d.expires = Timestamp::parse(TimestampFormat::HttpDate, v).ok(),
+            tagging::TAGGING => {
+                d.tag_count = i32::try_from(tagging::count(v)).ok().filter(|n| *n > 0);
+            }
             // Other reserved pairs (':' never begins a user's name) are Nimbus's own.
             k if k.starts_with(':') => {}
             _ => {
@@ -245,6 +252,11 @@ impl ChecksumPlan {
         Ok(plan)
     }
 
+    /// Tells whether the body's checksum of `algorithm` is sent or to be computed.
+    pub(crate) fn covers(&self, algorithm: ChecksumAlgorithm) -> bool {
+        self.algorithms.contains(&algorithm)
+    }
+
     /// Checks the computed checksums against the values the client sent.
     fn verify(&self, computed: &[(ChecksumAlgorithm, Vec<u8>)]) -> Result<(), DataError> {
         for (algorithm, value) in computed {
@@ -304,7 +316,12 @@ pub(crate) fn output_checksums(checksums: &[(String, Vec<u8>)]) -> OutputChecksu
         sha256: None,
     };
     for (name, value) in checksums {
-        let encoded = Some(to_base64(value));
+        // A multipart object's composite checksum is kept as `ALG-N`, answered `base64-N`.
+        let (name, parts) = match name.split_once('-') {
+            Some((name, parts)) => (name, format!("-{parts}")),
+            None => (name.as_str(), String::new()),
+        };
+        let encoded = Some(to_base64(value) + &parts);
         match name.parse::<ChecksumAlgorithm>() {
             Ok(ChecksumAlgorithm::Crc32) => out.crc32 = encoded,
             Ok(ChecksumAlgorithm::Crc32c) => out.crc32c = encoded,
@@ -400,6 +417,7 @@ pub async fn put(
     let declared = declared_length(input.content_length)?;
     let md5 = content_md5(input.content_md5.as_ref())?;
     let condition = condition_of(&input)?;
+    let tags = tagging::pair_of_header(input.tagging.as_deref())?;
     let version = state.data.clock.next();
     let Stored { digests, data } = store_body(
         state,
@@ -431,7 +449,10 @@ pub async fn put(
         blake3: digests.blake3,
         client_checksums: client_checksums.clone(),
         content_type: input.content_type.clone().unwrap_or_default(),
-        user_metadata: metadata_pairs(input.metadata.as_ref(), standard),
+        user_metadata: metadata_pairs(input.metadata.as_ref(), standard)
+            .into_iter()
+            .chain(tags)
+            .collect(),
         policy: bucket.policy.clone(),
         data,
     };
@@ -686,6 +707,7 @@ pub async fn get(
             .clone()
             .or(d.content_language),
         expires: input.response_expires.clone().or(d.expires),
+        tag_count: d.tag_count,
         e_tag: Some(etag_value(&entry.etag)),
         last_modified: Some(last_modified(entry.version)),
         metadata: Some(d.metadata).filter(|m| !m.is_empty()),
@@ -820,6 +842,7 @@ pub async fn head(
     .await?;
     let range = byte_range(input.range.as_ref(), entry.size)?;
     let d = describe(&entry);
+    let tag_count = d.tag_count;
     let c = output_checksums(if checksums_wanted(input.checksum_mode.as_ref()) {
         &entry.client_checksums
     } else {
@@ -853,11 +876,18 @@ pub async fn head(
         version_id,
         ..Default::default()
     };
-    if range.is_some() {
-        Ok(S3Response::with_status(output, StatusCode::PARTIAL_CONTENT))
+    let mut response = if range.is_some() {
+        S3Response::with_status(output, StatusCode::PARTIAL_CONTENT)
     } else {
-        Ok(S3Response::new(output))
+        S3Response::new(output)
+    };
+    // HeadObjectOutput has no field for it; S3 sends it on HEAD as on GET.
+    if let Some(n) = tag_count {
+        response
+            .headers
+            .insert("x-amz-tagging-count", hyper::header::HeaderValue::from(n));
     }
+    Ok(response)
 }
 
 pub async fn delete(
@@ -887,6 +917,13 @@ pub async fn delete(
 /// the metadata pairs (`REPLACE`), or nothing (`COPY`).
 pub(crate) type Replacement = Option<(String, Vec<(String, String)>)>;
 
+/// What a copy's tags are: the source's (`COPY`, the default) or the request's (`REPLACE`,
+/// the checked metadata pair, none for no tags).
+pub(crate) enum TagsDirective {
+    Copy,
+    Replace(Option<(String, String)>),
+}
+
 /// Copies `account/src_bucket/src_key` (readable under `conditions`) to
 /// `account/dst_bucket/dst_key`: the bytes streamed through the data path into a new version
 /// of the destination, never held whole; the index entry written last. Returns the new entry.
@@ -897,6 +934,21 @@ pub(crate) async fn copy_entry(
     (dst_bucket, dst_key): (&str, &str),
     conditions: &ReadConditions<'_>,
     replacement: Replacement,
+) -> S3Result<IndexEntry> {
+    let keep = TagsDirective::Copy;
+    let (src, dst) = ((src_bucket, src_key), (dst_bucket, dst_key));
+    copy_entry_tagged(state, account, src, dst, conditions, replacement, keep).await
+}
+
+/// [`copy_entry`], with the destination's tags chosen by `tags`.
+pub(crate) async fn copy_entry_tagged(
+    state: &S3State,
+    account: &str,
+    (src_bucket, src_key): (&str, &str),
+    (dst_bucket, dst_key): (&str, &str),
+    conditions: &ReadConditions<'_>,
+    replacement: Replacement,
+    tags: TagsDirective,
 ) -> S3Result<IndexEntry> {
     let destination = owned(state, account, dst_bucket)?;
     check_key(dst_key)?;
@@ -918,17 +970,28 @@ pub(crate) async fn copy_entry(
         true,
     )
     .await?;
-    let (content_type, user_metadata) =
+    let (content_type, mut user_metadata) =
         replacement.unwrap_or((source.content_type.clone(), source.user_metadata.clone()));
+    let tags = match tags {
+        TagsDirective::Copy => tagging::pair_of(&source),
+        TagsDirective::Replace(pair) => pair,
+    };
+    tagging::replace_pair(&mut user_metadata, tags);
     let entry = IndexEntry {
         version,
         size: digests.bytes,
         etag: hex::encode(digests.md5),
         blake3: digests.blake3,
-        // The source's client checksums hold for the same bytes, when it had one part.
+        // The source's client checksums hold for the same bytes, when it had one part (a
+        // composite `ALG-N` one never does: the copy has one part).
         client_checksums: match source.data {
             EntryData::Parts(_) => Vec::new(),
-            _ => source.client_checksums.clone(),
+            _ => source
+                .client_checksums
+                .iter()
+                .filter(|(name, _)| !name.contains('-'))
+                .cloned()
+                .collect(),
         },
         content_type,
         user_metadata,
@@ -1008,19 +1071,36 @@ pub async fn copy(
             metadata_pairs(input.metadata.as_ref(), standard),
         )
     });
+    let tags = match input
+        .tagging_directive
+        .as_ref()
+        .map(TaggingDirective::as_str)
+    {
+        None | Some("COPY") => TagsDirective::Copy,
+        Some("REPLACE") => {
+            TagsDirective::Replace(tagging::pair_of_header(input.tagging.as_deref())?)
+        }
+        Some(other) => {
+            return Err(s3_error!(
+                InvalidArgument,
+                "unknown tagging directive {other}"
+            ));
+        }
+    };
     let conditions = ReadConditions {
         if_match: input.copy_source_if_match.as_ref(),
         if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
         if_none_match: input.copy_source_if_none_match.as_ref(),
         if_modified_since: input.copy_source_if_modified_since.as_ref(),
     };
-    let entry = copy_entry(
+    let entry = copy_entry_tagged(
         state,
         account,
         (&src_bucket, &src_key),
         (&input.bucket, &input.key),
         &conditions,
         replacement,
+        tags,
     )
     .await
     // A source that is not modified answers 412 to a copy, not 304.
