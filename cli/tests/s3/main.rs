@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods)] // test threads may block
 
 mod cluster;
+mod swift_http;
 mod t10_objects;
 mod t15_multipart;
 mod t16_copy;
