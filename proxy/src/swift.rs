@@ -6,12 +6,14 @@
 //! that with the cluster secret, so any proxy checks any token; a revoked credential's tokens
 //! stop working at once (the credential is looked up on every request).
 //!
-//! Not served yet (answered 501): object POST, expiry
-//! (`X-Delete-At`/`X-Delete-After`), large-object manifests, container and account metadata
-//! (POST), ACLs, TempURL, bulk delete, CORS, multi-range GETs and reverse listings.
+//! Not served yet (answered 501): large-object manifests, container and account metadata
+//! (POST), ACLs, TempURL, bulk delete, CORS and reverse listings.
 
+mod chunked;
 mod listing;
 mod objects;
+mod post;
+mod ranges;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -16,3 +16,4 @@ mod t35_checksums;
 mod t40_conditional;
 mod t50_faults;
 mod t60_swift;
+mod t61_swift_objects;

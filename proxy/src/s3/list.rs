@@ -101,7 +101,14 @@ pub(crate) async fn page(
             .await
             .map_err(to_s3)?;
         let exhausted = batch.len() < want;
+        let now = super::objects::unix_now();
         for record in batch {
+            // An expired object is gone for listings too (its tombstone comes with the
+            // next read of it).
+            if super::objects::is_expired(&record.entry, now) {
+                after = Some(record.key.clone());
+                continue;
+            }
             let common = delimiter.and_then(|d| {
                 let rest = record.key.get(prefix.len()..)?;
                 rest.find(d)

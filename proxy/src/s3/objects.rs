@@ -30,6 +30,44 @@ const CONTENT_DISPOSITION: &str = ":content-disposition";
 const CONTENT_ENCODING: &str = ":content-encoding";
 const CONTENT_LANGUAGE: &str = ":content-language";
 const EXPIRES: &str = ":expires";
+/// When the object expires (Swift's `X-Delete-At`), in unix seconds: from then on it reads as
+/// absent through both APIs, and the first read that finds it writes its tombstone.
+pub(crate) const DELETE_AT: &str = ":delete-at";
+
+/// Tells whether a reserved pair holds one of the standard headers or the expiry (what a
+/// Swift POST replaces), rather than a pair of the system's own.
+pub(crate) fn is_header_pair(name: &str) -> bool {
+    matches!(
+        name,
+        CACHE_CONTROL
+            | CONTENT_DISPOSITION
+            | CONTENT_ENCODING
+            | CONTENT_LANGUAGE
+            | EXPIRES
+            | DELETE_AT
+    )
+}
+
+/// The unix second at which `entry` expires, if it was given one.
+pub(crate) fn delete_at(entry: &IndexEntry) -> Option<u64> {
+    entry
+        .user_metadata
+        .iter()
+        .find(|(k, _)| k == DELETE_AT)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// Tells whether `entry` has expired at unix second `now` (Swift: at `X-Delete-At` itself).
+pub(crate) fn is_expired(entry: &IndexEntry, now: u64) -> bool {
+    delete_at(entry).is_some_and(|at| at <= now)
+}
+
+/// The current unix second.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 pub(crate) fn check_key(key: &str) -> S3Result<()> {
     validate_key(key).map_err(|e| {
@@ -106,6 +144,8 @@ pub(crate) struct Described {
     pub content_encoding: Option<String>,
     pub content_language: Option<String>,
     pub expires: Option<Timestamp>,
+    /// Swift's `X-Delete-At`.
+    pub delete_at: Option<u64>,
 }
 
 pub(crate) fn describe(entry: &IndexEntry) -> Described {
@@ -116,6 +156,7 @@ pub(crate) fn describe(entry: &IndexEntry) -> Described {
         content_encoding: None,
         content_language: None,
         expires: None,
+        delete_at: None,
     };
     for (k, v) in &entry.user_metadata {
         match k.as_str() {
@@ -124,6 +165,9 @@ pub(crate) fn describe(entry: &IndexEntry) -> Described {
             CONTENT_ENCODING => d.content_encoding = Some(v.clone()),
             CONTENT_LANGUAGE => d.content_language = Some(v.clone()),
             EXPIRES => d.expires = Timestamp::parse(TimestampFormat::HttpDate, v).ok(),
+            DELETE_AT => d.delete_at = v.parse().ok(),
+            // Other reserved pairs are the system's, never user metadata.
+            _ if k.starts_with(':') => {}
             _ => {
                 d.metadata.insert(k.clone(), v.clone());
             }
@@ -466,8 +510,36 @@ pub(crate) async fn live_entry(
     check_key(key)?;
     let shard = IndexClient::shard_of(account, name, key, bucket.shards);
     match state.index.read(&shard, key).await.map_err(to_s3)? {
+        Some(record) if is_expired(&record.entry, unix_now()) => {
+            reclaim_expired(state, &shard, key, bucket, record.entry.version).await;
+            Err(s3_error!(NoSuchKey))
+        }
         Some(record) if !record.entry.is_tombstone() => Ok(record.entry),
         _ => Err(s3_error!(NoSuchKey)),
+    }
+}
+
+/// How long a read waits for the tombstone of an expired entry it found.
+const RECLAIM_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Deletes an expired entry: a tombstone written only if the entry is still `version` (a
+/// newer PUT stays). Its fragments are left to garbage collection, as any overwritten
+/// version's are (the collector is another issue's work). Failing here costs nothing: the
+/// entry reads as absent anyway, and the next read tries again.
+async fn reclaim_expired(
+    state: &S3State,
+    shard: &crate::index::Shard<'_>,
+    key: &str,
+    bucket: &Bucket,
+    version: VersionId,
+) {
+    let tombstone = IndexEntry::tombstone(state.data.clock.next(), bucket.policy.clone());
+    let condition = Condition::IfVersion(version);
+    let write = state.index.write(shard, key, &tombstone, &condition);
+    match tokio::time::timeout(RECLAIM_TIMEOUT, write).await {
+        Ok(Ok(_) | Err(DataError::PreconditionFailed)) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "tombstone of an expired entry not written"),
+        Err(_) => tracing::debug!("tombstone of an expired entry timed out"),
     }
 }
 

@@ -1,25 +1,28 @@
 //! Swift objects: the same entries and bytes as S3's (`X-Object-Meta-Foo` is S3's
 //! `x-amz-meta-foo`), through the same data path.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use nimbus_core::ids::VersionId;
 use nimbus_core::index::IndexEntry;
-use s3s::dto::{ETag, ETagCondition, Metadata, Range, StreamingBlob, Timestamp, TimestampFormat};
+use s3s::dto::{ETag, ETagCondition, Range, StreamingBlob, Timestamp, TimestampFormat};
 
+use super::chunked::{self, ChunkedError};
+use super::ranges::{self, Multipart, Ranges};
 use super::{from_s3, not_implemented, text};
 use crate::index::{Condition, IndexClient};
 use crate::s3::S3State;
 use crate::s3::objects::{
-    ChecksumPlan, ReadConditions, Standard, Stored, byte_range, check_key, copy_entry, describe,
-    format_http_date, last_modified, live_entry, metadata_pairs, open_body, readable_entry,
-    store_body,
+    ChecksumPlan, DELETE_AT, ReadConditions, Stored, byte_range, check_key, copy_entry, describe,
+    format_http_date, last_modified, live_entry, open_body, readable_entry, store_body,
 };
 
 /// The prefix of user metadata headers.
-const META: &str = "x-object-meta-";
+pub(crate) const META: &str = "x-object-meta-";
 
 /// Swift's time format in listings: `2026-11-23T10:00:00.123456`.
 pub fn iso_time(version: VersionId) -> String {
@@ -38,7 +41,7 @@ pub fn iso_time(version: VersionId) -> String {
     )
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -50,13 +53,13 @@ fn etag_condition(value: Option<&str>) -> Option<ETagCondition> {
     })
 }
 
-fn http_date(value: Option<&str>) -> Option<Timestamp> {
+pub(crate) fn http_date(value: Option<&str>) -> Option<Timestamp> {
     value.and_then(|v| Timestamp::parse(TimestampFormat::HttpDate, v).ok())
 }
 
 /// Serves `/v1/AUTH_<account>/<container>/<object>`.
 pub async fn object(
-    state: &S3State,
+    state: &Arc<S3State>,
     account: &str,
     container: &str,
     key: &str,
@@ -80,6 +83,15 @@ pub async fn object(
     match method {
         Method::PUT => put(state, account, container, key, &bucket, request).await,
         Method::GET | Method::HEAD => get(state, account, container, key, request).await,
+        Method::POST => {
+            if request.headers().contains_key("x-object-manifest") {
+                return text(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "large-object manifests are not implemented here yet",
+                );
+            }
+            super::post::post(state, account, container, key, &bucket, request.headers()).await
+        }
         Method::DELETE => match live_entry(state, account, &bucket, container, key).await {
             Ok(_) => {
                 let shard = IndexClient::shard_of(account, container, key, bucket.shards);
@@ -109,13 +121,7 @@ async fn put(
     request: Request,
 ) -> Response {
     let headers = request.headers().clone();
-    let unsupported = [
-        "x-copy-from",
-        "x-delete-at",
-        "x-delete-after",
-        "x-object-manifest",
-    ];
-    if unsupported.iter().any(|h| headers.contains_key(*h))
+    if headers.contains_key("x-object-manifest")
         || request
             .uri()
             .query()
@@ -123,12 +129,24 @@ async fn put(
     {
         return text(
             StatusCode::NOT_IMPLEMENTED,
-            "copies, expiry and large-object manifests are not implemented here yet",
+            "large-object manifests are not implemented here yet",
         );
     }
-    let Some(declared) = header(&headers, "content-length").and_then(|v| v.parse::<u64>().ok())
-    else {
+    let declared = match header(&headers, "content-length") {
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) => Some(n),
+            Err(_) => return text(StatusCode::BAD_REQUEST, "Invalid Content-Length"),
+        },
+        None => None,
+    };
+    let chunked = header(&headers, "transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    if declared.is_none() && !chunked {
         return text(StatusCode::LENGTH_REQUIRED, "Length Required");
+    }
+    let delete_at = match super::post::delete_at_of(&headers) {
+        Ok(at) => at,
+        Err(e) => return e.answer(),
     };
     let md5 = match header(&headers, "etag").map(|e| hex::decode(e.trim_matches('"'))) {
         None => None,
@@ -148,41 +166,51 @@ async fn put(
         Ok(p) => p,
         Err(e) => return from_s3(&e),
     };
-    let mut metadata = Metadata::new();
-    for (name, value) in &headers {
-        if let (Some(field), Ok(value)) = (name.as_str().strip_prefix(META), value.to_str()) {
-            metadata.insert(field.to_owned(), value.to_owned());
-        }
-    }
-    let standard = Standard {
-        cache_control: header(&headers, "cache-control").map(str::to_owned),
-        content_disposition: header(&headers, "content-disposition").map(str::to_owned),
-        content_encoding: header(&headers, "content-encoding").map(str::to_owned),
-        content_language: header(&headers, "content-language").map(str::to_owned),
-        expires: http_date(header(&headers, "expires")),
-    };
+    let user_metadata = super::post::request_pairs(&headers, delete_at);
     let content_type = header(&headers, "content-type")
         .unwrap_or_default()
         .to_owned();
-    let version = state.data.clock.next();
-    let body = StreamingBlob::from(s3s::Body::http_body_unsync(request.into_body()));
-    let stored = store_body(
-        state,
-        account,
-        container,
-        key,
-        &bucket.policy,
-        version,
-        Some(body),
-        declared,
-        md5,
-        &plan,
-        true,
-    )
-    .await;
-    let Stored { digests, data } = match stored {
-        Ok(s) => s,
-        Err(e) => return from_s3(&e),
+    let (version, Stored { digests, data }) = match declared {
+        Some(declared) => {
+            let version = state.data.clock.next();
+            let body = StreamingBlob::from(s3s::Body::http_body_unsync(request.into_body()));
+            let stored = store_body(
+                state,
+                account,
+                container,
+                key,
+                &bucket.policy,
+                version,
+                Some(body),
+                declared,
+                md5,
+                &plan,
+                true,
+            )
+            .await;
+            match stored {
+                Ok(s) => (version, s),
+                Err(e) => return from_s3(&e),
+            }
+        }
+        None => {
+            let stream = request.into_body().into_data_stream();
+            let path = (account, container, key);
+            match chunked::store_unsized(state, path, &bucket.policy, stream, md5).await {
+                Ok(stored) => stored,
+                Err(ChunkedError::TooLarge) => {
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
+                }
+                Err(ChunkedError::BadEtag) => {
+                    return text(StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable Entity");
+                }
+                Err(ChunkedError::Body(e)) => {
+                    tracing::debug!(error = %e, "chunked body broke off");
+                    return text(StatusCode::BAD_REQUEST, "Bad Request");
+                }
+                Err(ChunkedError::Store(e)) => return from_s3(&e),
+            }
+        }
     };
     let etag = hex::encode(digests.md5);
     let entry = IndexEntry {
@@ -192,7 +220,7 @@ async fn put(
         blake3: digests.blake3,
         client_checksums: digests.client_checksums(),
         content_type,
-        user_metadata: metadata_pairs(Some(&metadata), standard),
+        user_metadata,
         policy: bucket.policy.clone(),
         data,
     };
@@ -220,7 +248,7 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
 }
 
 async fn get(
-    state: &S3State,
+    state: &Arc<S3State>,
     account: &str,
     container: &str,
     key: &str,
@@ -247,13 +275,22 @@ async fn get(
         }
         Err(e) => return from_s3(&e),
     };
+    let content_type = if entry.content_type.is_empty() {
+        "application/octet-stream".to_owned()
+    } else {
+        entry.content_type.clone()
+    };
+    let mut multipart = None;
     let range = match header(headers, "range") {
-        Some(r) if r.contains(',') => {
-            return text(
-                StatusCode::NOT_IMPLEMENTED,
-                "multi-range GETs are not implemented here yet",
-            );
-        }
+        Some(r) if r.contains(',') => match ranges::parse(r, entry.size) {
+            Ranges::Whole => None,
+            Ranges::Unsatisfiable => return unsatisfiable(entry.size),
+            Ranges::Some(mut list) if list.len() == 1 => list.pop(),
+            Ranges::Some(list) => {
+                multipart = Some(Multipart::new(list, entry.size, &content_type));
+                None
+            }
+        },
         Some(r) => match Range::parse(r) {
             Ok(range) => match byte_range(Some(&range), entry.size) {
                 Ok(r) => r,
@@ -266,9 +303,12 @@ async fn get(
     };
     let head = parts.method == Method::HEAD;
     let size = entry.size;
-    let length = range.as_ref().map_or(size, |r| r.end - r.start);
+    let length = match &multipart {
+        Some(m) => m.content_length(),
+        None => range.as_ref().map_or(size, |r| r.end - r.start),
+    };
     let mut builder = Response::builder()
-        .status(if range.is_some() {
+        .status(if range.is_some() || multipart.is_some() {
             StatusCode::PARTIAL_CONTENT
         } else {
             StatusCode::OK
@@ -282,10 +322,9 @@ async fn get(
         )
         .header(
             "content-type",
-            if entry.content_type.is_empty() {
-                "application/octet-stream"
-            } else {
-                entry.content_type.as_str()
+            match &multipart {
+                Some(m) => format!("multipart/byteranges;boundary={}", m.boundary),
+                None => content_type.clone(),
             },
         );
     if let Some(date) = format_http_date(&last_modified(entry.version)) {
@@ -309,6 +348,7 @@ async fn get(
         ("content-encoding", d.content_encoding),
         ("content-language", d.content_language),
         ("expires", d.expires.as_ref().and_then(format_http_date)),
+        ("x-delete-at", d.delete_at.map(|at| at.to_string())),
     ] {
         if let Some(v) = value {
             builder = builder.header(name, v);
@@ -316,6 +356,9 @@ async fn get(
     }
     let body = if head {
         Body::empty()
+    } else if let Some(m) = multipart {
+        let (account, container, key) = (account.to_owned(), container.to_owned(), key.to_owned());
+        Body::from_stream(m.stream(Arc::clone(state), account, container, key, entry))
     } else {
         match open_body(state, account, container, key, &entry, range).await {
             Ok(stream) => Body::from_stream(stream),
@@ -325,6 +368,20 @@ async fn get(
     builder
         .body(body)
         .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Error"))
+}
+
+/// 416 for ranges that all lie beyond an object of `size` bytes.
+fn unsatisfiable(size: u64) -> Response {
+    let mut response = text(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "Requested Range Not Satisfiable",
+    );
+    set(
+        response.headers_mut(),
+        "content-range",
+        &format!("bytes */{size}"),
+    );
+    response
 }
 
 /// Splits `container/object` (with or without a leading `/`, percent-encoded) in two.
@@ -373,6 +430,10 @@ async fn copy(
         Ok(e) => e,
         Err(e) => return from_s3(&e),
     };
+    let delete_at = match super::post::delete_at_of(headers) {
+        Ok(at) => at,
+        Err(e) => return e.answer(),
+    };
     let fresh = header(headers, "x-fresh-metadata").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let mut pairs: Vec<(String, String)> = if fresh {
         Vec::new()
@@ -387,6 +448,9 @@ async fn copy(
         }
     }
     pairs.sort();
+    // The copy expires when the request says, not when its source does.
+    pairs.retain(|(n, _)| n != DELETE_AT);
+    pairs.extend(delete_at.map(super::post::delete_at_pair));
     let content_type =
         header(headers, "content-type").map_or(current.content_type.clone(), str::to_owned);
     let conditions = ReadConditions {
