@@ -6,10 +6,11 @@
 //! that with the cluster secret, so any proxy checks any token; a revoked credential's tokens
 //! stop working at once (the credential is looked up on every request).
 //!
-//! Not served yet (answered 501): large-object manifests, container and account metadata
-//! (POST), ACLs, TempURL, bulk delete, CORS and reverse listings.
+//! Not served yet (answered 501): container and account metadata (POST), ACLs, TempURL, bulk
+//! delete, CORS and reverse listings.
 
 mod chunked;
+pub(crate) mod large;
 mod listing;
 mod objects;
 mod post;
@@ -271,6 +272,12 @@ fn info(state: &S3State) -> Response {
             "strict_cors_mode": true,
         },
         "tempauth": { "account_acls": false },
+        "slo": {
+            "max_manifest_segments": large::MAX_MANIFEST_SEGMENTS,
+            "max_manifest_size": large::MAX_MANIFEST_BYTES,
+            "min_segment_size": 1,
+        },
+        "dlo": { "max_segments": large::MAX_DLO_SEGMENTS },
     });
     Response::builder()
         .status(StatusCode::OK)

@@ -1,6 +1,6 @@
 //! Swift object operations beyond PUT/GET/DELETE, against `nimbus dev`: object POST,
-//! expiry (`X-Delete-At`/`X-Delete-After`, seen through both APIs), multi-range GETs and
-//! chunked PUTs.
+//! expiry (`X-Delete-At`/`X-Delete-After`, seen through both APIs), multi-range GETs,
+//! chunked PUTs, and Static and Dynamic Large Objects.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -55,6 +55,21 @@ fn s3_head_status(cluster: &Cluster, bucket: &str, key: &str) -> u16 {
             Err(e) => e.raw_response().unwrap().status().as_u16(),
         }
     })
+}
+
+/// HEAD of an object given `X-Delete-After: 2` at unix second `before`: its `X-Delete-At`
+/// (or, on a machine slow enough that the time already passed, its 404).
+fn expiry_of(swift: &Swift, path: &str, before: u64) -> u64 {
+    let (status, headers) = swift.head(path);
+    let after = now();
+    if status == 404 {
+        assert!(after >= before + 2, "{path} gone before its time");
+        return before + 2;
+    }
+    assert_eq!(status, 200, "{path}");
+    let at: u64 = header(&headers, "x-delete-at").unwrap().parse().unwrap();
+    assert!((before + 2..=after + 2).contains(&at), "{path}: {at}");
+    at
 }
 
 #[test]
@@ -147,21 +162,26 @@ fn post_rewrites_metadata_expiry_removes_objects_and_ranges_come_in_parts() {
 
     // An object expiring in 2 s (inline), one given 2 s by a POST (fragments), one by a
     // copy; one whose expiry a later POST takes away, and one with a far X-Delete-At.
-    let start = now();
+    let mut latest = 0;
+    let before = now();
     let (status, _, _) = swift.call(
         "PUT",
         "meta/soon-inline",
         &["-H", "X-Delete-After: 2", "--data-binary", "short-lived"],
     );
     assert_eq!(status, 201);
+    latest = latest.max(expiry_of(&swift, "meta/soon-inline", before));
     assert_eq!(
         swift
             .call("PUT", "meta/soon-big", &["--data-binary", &body])
             .0,
         201
     );
+    let before = now();
     let (status, _, _) = swift.call("POST", "meta/soon-big", &["-H", "X-Delete-After: 2"]);
     assert_eq!(status, 202);
+    latest = latest.max(expiry_of(&swift, "meta/soon-big", before));
+    let before = now();
     let (status, _, _) = swift.call(
         "COPY",
         "meta/post.bin",
@@ -173,30 +193,28 @@ fn post_rewrites_metadata_expiry_removes_objects_and_ranges_come_in_parts() {
         ],
     );
     assert_eq!(status, 201);
+    latest = latest.max(expiry_of(&swift, "meta/soon-copy", before));
     let (status, _, _) = swift.call(
         "PUT",
         "meta/kept",
-        &["-H", "X-Delete-After: 2", "--data-binary", "kept"],
+        &["-H", "X-Delete-After: 600", "--data-binary", "kept"],
     );
     assert_eq!(status, 201);
+    assert!(header(&swift.head("meta/kept").1, "x-delete-at").is_some());
     assert_eq!(swift.call("POST", "meta/kept", &[]).0, 202);
+    assert_eq!(header(&swift.head("meta/kept").1, "x-delete-at"), None);
     let far = (now() + 3600).to_string();
     let h = format!("X-Delete-At: {far}");
     let (status, _, _) = swift.call("PUT", "meta/far", &["-H", &h, "--data-binary", "far"]);
     assert_eq!(status, 201);
     let (_, headers) = swift.head("meta/far");
     assert_eq!(header(&headers, "x-delete-at").unwrap(), far);
-    for key in ["soon-inline", "soon-big", "soon-copy"] {
-        let (status, headers) = swift.head(&format!("meta/{key}"));
-        assert_eq!(status, 200, "{key}");
-        let at: u64 = header(&headers, "x-delete-at").unwrap().parse().unwrap();
-        assert!((start + 2..=now() + 2).contains(&at), "{key}: {at}");
-    }
-    assert_eq!(header(&swift.head("meta/kept").1, "x-delete-at"), None);
+    // The copy's source keeps no expiry.
     assert_eq!(header(&swift.head("meta/post.bin").1, "x-delete-at"), None);
-    assert_eq!(swift_names(&swift, "meta").len(), 6);
 
-    std::thread::sleep(Duration::from_secs(4));
+    while now() <= latest {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // Gone from the listings of both APIs before anything read them...
     let expected = ["far", "kept", "post.bin"];
     assert_eq!(swift_names(&swift, "meta"), expected);
@@ -294,9 +312,19 @@ fn post_rewrites_metadata_expiry_removes_objects_and_ranges_come_in_parts() {
 }
 
 #[test]
-fn chunked_puts_store_bodies_of_any_length() {
+fn chunked_puts_and_large_objects_read_back_whole_through_both_apis() {
     let cluster = Cluster::start();
     let swift = Swift::login(&cluster);
+    chunked_puts_store_bodies_of_any_length(&cluster, &swift);
+    static_large_objects_read_as_their_segments(&cluster, &swift);
+    dynamic_large_objects_read_as_the_objects_under_their_prefix(&swift);
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    etag(data).trim_matches('"').to_owned()
+}
+
+fn chunked_puts_store_bodies_of_any_length(cluster: &Cluster, swift: &Swift) {
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(swift.call("PUT", "chunks", &[]).0, 201);
     let chunked = ["-H", "Transfer-Encoding: chunked"];
@@ -370,4 +398,268 @@ fn chunked_puts_store_bodies_of_any_length() {
     }
     // Neither a length nor chunked: 411.
     assert_eq!(swift.call("PUT", "chunks/nolength", &[]).0, 411);
+}
+
+fn static_large_objects_read_as_their_segments(cluster: &Cluster, swift: &Swift) {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(swift.call("PUT", "segs", &[]).0, 201);
+    assert_eq!(swift.call("PUT", "big", &[]).0, 201);
+    let s1 = bytes(1_200_000, 11);
+    let s2 = bytes(100, 12);
+    let seg3 = bytes(2 * 1024 * 1024, 13);
+    for (name, data) in [("s1", &s1), ("s2", &s2), ("s3", &seg3)] {
+        let body = file(&dir, name, data);
+        let (status, _, _) = swift.call("PUT", &format!("segs/{name}"), &["--data-binary", &body]);
+        assert_eq!(status, 201);
+    }
+    let manifest = serde_json::json!([
+        {"path": "/segs/s1", "etag": md5_hex(&s1), "size_bytes": s1.len()},
+        {"path": "/segs/s2", "etag": null, "size_bytes": null},
+        {"path": "segs/s3", "range": "100-1048675"},
+    ]);
+    let body = file(&dir, "manifest", manifest.to_string().as_bytes());
+    let (status, headers, _) = swift.call(
+        "PUT",
+        "big/slo?multipart-manifest=put",
+        &[
+            "-H",
+            "Content-Type: text/x-slo",
+            "-H",
+            "X-Object-Meta-Kind: slo",
+            "--data-binary",
+            &body,
+        ],
+    );
+    assert_eq!(status, 201);
+    let slo_etag = md5_hex(
+        format!(
+            "{}{}{}:100-1048675;",
+            md5_hex(&s1),
+            md5_hex(&s2),
+            md5_hex(&seg3)
+        )
+        .as_bytes(),
+    );
+    assert_eq!(header(&headers, "etag").unwrap(), format!("\"{slo_etag}\""));
+    let mut whole = s1.clone();
+    whole.extend_from_slice(&s2);
+    whole.extend_from_slice(&seg3[100..=1_048_675]);
+
+    let (status, headers, got) = swift.call("GET", "big/slo", &[]);
+    assert_eq!(status, 200);
+    assert!(got == whole, "{} bytes for {}", got.len(), whole.len());
+    assert_eq!(header(&headers, "etag").unwrap(), format!("\"{slo_etag}\""));
+    assert_eq!(header(&headers, "x-static-large-object").unwrap(), "True");
+    assert_eq!(header(&headers, "content-type").unwrap(), "text/x-slo");
+    assert_eq!(header(&headers, "x-object-meta-kind").unwrap(), "slo");
+    let (status, headers) = swift.head("big/slo");
+    assert_eq!(status, 200);
+    let length: usize = header(&headers, "content-length").unwrap().parse().unwrap();
+    assert_eq!(length, whole.len());
+    // Ranges across segment edges, one and several.
+    let (a, b) = (1_199_990, 1_200_120);
+    let (status, _, got) = swift.call("GET", "big/slo", &["-H", &format!("Range: bytes={a}-{b}")]);
+    assert_eq!(status, 206);
+    assert_eq!(got, &whole[a..=b]);
+    let (status, headers, got) = swift.call("GET", "big/slo", &["-H", "Range: bytes=0-4,-3"]);
+    assert_eq!(status, 206);
+    let boundary = header(&headers, "content-type")
+        .unwrap()
+        .strip_prefix("multipart/byteranges;boundary=")
+        .unwrap()
+        .to_owned();
+    let n = whole.len();
+    let mut expected =
+        format!("--{boundary}\r\nContent-Type: text/x-slo\r\nContent-Range: bytes 0-4/{n}\r\n\r\n")
+            .into_bytes();
+    expected.extend_from_slice(&whole[..5]);
+    expected.extend_from_slice(
+        format!(
+            "\r\n--{boundary}\r\nContent-Type: text/x-slo\r\nContent-Range: bytes {}-{}/{n}\r\n\r\n",
+            n - 3,
+            n - 1
+        )
+        .as_bytes(),
+    );
+    expected.extend_from_slice(&whole[n - 3..]);
+    expected.extend_from_slice(format!("\r\n--{boundary}--").as_bytes());
+    assert_eq!(got, expected);
+    // Listings give the total.
+    let (_, _, body) = swift.call("GET", "big?format=json", &[]);
+    let listing: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(listing[0]["name"], "slo");
+    assert_eq!(listing[0]["bytes"].as_u64(), Some(whole.len() as u64));
+    assert_eq!(listing[0]["hash"].as_str(), Some(slo_etag.as_str()));
+    // Through S3: the same bytes, whole and ranged, and the same size in listings.
+    let s3 = cluster.client();
+    runtime().block_on(async {
+        let got = s3
+            .get_object()
+            .bucket("big")
+            .key("slo")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.content_length(), Some(whole.len() as i64));
+        let body = got.body.collect().await.unwrap().into_bytes();
+        assert!(body.as_ref() == whole.as_slice());
+        let got = s3
+            .get_object()
+            .bucket("big")
+            .key("slo")
+            .range(format!("bytes={a}-{b}"))
+            .send()
+            .await
+            .unwrap();
+        let body = got.body.collect().await.unwrap().into_bytes();
+        assert_eq!(body.as_ref(), &whole[a..=b]);
+        let head = s3
+            .head_object()
+            .bucket("big")
+            .key("slo")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.content_length(), Some(whole.len() as i64));
+        let listed = s3.list_objects_v2().bucket("big").send().await.unwrap();
+        assert_eq!(listed.contents()[0].size(), Some(whole.len() as i64));
+    });
+    // Copies of it are refused for now (rather than copy the manifest with a wrong ETag).
+    let (status, _, _) = swift.call("COPY", "big/slo", &["-H", "Destination: big/slo-copy"]);
+    assert_eq!(status, 501);
+    assert_eq!(swift.head("big/slo-copy").0, 404);
+    // The manifest itself.
+    let (status, headers, body) = swift.call("GET", "big/slo?multipart-manifest=get", &[]);
+    assert_eq!(status, 200);
+    assert!(
+        header(&headers, "content-type")
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let stored: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(stored.as_array().unwrap().len(), 3);
+    assert_eq!(stored[0]["name"], "/segs/s1");
+    assert_eq!(stored[0]["hash"].as_str(), Some(md5_hex(&s1).as_str()));
+    assert_eq!(stored[2]["range"], "100-1048675");
+    assert_eq!(stored[2]["bytes"].as_u64(), Some(seg3.len() as u64));
+
+    // Bad manifests: Swift's "Errors:" body, nothing stored.
+    for (manifest, error) in [
+        (
+            serde_json::json!([{"path": "/segs/nope"}]),
+            "/segs/nope, 404 Not Found",
+        ),
+        (
+            serde_json::json!([{"path": "/segs/s1", "etag": "00000000000000000000000000000000"}]),
+            "/segs/s1, Etag Mismatch",
+        ),
+        (
+            serde_json::json!([{"path": "/segs/s2", "size_bytes": 99}]),
+            "/segs/s2, Size Mismatch",
+        ),
+        (
+            serde_json::json!([{"path": "/segs/s2", "range": "200-300"}]),
+            "/segs/s2, Unsatisfiable Range",
+        ),
+        (
+            serde_json::json!([]),
+            "Manifest must have at least one segment.",
+        ),
+        (
+            serde_json::json!({"path": "/segs/s1"}),
+            "Manifest must be valid JSON.",
+        ),
+    ] {
+        let body = file(&dir, "bad", manifest.to_string().as_bytes());
+        let (status, _, got) = swift.call(
+            "PUT",
+            "big/bad?multipart-manifest=put",
+            &["--data-binary", &body],
+        );
+        assert_eq!(status, 400, "{manifest}");
+        let text = String::from_utf8(got).unwrap();
+        assert!(text.starts_with("Errors:\n"), "{text}");
+        assert!(text.contains(error), "{text}");
+    }
+    assert_eq!(swift.head("big/bad").0, 404);
+
+    // Deleting with multipart-manifest=delete takes the segments too.
+    let (status, _, body) = swift.call("DELETE", "big/slo?multipart-manifest=delete", &[]);
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("Number Deleted: 4"), "{text}");
+    assert!(text.contains("Number Not Found: 0"), "{text}");
+    for path in ["big/slo", "segs/s1", "segs/s2", "segs/s3"] {
+        assert_eq!(swift.head(path).0, 404, "{path}");
+    }
+}
+
+fn dynamic_large_objects_read_as_the_objects_under_their_prefix(swift: &Swift) {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(swift.call("PUT", "dsegs", &[]).0, 201);
+    let parts = [bytes(1000, 21), bytes(1_500_000, 22), bytes(10, 23)];
+    for (i, data) in parts.iter().enumerate() {
+        let body = file(&dir, &format!("p{i}"), data);
+        let (status, _, _) = swift.call(
+            "PUT",
+            &format!("dsegs/part-{i:03}"),
+            &["--data-binary", &body],
+        );
+        assert_eq!(status, 201);
+    }
+    // Not a segment: outside the prefix.
+    assert_eq!(
+        swift
+            .call("PUT", "dsegs/other", &["--data-binary", "zzz"])
+            .0,
+        201
+    );
+    let (status, _, _) = swift.call(
+        "PUT",
+        "big/dlo",
+        &["-H", "X-Object-Manifest: dsegs/part-", "--data-binary", ""],
+    );
+    assert_eq!(status, 201);
+    let check = |parts: &[Vec<u8>]| {
+        let whole: Vec<u8> = parts.concat();
+        let etags: String = parts.iter().map(|p| md5_hex(p)).collect();
+        let (status, headers, got) = swift.call("GET", "big/dlo", &[]);
+        assert_eq!(status, 200);
+        assert!(got == whole, "{} bytes for {}", got.len(), whole.len());
+        assert_eq!(
+            header(&headers, "etag").unwrap(),
+            format!("\"{}\"", md5_hex(etags.as_bytes()))
+        );
+        assert_eq!(
+            header(&headers, "x-object-manifest").unwrap(),
+            "dsegs/part-"
+        );
+        let (a, b) = (990, 1010);
+        let (status, _, got) =
+            swift.call("GET", "big/dlo", &["-H", &format!("Range: bytes={a}-{b}")]);
+        assert_eq!(status, 206);
+        assert_eq!(got, &whole[a..=b]);
+    };
+    check(&parts);
+    // A segment added later is part of it.
+    let (status, _, _) = swift.call("PUT", "dsegs/part-003", &["--data-binary", "tail"]);
+    assert_eq!(status, 201);
+    let mut more = parts.to_vec();
+    more.push(b"tail".to_vec());
+    check(&more);
+    // The manifest itself: empty.
+    let (status, headers, body) = swift.call("GET", "big/dlo?multipart-manifest=get", &[]);
+    assert_eq!(status, 200);
+    assert!(body.is_empty());
+    assert_eq!(
+        header(&headers, "x-object-manifest").unwrap(),
+        "dsegs/part-"
+    );
+    // A malformed manifest header is refused.
+    let (status, _, _) = swift.call(
+        "PUT",
+        "big/dlo2",
+        &["-H", "X-Object-Manifest: nocontainer", "--data-binary", ""],
+    );
+    assert_eq!(status, 400);
 }

@@ -191,7 +191,7 @@ fn objects(page: &Page, enc: &Encoder, owner: Option<&str>) -> ObjectList {
         .iter()
         .map(|r| Object {
             key: Some(enc.apply(&r.key)),
-            size: Some(r.entry.size as i64),
+            size: Some(super::objects::listed_size(&r.entry) as i64),
             e_tag: Some(ETag::Strong(r.entry.etag.clone())),
             last_modified: Some(Timestamp::from(
                 std::time::UNIX_EPOCH + std::time::Duration::from_micros(r.entry.version.micros()),

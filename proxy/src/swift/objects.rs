@@ -12,13 +12,14 @@ use nimbus_core::index::IndexEntry;
 use s3s::dto::{ETag, ETagCondition, Range, StreamingBlob, Timestamp, TimestampFormat};
 
 use super::chunked::{self, ChunkedError};
-use super::ranges::{self, Multipart, Ranges};
+use super::large;
+use super::ranges::{self, Multipart, Ranges, Source};
 use super::{from_s3, not_implemented, text};
 use crate::index::{Condition, IndexClient};
 use crate::s3::S3State;
 use crate::s3::objects::{
-    ChecksumPlan, DELETE_AT, ReadConditions, Stored, byte_range, check_key, copy_entry, describe,
-    format_http_date, last_modified, live_entry, open_body, readable_entry, store_body,
+    ChecksumPlan, DELETE_AT, DLO, ReadConditions, SLO, Stored, byte_range, check_key, copy_entry,
+    describe, format_http_date, last_modified, live_entry, readable_entry, reserved, store_body,
 };
 
 /// The prefix of user metadata headers.
@@ -80,16 +81,18 @@ pub async fn object(
     {
         return copy(state, account, container, key, request.headers()).await;
     }
+    let query = request.uri().query().map(str::to_owned);
+    let query = query.as_deref();
+    if method == Method::PUT && query_has(query, "multipart-manifest", "put") {
+        return large::put_slo(state, account, (container, key), &bucket, request).await;
+    }
+    if method == Method::DELETE && query_has(query, "multipart-manifest", "delete") {
+        return large::delete_slo(state, account, (container, key), &bucket).await;
+    }
     match method {
         Method::PUT => put(state, account, container, key, &bucket, request).await,
         Method::GET | Method::HEAD => get(state, account, container, key, request).await,
         Method::POST => {
-            if request.headers().contains_key("x-object-manifest") {
-                return text(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "large-object manifests are not implemented here yet",
-                );
-            }
             super::post::post(state, account, container, key, &bucket, request.headers()).await
         }
         Method::DELETE => match live_entry(state, account, &bucket, container, key).await {
@@ -121,17 +124,6 @@ async fn put(
     request: Request,
 ) -> Response {
     let headers = request.headers().clone();
-    if headers.contains_key("x-object-manifest")
-        || request
-            .uri()
-            .query()
-            .is_some_and(|q| q.contains("multipart-manifest"))
-    {
-        return text(
-            StatusCode::NOT_IMPLEMENTED,
-            "large-object manifests are not implemented here yet",
-        );
-    }
     let declared = match header(&headers, "content-length") {
         Some(v) => match v.parse::<u64>() {
             Ok(n) => Some(n),
@@ -144,8 +136,8 @@ async fn put(
     if declared.is_none() && !chunked {
         return text(StatusCode::LENGTH_REQUIRED, "Length Required");
     }
-    let delete_at = match super::post::delete_at_of(&headers) {
-        Ok(at) => at,
+    let user_metadata = match super::post::swift_pairs(&headers) {
+        Ok(pairs) => pairs,
         Err(e) => return e.answer(),
     };
     let md5 = match header(&headers, "etag").map(|e| hex::decode(e.trim_matches('"'))) {
@@ -166,7 +158,6 @@ async fn put(
         Ok(p) => p,
         Err(e) => return from_s3(&e),
     };
-    let user_metadata = super::post::request_pairs(&headers, delete_at);
     let content_type = header(&headers, "content-type")
         .unwrap_or_default()
         .to_owned();
@@ -275,26 +266,43 @@ async fn get(
         }
         Err(e) => return from_s3(&e),
     };
-    let content_type = if entry.content_type.is_empty() {
+    let manifest_get = query_has(parts.uri.query(), "multipart-manifest", "get");
+    let large = if manifest_get {
+        None
+    } else {
+        match large::of(state, account, (container, key), &entry).await {
+            Ok(l) => l,
+            Err(e) => return from_s3(&e),
+        }
+    };
+    let slo = reserved(&entry, SLO).is_some();
+    let content_type = if manifest_get && slo {
+        "application/json; charset=utf-8".to_owned()
+    } else if entry.content_type.is_empty() {
         "application/octet-stream".to_owned()
     } else {
         entry.content_type.clone()
     };
+    // A large object's ETag is quoted, as Swift sends it.
+    let (size, etag) = match &large {
+        Some(l) => (l.size, format!("\"{}\"", l.etag)),
+        None => (entry.size, entry.etag.clone()),
+    };
     let mut multipart = None;
     let range = match header(headers, "range") {
-        Some(r) if r.contains(',') => match ranges::parse(r, entry.size) {
+        Some(r) if r.contains(',') => match ranges::parse(r, size) {
             Ranges::Whole => None,
-            Ranges::Unsatisfiable => return unsatisfiable(entry.size),
+            Ranges::Unsatisfiable => return unsatisfiable(size),
             Ranges::Some(mut list) if list.len() == 1 => list.pop(),
             Ranges::Some(list) => {
-                multipart = Some(Multipart::new(list, entry.size, &content_type));
+                multipart = Some(Multipart::new(list, size, &content_type));
                 None
             }
         },
         Some(r) => match Range::parse(r) {
-            Ok(range) => match byte_range(Some(&range), entry.size) {
+            Ok(range) => match byte_range(Some(&range), size) {
                 Ok(r) => r,
-                Err(e) => return from_s3(&e),
+                Err(_) => return unsatisfiable(size),
             },
             // An unparsable Range is ignored, as HTTP says.
             Err(_) => None,
@@ -302,7 +310,6 @@ async fn get(
         None => None,
     };
     let head = parts.method == Method::HEAD;
-    let size = entry.size;
     let length = match &multipart {
         Some(m) => m.content_length(),
         None => range.as_ref().map_or(size, |r| r.end - r.start),
@@ -315,7 +322,7 @@ async fn get(
         })
         .header("content-length", length)
         .header("accept-ranges", "bytes")
-        .header("etag", &entry.etag)
+        .header("etag", etag)
         .header(
             "x-timestamp",
             format!("{:.5}", entry.version.micros() as f64 / 1e6),
@@ -336,6 +343,14 @@ async fn get(
             format!("bytes {}-{}/{size}", r.start, r.end.saturating_sub(1)),
         );
     }
+    if slo {
+        builder = builder.header("x-static-large-object", "True");
+    }
+    if let Some(manifest) = reserved(&entry, DLO)
+        && let Ok(v) = HeaderValue::from_str(manifest)
+    {
+        builder = builder.header("x-object-manifest", v);
+    }
     let d = describe(&entry);
     for (name, value) in &d.metadata {
         if let Ok(v) = HeaderValue::from_str(value) {
@@ -354,13 +369,23 @@ async fn get(
             builder = builder.header(name, v);
         }
     }
+    let source = match large {
+        Some(l) => Source::Large {
+            segments: l.segments,
+            size,
+        },
+        None => Source::Entry {
+            container: container.to_owned(),
+            key: key.to_owned(),
+            entry: Box::new(entry),
+        },
+    };
     let body = if head {
         Body::empty()
     } else if let Some(m) = multipart {
-        let (account, container, key) = (account.to_owned(), container.to_owned(), key.to_owned());
-        Body::from_stream(m.stream(Arc::clone(state), account, container, key, entry))
+        Body::from_stream(m.stream(Arc::clone(state), account.to_owned(), source))
     } else {
-        match open_body(state, account, container, key, &entry, range).await {
+        match source.open(state, account, range).await {
             Ok(stream) => Body::from_stream(stream),
             Err(e) => return from_s3(&e),
         }
@@ -368,6 +393,14 @@ async fn get(
     builder
         .body(body)
         .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Error"))
+}
+
+/// Tells whether a query string has `name=value`.
+pub(crate) fn query_has(query: Option<&str>, name: &str, value: &str) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.split_once('=').unwrap_or((pair, "")) == (name, value))
+    })
 }
 
 /// 416 for ranges that all lie beyond an object of `size` bytes.

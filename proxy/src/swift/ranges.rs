@@ -10,9 +10,58 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use nimbus_core::index::IndexEntry;
 
+use s3s::S3Result;
+
+use super::large::{self, Segment};
 use crate::data::BodyStream;
 use crate::s3::S3State;
 use crate::s3::objects::open_body;
+
+/// Where an object's bytes come from: its entry, or a large object's segments.
+#[derive(Debug)]
+pub enum Source {
+    /// The live entry of `container/key`.
+    Entry {
+        /// The container.
+        container: String,
+        /// The key.
+        key: String,
+        /// The entry.
+        entry: Box<IndexEntry>,
+    },
+    /// The segments of a large object, `size` bytes in all.
+    Large {
+        /// The segments.
+        segments: Vec<Segment>,
+        /// Their bytes in all.
+        size: u64,
+    },
+}
+
+impl Source {
+    /// Opens bytes `range` of the object (all when `None`).
+    ///
+    /// # Errors
+    /// The bytes (or a large object's first segment) could not be opened.
+    pub async fn open(
+        &self,
+        state: &Arc<S3State>,
+        account: &str,
+        range: Option<ByteRange<u64>>,
+    ) -> S3Result<BodyStream> {
+        match self {
+            Source::Entry {
+                container,
+                key,
+                entry,
+            } => open_body(state, account, container, key, entry, range).await,
+            Source::Large { segments, size } => {
+                let range = range.unwrap_or(0..*size);
+                large::open(Arc::clone(state), account.to_owned(), segments, range).await
+            }
+        }
+    }
+}
 
 /// The most ranges one request may ask for; with more, the header is ignored and the whole
 /// object is answered (HTTP lets a server ignore `Range`), so a request cannot make the
@@ -142,37 +191,26 @@ impl Multipart {
 
     /// The body: each part's header text, then its bytes from the data path, opened in turn.
     /// A range that cannot be opened breaks the body off (the status is already sent).
-    pub fn stream(
-        self,
-        state: Arc<S3State>,
-        account: String,
-        container: String,
-        key: String,
-        entry: IndexEntry,
-    ) -> BodyStream {
-        let entry = Arc::new(entry);
-        let parts =
-            futures_util::stream::iter(self.parts).then(move |(range, head)| {
-                let state = Arc::clone(&state);
-                let entry = Arc::clone(&entry);
-                let (account, container, key) = (account.clone(), container.clone(), key.clone());
-                async move {
-                    let head = futures_util::stream::once(async move { Ok(head) });
-                    let bytes: BodyStream =
-                        match open_body(&state, &account, &container, &key, &entry, Some(range))
-                            .await
-                        {
-                            Ok(s) => s,
-                            Err(e) => {
-                                tracing::warn!(error = ?e, "a range of a multi-range GET failed");
-                                Box::pin(futures_util::stream::once(async {
-                                    Err(std::io::Error::other("range read failed"))
-                                }))
-                            }
-                        };
-                    head.chain(bytes)
-                }
-            });
+    pub fn stream(self, state: Arc<S3State>, account: String, source: Source) -> BodyStream {
+        let source = Arc::new(source);
+        let parts = futures_util::stream::iter(self.parts).then(move |(range, head)| {
+            let state = Arc::clone(&state);
+            let source = Arc::clone(&source);
+            let account = account.clone();
+            async move {
+                let head = futures_util::stream::once(async move { Ok(head) });
+                let bytes: BodyStream = match source.open(&state, &account, Some(range)).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = ?e, "a range of a multi-range GET failed");
+                        Box::pin(futures_util::stream::once(async {
+                            Err(std::io::Error::other("range read failed"))
+                        }))
+                    }
+                };
+                head.chain(bytes)
+            }
+        });
         let end = self.end;
         Box::pin(
             parts
