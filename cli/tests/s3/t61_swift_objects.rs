@@ -142,6 +142,38 @@ fn post_rewrites_metadata_expiry_removes_objects_and_ranges_come_in_parts() {
     assert_eq!(header(&headers, "x-object-meta-shape"), None);
     assert_eq!(swift.call("POST", "meta/nothing", &[]).0, 404);
 
+    // POSTs racing PUTs and DELETEs never bring back what those replaced: the POST's
+    // rewrite holds only while the entry it read is current.
+    for round in 0..8 {
+        let (old, new) = (format!("old-{round}"), format!("new-{round}"));
+        assert_eq!(
+            swift.call("PUT", "meta/raced", &["--data-binary", &old]).0,
+            201
+        );
+        std::thread::scope(|s| {
+            let post = s.spawn(|| {
+                swift
+                    .call("POST", "meta/raced", &["-H", "X-Object-Meta-R: 1"])
+                    .0
+            });
+            let put = s.spawn(|| swift.call("PUT", "meta/raced", &["--data-binary", &new]).0);
+            assert!(matches!(post.join().unwrap(), 202 | 409));
+            assert_eq!(put.join().unwrap(), 201);
+        });
+        assert_eq!(swift.call("GET", "meta/raced", &[]).2, new.as_bytes());
+        std::thread::scope(|s| {
+            let post = s.spawn(|| {
+                swift
+                    .call("POST", "meta/raced", &["-H", "X-Object-Meta-R: 2"])
+                    .0
+            });
+            let delete = s.spawn(|| swift.call("DELETE", "meta/raced", &[]).0);
+            assert!(matches!(post.join().unwrap(), 202 | 404 | 409));
+            assert_eq!(delete.join().unwrap(), 204);
+        });
+        assert_eq!(swift.head("meta/raced").0, 404, "round {round}");
+    }
+
     // Expiry: bad values are refused, and nothing is stored.
     for (name, value, message) in [
         ("X-Delete-At", "soon", "Non-integer X-Delete-At"),
