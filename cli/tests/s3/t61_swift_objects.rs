@@ -4,6 +4,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aws_sdk_s3::primitives::ByteStream;
+
 use crate::cluster::{Cluster, bytes, etag, runtime};
 use crate::swift_http::{Swift, header};
 
@@ -251,15 +253,36 @@ fn post_rewrites_metadata_expiry_removes_objects_and_ranges_come_in_parts() {
     let expected = ["far", "kept", "post.bin"];
     assert_eq!(swift_names(&swift, "meta"), expected);
     assert_eq!(s3_keys(&cluster, "meta"), expected);
-    // ...and from reads through both.
-    for key in ["soon-inline", "soon-big", "soon-copy"] {
+    // ...and a create conditional on absence succeeds on a key nothing read since.
+    let (status, _, _) = swift.call(
+        "PUT",
+        "meta/soon-copy",
+        &["-H", "If-None-Match: *", "--data-binary", "anew"],
+    );
+    assert_eq!(status, 201);
+    assert_eq!(swift.call("GET", "meta/soon-copy", &[]).2, b"anew");
+    // Reads through both APIs find them gone.
+    for key in ["soon-inline", "soon-big"] {
         assert_eq!(swift.head(&format!("meta/{key}")).0, 404, "{key}");
         assert_eq!(swift.call("GET", &format!("meta/{key}"), &[]).0, 404);
         assert_eq!(s3_head_status(&cluster, "meta", key), 404, "{key}");
     }
     assert_eq!(s3_head_status(&cluster, "meta", "far"), 200);
     assert_eq!(swift.call("POST", "meta/soon-big", &[]).0, 404);
-    // The read wrote a tombstone: a conditional create succeeds on the key.
+    // The reads wrote its tombstone: a PUT conditional on the expired version's ETag fails
+    // (it would succeed on the expired entry itself).
+    runtime().block_on(async {
+        let e = s3
+            .put_object()
+            .bucket("meta")
+            .key("soon-big")
+            .if_match(etag(&data))
+            .body(ByteStream::from_static(b"x"))
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(e.raw_response().unwrap().status().as_u16(), 412);
+    });
     let (status, _, _) = swift.call(
         "PUT",
         "meta/soon-big",

@@ -503,9 +503,7 @@ pub async fn put(
         .validate()
         .map_err(|e| s3_error!(MetadataTooLarge, "{e}"))?;
     let shard = IndexClient::shard_of(account, &input.bucket, &input.key, bucket.shards);
-    state
-        .index
-        .write(&shard, &input.key, &entry, &condition)
+    write_new_entry(state, &bucket, &shard, &input.key, &entry, &condition)
         .await
         .map_err(to_s3)?;
     let c = output_checksums(&client_checksums);
@@ -538,6 +536,31 @@ pub(crate) async fn live_entry(
         }
         Some(record) if !record.entry.is_tombstone() => Ok(record.entry),
         _ => Err(s3_error!(NoSuchKey)),
+    }
+}
+
+/// Writes a PUT's new entry for `key` under `condition`. Should `If-None-Match: *` fail only
+/// because the current entry has expired (absent to every reader, its tombstone not written
+/// yet), the tombstone is written and the write tried once more.
+pub(crate) async fn write_new_entry(
+    state: &S3State,
+    bucket: &Bucket,
+    shard: &crate::index::Shard<'_>,
+    key: &str,
+    entry: &IndexEntry,
+    condition: &Condition,
+) -> Result<u64, DataError> {
+    match state.index.write(shard, key, entry, condition).await {
+        Err(DataError::PreconditionFailed) if *condition == Condition::IfNoneMatch => {
+            match state.index.read(shard, key).await? {
+                Some(r) if is_expired(&r.entry, unix_now()) => {
+                    reclaim_expired(state, shard, key, bucket, r.entry.version).await;
+                    state.index.write(shard, key, entry, condition).await
+                }
+                _ => Err(DataError::PreconditionFailed),
+            }
+        }
+        other => other,
     }
 }
 

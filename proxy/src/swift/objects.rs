@@ -20,6 +20,7 @@ use crate::s3::S3State;
 use crate::s3::objects::{
     ChecksumPlan, DELETE_AT, DLO, ReadConditions, SLO, Stored, byte_range, check_key, copy_entry,
     describe, format_http_date, last_modified, live_entry, readable_entry, reserved, store_body,
+    write_new_entry,
 };
 
 /// The prefix of user metadata headers.
@@ -219,7 +220,7 @@ async fn put(
         return text(StatusCode::BAD_REQUEST, "Metadata too large");
     }
     let shard = IndexClient::shard_of(account, container, key, bucket.shards);
-    match state.index.write(&shard, key, &entry, &condition).await {
+    match write_new_entry(state, bucket, &shard, key, &entry, &condition).await {
         Ok(_) => {
             let mut response = text(StatusCode::CREATED, "");
             set(response.headers_mut(), "etag", &etag);
