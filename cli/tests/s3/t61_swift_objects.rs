@@ -576,9 +576,20 @@ fn static_large_objects_read_as_their_segments(cluster: &Cluster, swift: &Swift)
             .await
             .unwrap();
         assert_eq!(head.content_length(), Some(whole.len() as i64));
+        assert_eq!(head.e_tag(), Some(format!("\"{slo_etag}\"").as_str()));
         let listed = s3.list_objects_v2().bucket("big").send().await.unwrap();
         assert_eq!(listed.contents()[0].size(), Some(whole.len() as i64));
     });
+    // A POST changes its metadata and leaves it a large object.
+    let (status, _, _) = swift.call("POST", "big/slo", &["-H", "X-Object-Meta-Kind: posted"]);
+    assert_eq!(status, 202);
+    let (_, headers) = swift.head("big/slo");
+    assert_eq!(header(&headers, "x-object-meta-kind").unwrap(), "posted");
+    assert_eq!(header(&headers, "x-static-large-object").unwrap(), "True");
+    assert_eq!(
+        header(&headers, "content-length").unwrap(),
+        whole.len().to_string()
+    );
     // Copies of it are refused for now (rather than copy the manifest with a wrong ETag).
     let (status, _, _) = swift.call("COPY", "big/slo", &["-H", "Destination: big/slo-copy"]);
     assert_eq!(status, 501);
