@@ -72,11 +72,7 @@ pub(crate) fn listed_size(entry: &IndexEntry) -> u64 {
 
 /// The unix second at which `entry` expires, if it was given one.
 pub(crate) fn delete_at(entry: &IndexEntry) -> Option<u64> {
-    entry
-        .user_metadata
-        .iter()
-        .find(|(k, _)| k == DELETE_AT)
-        .and_then(|(_, v)| v.parse().ok())
+    reserved(entry, DELETE_AT).and_then(|v| v.parse().ok())
 }
 
 /// Tells whether `entry` has expired at unix second `now` (Swift: at `X-Delete-At` itself).
