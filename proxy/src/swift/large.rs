@@ -127,7 +127,11 @@ pub async fn stored_manifest(
         let chunk = chunk.map_err(|e| s3_error!(ServiceUnavailable, "reading a manifest: {e}"))?;
         json.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&json).map_err(|e| s3_error!(InternalError, "stored manifest: {e}"))
+    // Parsed off the async threads: a manifest of 1,000 segments is a few hundred KiB.
+    tokio::task::spawn_blocking(move || serde_json::from_slice(&json))
+        .await
+        .map_err(|e| s3_error!(InternalError, "manifest parse task: {e}"))?
+        .map_err(|e| s3_error!(InternalError, "stored manifest: {e}"))
 }
 
 /// The segments of `entry`, the live entry of `container/key`, when it is a large object.

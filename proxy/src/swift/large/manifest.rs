@@ -60,9 +60,14 @@ pub struct Manifest {
 pub async fn check_manifest(
     state: &S3State,
     account: &str,
-    body: &[u8],
+    body: Bytes,
 ) -> S3Result<Result<Manifest, Vec<String>>> {
-    let specs: Vec<SegmentSpec> = match serde_json::from_slice(body) {
+    // Up to 8 MiB of JSON: parsed off the async threads.
+    let parsed =
+        tokio::task::spawn_blocking(move || serde_json::from_slice::<Vec<SegmentSpec>>(&body))
+            .await
+            .map_err(|e| s3_error!(InternalError, "manifest parse task: {e}"))?;
+    let specs = match parsed {
         Ok(s) => s,
         Err(_) => return Ok(Err(vec!["Manifest must be valid JSON.".to_owned()])),
     };
@@ -189,7 +194,7 @@ pub async fn put_slo(
             );
         }
     };
-    let manifest = match check_manifest(state, account, &body).await {
+    let manifest = match check_manifest(state, account, body).await {
         Ok(Ok(m)) => m,
         Ok(Err(lines)) => {
             return text(
