@@ -204,9 +204,26 @@ cmp "$work/small" "$work/small.tempurl"
 swift post -r '.r:*' interop-swift
 curl -sf "$storage_url/interop-swift/small" -o "$work/small.public"
 cmp "$work/small" "$work/small.public"
+# Large objects (segments of 8 MiB; the segment container named as buckets must be, not
+# swiftclient's default `<container>_segments`), metadata and expiry.
+swift post interop-swift-segments
+swift upload --use-slo -S $((8 << 20)) --segment-container interop-swift-segments \
+    --object-name slo interop-swift "$work/big" >/dev/null
+swift upload --use-dlo -S $((8 << 20)) --segment-container interop-swift-segments \
+    --object-name dlo interop-swift "$work/big" >/dev/null
+swift download interop-swift slo -o "$work/slo.swift" >/dev/null
+swift download interop-swift dlo -o "$work/dlo.swift" >/dev/null
+cmp "$work/big" "$work/slo.swift" && cmp "$work/big" "$work/dlo.swift"
+aws s3 cp --only-show-errors s3://interop-swift/slo "$work/slo.swift-s3"
+cmp "$work/big" "$work/slo.swift-s3"
+swift post -m color:blue -H 'X-Delete-After: 3600' interop-swift small
+stat=$(swift stat interop-swift small)
+grep -q 'Meta Color: blue' <<<"$stat" && grep -q 'X-Delete-At:' <<<"$stat"
 # Several objects at once: swiftclient uses bulk delete, which /info advertises.
-swift delete interop-swift small big >/dev/null
+swift delete interop-swift small big slo dlo >/dev/null
+[[ -z $(swift list interop-swift-segments) ]]
 swift delete interop-swift >/dev/null
+swift delete interop-swift-segments >/dev/null
 ok "python-swiftclient"
 
 # Virtual-host style with curl's SigV4: the bucket in the host name (BUCKET.localhost,

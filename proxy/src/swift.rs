@@ -10,14 +10,15 @@
 //! and anonymous clients only what the container's ACLs grant (`swift::meta`), and a
 //! TempURL only the one method on the object (or prefix) it was signed for
 //! (`swift::tempurl`).
-//!
-//! Not served yet (answered 501): object POST, expiry (`X-Delete-At`/`X-Delete-After`),
-//! large-object manifests, CORS and multi-range GETs.
 
 mod bulk;
+mod chunked;
+pub(crate) mod large;
 mod listing;
 mod meta;
 mod objects;
+mod post;
+mod ranges;
 mod tempurl;
 
 use std::sync::Arc;
@@ -411,6 +412,12 @@ fn info(state: &S3State) -> Response {
             "max_deletes_per_request": bulk::MAX_DELETES,
             "max_failed_deletes": bulk::MAX_DELETES,
         },
+        "slo": {
+            "max_manifest_segments": large::MAX_MANIFEST_SEGMENTS,
+            "max_manifest_size": large::MAX_MANIFEST_BYTES,
+            "min_segment_size": 1,
+        },
+        "dlo": { "max_segments": large::MAX_DLO_SEGMENTS },
     });
     Response::builder()
         .status(StatusCode::OK)

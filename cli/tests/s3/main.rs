@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods)] // test threads may block
 
 mod cluster;
+mod swift_http;
 mod t10_objects;
 mod t15_multipart;
 mod t16_copy;
@@ -16,5 +17,6 @@ mod t35_checksums;
 mod t40_conditional;
 mod t50_faults;
 mod t60_swift;
+mod t61_swift_objects;
 mod t62_swift_containers;
 mod t70_tagging_cors;

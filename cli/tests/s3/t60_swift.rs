@@ -5,49 +5,12 @@
 use aws_sdk_s3::primitives::ByteStream;
 
 use crate::cluster::{Cluster, bytes, runtime};
-
-/// Runs curl; returns (status, headers, body).
-fn curl(args: &[&str]) -> (u16, String, Vec<u8>) {
-    let dir = tempfile::tempdir().unwrap();
-    let headers = dir.path().join("headers");
-    let body = dir.path().join("body");
-    let out = std::process::Command::new("curl")
-        .args(["-s", "--max-time", "20", "-D"])
-        .arg(&headers)
-        .arg("-o")
-        .arg(&body)
-        .args(["-w", "%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    let status = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0);
-    let headers = std::fs::read_to_string(&headers).unwrap_or_default();
-    (status, headers, std::fs::read(&body).unwrap_or_default())
-}
-
-fn header(headers: &str, name: &str) -> Option<String> {
-    headers.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_owned())
-    })
-}
+use crate::swift_http::{credentials, curl, header};
 
 #[test]
 fn swift_and_s3_reach_the_same_objects() {
     let cluster = Cluster::start();
-    let env = std::fs::read_to_string(cluster.path().join("dev.env")).unwrap();
-    let var = |name: &str| {
-        env.lines()
-            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-            .map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_owned())
-            .unwrap_or_else(|| panic!("{name} in dev.env"))
-    };
-    let (auth, user, key) = (var("ST_AUTH"), var("ST_USER"), var("ST_KEY"));
+    let (auth, user, key) = credentials(&cluster);
 
     // Wrong key: 401; right key: a token and the storage URL.
     let (status, _, _) = curl(&[

@@ -101,7 +101,14 @@ pub(crate) async fn page(
             .await
             .map_err(to_s3)?;
         let exhausted = batch.len() < want;
+        let now = super::objects::unix_now();
         for record in batch {
+            // An expired object is gone for listings too (its tombstone comes with the
+            // next read of it).
+            if super::objects::is_expired(&record.entry, now) {
+                after = Some(record.key.clone());
+                continue;
+            }
             let common = delimiter.and_then(|d| {
                 let rest = record.key.get(prefix.len()..)?;
                 rest.find(d)
@@ -184,7 +191,7 @@ fn objects(page: &Page, enc: &Encoder, owner: Option<&str>) -> ObjectList {
         .iter()
         .map(|r| Object {
             key: Some(enc.apply(&r.key)),
-            size: Some(r.entry.size as i64),
+            size: Some(super::objects::listed_size(&r.entry) as i64),
             e_tag: Some(ETag::Strong(r.entry.etag.clone())),
             last_modified: Some(Timestamp::from(
                 std::time::UNIX_EPOCH + std::time::Duration::from_micros(r.entry.version.micros()),

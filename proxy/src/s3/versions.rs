@@ -23,7 +23,7 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 use super::S3State;
 use super::buckets::owned;
 use super::error::to_s3;
-use super::objects::{ReadConditions, check_key, etag_value, last_modified};
+use super::objects::{ReadConditions, check_key, etag_value, last_modified, write_new_entry};
 use crate::index::{Condition, IndexClient};
 use crate::meta_write;
 
@@ -218,9 +218,7 @@ pub(crate) async fn commit(
         .retain(|(k, _)| k != VERSIONED && k != DELETE_MARKER);
     let shard = IndexClient::shard_of(account, name, key, bucket.shards);
     if bucket.versioning == Versioning::Unversioned {
-        state
-            .index
-            .write(&shard, key, &entry, condition)
+        write_new_entry(state, bucket, &shard, key, &entry, condition)
             .await
             .map_err(to_s3)?;
         return Ok(None);
@@ -245,7 +243,7 @@ pub(crate) async fn commit(
             .push((DELETE_MARKER.to_owned(), String::new()));
     }
     records.put(key, &record).await?;
-    if let Err(e) = state.index.write(&shard, key, &entry, condition).await {
+    if let Err(e) = write_new_entry(state, bucket, &shard, key, &entry, condition).await {
         // Not acknowledged: the record goes too (if this fails as well, a version nobody
         // was told about stays listed, as after any write whose outcome was unknown).
         let _ = records.remove(key, entry.version, &entry.policy).await;

@@ -615,7 +615,7 @@ async fn list_container(
                     Item::Object(r) => serde_json::json!({
                         "name": r.key,
                         "hash": r.entry.etag,
-                        "bytes": r.entry.size,
+                        "bytes": crate::s3::objects::listed_size(&r.entry),
                         "content_type": if r.entry.content_type.is_empty() { "application/octet-stream" } else { r.entry.content_type.as_str() },
                         "last_modified": super::objects::iso_time(r.entry.version),
                     }),
@@ -634,7 +634,7 @@ async fn list_container(
                             "<object><name>{}</name><hash>{}</hash><bytes>{}</bytes><content_type>{}</content_type><last_modified>{}</last_modified></object>",
                             xml_escape(&r.key),
                             xml_escape(&r.entry.etag),
-                            r.entry.size,
+                            crate::s3::objects::listed_size(&r.entry),
                             xml_escape(&r.entry.content_type),
                             super::objects::iso_time(r.entry.version)
                         );

@@ -1,25 +1,30 @@
 //! Swift objects: the same entries and bytes as S3's (`X-Object-Meta-Foo` is S3's
 //! `x-amz-meta-foo`), through the same data path.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use nimbus_core::ids::VersionId;
 use nimbus_core::index::IndexEntry;
-use s3s::dto::{ETag, ETagCondition, Metadata, Range, StreamingBlob, Timestamp, TimestampFormat};
+use s3s::dto::{ETag, ETagCondition, Range, StreamingBlob, Timestamp, TimestampFormat};
 
+use super::chunked::{self, ChunkedError};
+use super::large;
+use super::ranges::{self, Multipart, Ranges, Source};
 use super::{from_s3, not_implemented, text};
-use crate::index::{Condition, IndexClient};
+use crate::index::Condition;
 use crate::s3::S3State;
 use crate::s3::objects::{
-    ChecksumPlan, ReadConditions, Standard, Stored, byte_range, check_key, copy_entry, describe,
-    format_http_date, last_modified, live_entry, metadata_pairs, open_body, readable_entry,
-    store_body,
+    ChecksumPlan, DELETE_AT, DLO, ReadConditions, SLO, Stored, byte_range, check_key, copy_entry,
+    describe, format_http_date, last_modified, live_entry, readable_entry, reserved, store_body,
 };
+use crate::s3::versions;
 
 /// The prefix of user metadata headers.
-const META: &str = "x-object-meta-";
+pub(crate) const META: &str = "x-object-meta-";
 
 /// Swift's time format in listings: `2026-11-23T10:00:00.123456`.
 pub fn iso_time(version: VersionId) -> String {
@@ -38,7 +43,7 @@ pub fn iso_time(version: VersionId) -> String {
     )
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -50,13 +55,13 @@ fn etag_condition(value: Option<&str>) -> Option<ETagCondition> {
     })
 }
 
-fn http_date(value: Option<&str>) -> Option<Timestamp> {
+pub(crate) fn http_date(value: Option<&str>) -> Option<Timestamp> {
     value.and_then(|v| Timestamp::parse(TimestampFormat::HttpDate, v).ok())
 }
 
 /// Serves `/v1/AUTH_<account>/<container>/<object>`.
 pub async fn object(
-    state: &S3State,
+    state: &Arc<S3State>,
     account: &str,
     container: &str,
     key: &str,
@@ -77,21 +82,38 @@ pub async fn object(
     {
         return copy(state, account, container, key, request.headers()).await;
     }
+    let query = request.uri().query().map(str::to_owned);
+    let query = query.as_deref();
+    if method == Method::PUT && query_has(query, "multipart-manifest", "put") {
+        return large::put_slo(state, account, (container, key), &bucket, request).await;
+    }
+    if method == Method::DELETE && query_has(query, "multipart-manifest", "delete") {
+        return large::delete_slo(state, account, (container, key), &bucket).await;
+    }
     match method {
         Method::PUT => put(state, account, container, key, &bucket, request).await,
         Method::GET | Method::HEAD => get(state, account, container, key, request).await,
+        Method::POST => {
+            super::post::post(state, account, container, key, &bucket, request.headers()).await
+        }
         Method::DELETE => match live_entry(state, account, &bucket, container, key).await {
             Ok(_) => {
-                let shard = IndexClient::shard_of(account, container, key, bucket.shards);
+                // Through versioning: in an S3-versioned bucket a delete marker.
                 let tombstone =
                     IndexEntry::tombstone(state.data.clock.next(), bucket.policy.clone());
-                match state
-                    .index
-                    .write(&shard, key, &tombstone, &Condition::None)
-                    .await
+                match versions::commit(
+                    state,
+                    account,
+                    container,
+                    &bucket,
+                    key,
+                    tombstone,
+                    &Condition::None,
+                )
+                .await
                 {
                     Ok(_) => text(StatusCode::NO_CONTENT, ""),
-                    Err(e) => from_s3(&crate::s3::to_s3(e)),
+                    Err(e) => from_s3(&e),
                 }
             }
             Err(e) => from_s3(&e),
@@ -109,26 +131,21 @@ async fn put(
     request: Request,
 ) -> Response {
     let headers = request.headers().clone();
-    let unsupported = [
-        "x-copy-from",
-        "x-delete-at",
-        "x-delete-after",
-        "x-object-manifest",
-    ];
-    if unsupported.iter().any(|h| headers.contains_key(*h))
-        || request
-            .uri()
-            .query()
-            .is_some_and(|q| q.contains("multipart-manifest"))
-    {
-        return text(
-            StatusCode::NOT_IMPLEMENTED,
-            "copies, expiry and large-object manifests are not implemented here yet",
-        );
-    }
-    let Some(declared) = header(&headers, "content-length").and_then(|v| v.parse::<u64>().ok())
-    else {
+    let declared = match header(&headers, "content-length") {
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) => Some(n),
+            Err(_) => return text(StatusCode::BAD_REQUEST, "Invalid Content-Length"),
+        },
+        None => None,
+    };
+    let chunked = header(&headers, "transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    if declared.is_none() && !chunked {
         return text(StatusCode::LENGTH_REQUIRED, "Length Required");
+    }
+    let user_metadata = match super::post::swift_pairs(&headers) {
+        Ok(pairs) => pairs,
+        Err(e) => return e.answer(),
     };
     let md5 = match header(&headers, "etag").map(|e| hex::decode(e.trim_matches('"'))) {
         None => None,
@@ -148,41 +165,50 @@ async fn put(
         Ok(p) => p,
         Err(e) => return from_s3(&e),
     };
-    let mut metadata = Metadata::new();
-    for (name, value) in &headers {
-        if let (Some(field), Ok(value)) = (name.as_str().strip_prefix(META), value.to_str()) {
-            metadata.insert(field.to_owned(), value.to_owned());
-        }
-    }
-    let standard = Standard {
-        cache_control: header(&headers, "cache-control").map(str::to_owned),
-        content_disposition: header(&headers, "content-disposition").map(str::to_owned),
-        content_encoding: header(&headers, "content-encoding").map(str::to_owned),
-        content_language: header(&headers, "content-language").map(str::to_owned),
-        expires: http_date(header(&headers, "expires")),
-    };
     let content_type = header(&headers, "content-type")
         .unwrap_or_default()
         .to_owned();
-    let version = state.data.clock.next();
-    let body = StreamingBlob::from(s3s::Body::http_body_unsync(request.into_body()));
-    let stored = store_body(
-        state,
-        account,
-        container,
-        key,
-        &bucket.policy,
-        version,
-        Some(body),
-        declared,
-        md5,
-        &plan,
-        true,
-    )
-    .await;
-    let Stored { digests, data } = match stored {
-        Ok(s) => s,
-        Err(e) => return from_s3(&e),
+    let (version, Stored { digests, data }) = match declared {
+        Some(declared) => {
+            let version = state.data.clock.next();
+            let body = StreamingBlob::from(s3s::Body::http_body_unsync(request.into_body()));
+            let stored = store_body(
+                state,
+                account,
+                container,
+                key,
+                &bucket.policy,
+                version,
+                Some(body),
+                declared,
+                md5,
+                &plan,
+                true,
+            )
+            .await;
+            match stored {
+                Ok(s) => (version, s),
+                Err(e) => return from_s3(&e),
+            }
+        }
+        None => {
+            let stream = request.into_body().into_data_stream();
+            let path = (account, container, key);
+            match chunked::store_unsized(state, path, &bucket.policy, stream, md5).await {
+                Ok(stored) => stored,
+                Err(ChunkedError::TooLarge) => {
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
+                }
+                Err(ChunkedError::BadEtag) => {
+                    return text(StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable Entity");
+                }
+                Err(ChunkedError::Body(e)) => {
+                    tracing::debug!(error = %e, "chunked body broke off");
+                    return text(StatusCode::BAD_REQUEST, "Bad Request");
+                }
+                Err(ChunkedError::Store(e)) => return from_s3(&e),
+            }
+        }
     };
     let etag = hex::encode(digests.md5);
     let entry = IndexEntry {
@@ -192,15 +218,15 @@ async fn put(
         blake3: digests.blake3,
         client_checksums: digests.client_checksums(),
         content_type,
-        user_metadata: metadata_pairs(Some(&metadata), standard),
+        user_metadata,
         policy: bucket.policy.clone(),
         data,
     };
     if entry.validate().is_err() {
         return text(StatusCode::BAD_REQUEST, "Metadata too large");
     }
-    let shard = IndexClient::shard_of(account, container, key, bucket.shards);
-    match state.index.write(&shard, key, &entry, &condition).await {
+    // Through versioning: in an S3-versioned bucket a new version.
+    match versions::commit(state, account, container, bucket, key, entry, &condition).await {
         Ok(_) => {
             let mut response = text(StatusCode::CREATED, "");
             set(response.headers_mut(), "etag", &etag);
@@ -209,7 +235,7 @@ async fn put(
             }
             response
         }
-        Err(e) => from_s3(&crate::s3::to_s3(e)),
+        Err(e) => from_s3(&e),
     }
 }
 
@@ -220,7 +246,7 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
 }
 
 async fn get(
-    state: &S3State,
+    state: &Arc<S3State>,
     account: &str,
     container: &str,
     key: &str,
@@ -247,17 +273,43 @@ async fn get(
         }
         Err(e) => return from_s3(&e),
     };
-    let range = match header(headers, "range") {
-        Some(r) if r.contains(',') => {
-            return text(
-                StatusCode::NOT_IMPLEMENTED,
-                "multi-range GETs are not implemented here yet",
-            );
+    let manifest_get = query_has(parts.uri.query(), "multipart-manifest", "get");
+    let large = if manifest_get {
+        None
+    } else {
+        match large::of(state, account, (container, key), &entry).await {
+            Ok(l) => l,
+            Err(e) => return from_s3(&e),
         }
+    };
+    let slo = reserved(&entry, SLO).is_some();
+    let content_type = if manifest_get && slo {
+        "application/json; charset=utf-8".to_owned()
+    } else if entry.content_type.is_empty() {
+        "application/octet-stream".to_owned()
+    } else {
+        entry.content_type.clone()
+    };
+    // A large object's ETag is quoted, as Swift sends it.
+    let (size, etag) = match &large {
+        Some(l) => (l.size, format!("\"{}\"", l.etag)),
+        None => (entry.size, entry.etag.clone()),
+    };
+    let mut multipart = None;
+    let range = match header(headers, "range") {
+        Some(r) if r.contains(',') => match ranges::parse(r, size) {
+            Ranges::Whole => None,
+            Ranges::Unsatisfiable => return unsatisfiable(size),
+            Ranges::Some(mut list) if list.len() == 1 => list.pop(),
+            Ranges::Some(list) => {
+                multipart = Some(Multipart::new(list, size, &content_type));
+                None
+            }
+        },
         Some(r) => match Range::parse(r) {
-            Ok(range) => match byte_range(Some(&range), entry.size) {
+            Ok(range) => match byte_range(Some(&range), size) {
                 Ok(r) => r,
-                Err(e) => return from_s3(&e),
+                Err(_) => return unsatisfiable(size),
             },
             // An unparsable Range is ignored, as HTTP says.
             Err(_) => None,
@@ -265,27 +317,28 @@ async fn get(
         None => None,
     };
     let head = parts.method == Method::HEAD;
-    let size = entry.size;
-    let length = range.as_ref().map_or(size, |r| r.end - r.start);
+    let length = match &multipart {
+        Some(m) => m.content_length(),
+        None => range.as_ref().map_or(size, |r| r.end - r.start),
+    };
     let mut builder = Response::builder()
-        .status(if range.is_some() {
+        .status(if range.is_some() || multipart.is_some() {
             StatusCode::PARTIAL_CONTENT
         } else {
             StatusCode::OK
         })
         .header("content-length", length)
         .header("accept-ranges", "bytes")
-        .header("etag", &entry.etag)
+        .header("etag", etag)
         .header(
             "x-timestamp",
             format!("{:.5}", entry.version.micros() as f64 / 1e6),
         )
         .header(
             "content-type",
-            if entry.content_type.is_empty() {
-                "application/octet-stream"
-            } else {
-                entry.content_type.as_str()
+            match &multipart {
+                Some(m) => format!("multipart/byteranges;boundary={}", m.boundary),
+                None => content_type.clone(),
             },
         );
     if let Some(date) = format_http_date(&last_modified(entry.version)) {
@@ -296,6 +349,14 @@ async fn get(
             "content-range",
             format!("bytes {}-{}/{size}", r.start, r.end.saturating_sub(1)),
         );
+    }
+    if slo {
+        builder = builder.header("x-static-large-object", "True");
+    }
+    if let Some(manifest) = reserved(&entry, DLO)
+        && let Ok(v) = HeaderValue::from_str(manifest)
+    {
+        builder = builder.header("x-object-manifest", v);
     }
     let d = describe(&entry);
     for (name, value) in &d.metadata {
@@ -309,15 +370,29 @@ async fn get(
         ("content-encoding", d.content_encoding),
         ("content-language", d.content_language),
         ("expires", d.expires.as_ref().and_then(format_http_date)),
+        ("x-delete-at", d.delete_at.map(|at| at.to_string())),
     ] {
         if let Some(v) = value {
             builder = builder.header(name, v);
         }
     }
+    let source = match large {
+        Some(l) => Source::Large {
+            segments: l.segments,
+            size,
+        },
+        None => Source::Entry {
+            container: container.to_owned(),
+            key: key.to_owned(),
+            entry: Box::new(entry),
+        },
+    };
     let body = if head {
         Body::empty()
+    } else if let Some(m) = multipart {
+        Body::from_stream(m.stream(Arc::clone(state), account.to_owned(), source))
     } else {
-        match open_body(state, account, container, key, &entry, range).await {
+        match source.open(state, account, range).await {
             Ok(stream) => Body::from_stream(stream),
             Err(e) => return from_s3(&e),
         }
@@ -325,6 +400,28 @@ async fn get(
     builder
         .body(body)
         .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Error"))
+}
+
+/// Tells whether a query string has `name=value`.
+pub(crate) fn query_has(query: Option<&str>, name: &str, value: &str) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.split_once('=').unwrap_or((pair, "")) == (name, value))
+    })
+}
+
+/// 416 for ranges that all lie beyond an object of `size` bytes.
+fn unsatisfiable(size: u64) -> Response {
+    let mut response = text(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "Requested Range Not Satisfiable",
+    );
+    set(
+        response.headers_mut(),
+        "content-range",
+        &format!("bytes */{size}"),
+    );
+    response
 }
 
 /// Splits `container/object` (with or without a leading `/`, percent-encoded) in two.
@@ -373,6 +470,10 @@ async fn copy(
         Ok(e) => e,
         Err(e) => return from_s3(&e),
     };
+    let delete_at = match super::post::delete_at_of(headers) {
+        Ok(at) => at,
+        Err(e) => return e.answer(),
+    };
     let fresh = header(headers, "x-fresh-metadata").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let mut pairs: Vec<(String, String)> = if fresh {
         Vec::new()
@@ -387,6 +488,9 @@ async fn copy(
         }
     }
     pairs.sort();
+    // The copy expires when the request says, not when its source does.
+    pairs.retain(|(n, _)| n != DELETE_AT);
+    pairs.extend(delete_at.map(super::post::delete_at_pair));
     let content_type =
         header(headers, "content-type").map_or(current.content_type.clone(), str::to_owned);
     let conditions = ReadConditions {
