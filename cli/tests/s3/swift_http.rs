@@ -59,14 +59,19 @@ impl Swift {
     /// Logs in as the cluster's Swift user.
     pub fn login(cluster: &Cluster) -> Swift {
         let (auth, user, key) = credentials(cluster);
+        Swift::login_as(&auth, &user, &key)
+    }
+
+    /// Logs in at auth URL `auth` as `user` (`account:user`) with `key`.
+    pub fn login_as(auth: &str, user: &str, key: &str) -> Swift {
         let (status, headers, _) = curl(&[
             "-H",
             &format!("X-Auth-User: {user}"),
             "-H",
             &format!("X-Auth-Key: {key}"),
-            &auth,
+            auth,
         ]);
-        assert_eq!(status, 200);
+        assert_eq!(status, 200, "login of {user}");
         Swift {
             url: header(&headers, "x-storage-url").unwrap(),
             token: format!(

@@ -6,83 +6,7 @@ use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::cluster::Cluster;
-
-/// Runs curl; returns (status, headers, body).
-fn curl(args: &[&str]) -> (u16, String, Vec<u8>) {
-    let dir = tempfile::tempdir().unwrap();
-    let headers = dir.path().join("headers");
-    let body = dir.path().join("body");
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "30", "-D"])
-        .arg(&headers)
-        .arg("-o")
-        .arg(&body)
-        .args(["-w", "%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    let status = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0);
-    let headers = std::fs::read_to_string(&headers).unwrap_or_default();
-    (status, headers, std::fs::read(&body).unwrap_or_default())
-}
-
-fn header(headers: &str, name: &str) -> Option<String> {
-    headers.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_owned())
-    })
-}
-
-/// A Swift session: the storage URL and the token header.
-struct Session {
-    url: String,
-    token: String,
-}
-
-impl Session {
-    fn login(auth: &str, user: &str, key: &str) -> Session {
-        let (status, headers, _) = curl(&[
-            "-H",
-            &format!("X-Auth-User: {user}"),
-            "-H",
-            &format!("X-Auth-Key: {key}"),
-            auth,
-        ]);
-        assert_eq!(status, 200, "login of {user}");
-        Session {
-            url: header(&headers, "x-storage-url").unwrap(),
-            token: format!(
-                "X-Auth-Token: {}",
-                header(&headers, "x-auth-token").unwrap()
-            ),
-        }
-    }
-
-    /// `curl -X method` on `url/path` with the token and `extra` arguments.
-    fn call(&self, method: &str, path: &str, extra: &[&str]) -> (u16, String, Vec<u8>) {
-        let url = format!("{}{path}", self.url);
-        let mut args = vec!["-X", method, "-H", self.token.as_str()];
-        if method == "HEAD" {
-            args = vec!["-I", "-H", self.token.as_str()];
-        }
-        args.extend_from_slice(extra);
-        args.push(&url);
-        curl(&args)
-    }
-}
-
-fn dev_var(cluster: &Cluster, name: &str) -> String {
-    let env = std::fs::read_to_string(cluster.path().join("dev.env")).unwrap();
-    env.lines()
-        .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-        .map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_owned())
-        .unwrap_or_else(|| panic!("{name} in dev.env"))
-}
+use crate::swift_http::{Swift, credentials, curl, header};
 
 /// Runs `nimbus admin` against the cluster; returns what it printed.
 fn admin(cluster: &Cluster, args: &[&str]) -> String {
@@ -125,18 +49,14 @@ fn lines(body: &[u8]) -> Vec<String> {
 #[test]
 fn metadata_acls_listings_bulk_delete_and_temp_urls() {
     let cluster = Cluster::start();
-    let auth = dev_var(&cluster, "ST_AUTH");
-    let dev = Session::login(
-        &auth,
-        &dev_var(&cluster, "ST_USER"),
-        &dev_var(&cluster, "ST_KEY"),
-    );
+    let (auth, _, _) = credentials(&cluster);
+    let dev = Swift::login(&cluster);
     let account = dev.url.rsplit('/').next().unwrap().to_owned();
 
     // Account metadata: set, shown, removed; Swift's bounds refused with 400.
     let (status, _, _) = dev.call("POST", "", &["-H", "X-Account-Meta-Color: blue"]);
     assert_eq!(status, 204);
-    let (status, headers, _) = dev.call("HEAD", "", &[]);
+    let (status, headers) = dev.head("");
     assert_eq!(status, 204);
     assert_eq!(
         header(&headers, "x-account-meta-color").as_deref(),
@@ -144,24 +64,24 @@ fn metadata_acls_listings_bulk_delete_and_temp_urls() {
     );
     let (status, _, _) = dev.call("POST", "", &["-H", "X-Remove-Account-Meta-Color: x"]);
     assert_eq!(status, 204);
-    let (_, headers, _) = dev.call("HEAD", "", &[]);
+    let (_, headers) = dev.head("");
     assert_eq!(header(&headers, "x-account-meta-color"), None);
     let long = format!("X-Account-Meta-Big: {}", "v".repeat(257));
     assert_eq!(dev.call("POST", "", &["-H", &long]).0, 400);
 
     // Container metadata on PUT and POST; a missing container is 404.
-    let (status, _, _) = dev.call("PUT", "/box", &["-H", "X-Container-Meta-A: 1"]);
+    let (status, _, _) = dev.call("PUT", "box", &["-H", "X-Container-Meta-A: 1"]);
     assert_eq!(status, 201);
-    let (status, _, _) = dev.call("POST", "/box", &["-H", "X-Container-Meta-B: two"]);
+    let (status, _, _) = dev.call("POST", "box", &["-H", "X-Container-Meta-B: two"]);
     assert_eq!(status, 204);
-    let (_, headers, _) = dev.call("HEAD", "/box", &[]);
+    let (_, headers) = dev.head("box");
     assert_eq!(header(&headers, "x-container-meta-a").as_deref(), Some("1"));
     assert_eq!(
         header(&headers, "x-container-meta-b").as_deref(),
         Some("two")
     );
     assert_eq!(
-        dev.call("POST", "/nobox", &["-H", "X-Container-Meta-A: 1"])
+        dev.call("POST", "nobox", &["-H", "X-Container-Meta-A: 1"])
             .0,
         404
     );
@@ -172,24 +92,24 @@ fn metadata_acls_listings_bulk_delete_and_temp_urls() {
     for h in &many {
         args.extend(["-H", h.as_str()]);
     }
-    assert_eq!(dev.call("POST", "/box", &args).0, 400);
+    assert_eq!(dev.call("POST", "box", &args).0, 400);
     assert_eq!(
         dev.call(
             "PUT",
-            "/badacl",
+            "badacl",
             &["-H", "X-Container-Read: .r:-evil.example"]
         )
         .0,
         400
     );
-    assert_eq!(dev.call("HEAD", "/badacl", &[]).0, 404, "nothing made");
+    assert_eq!(dev.head("badacl").0, 404, "nothing made");
 
     // Reverse listings: order, markers, limit, delimiter.
     for key in ["a", "b", "c", "d/1", "d/2", "e"] {
-        let (status, _, _) = dev.call("PUT", &format!("/box/{key}"), &["--data-binary", key]);
+        let (status, _, _) = dev.call("PUT", &format!("box/{key}"), &["--data-binary", key]);
         assert_eq!(status, 201, "{key}");
     }
-    let list = |query: &str| lines(&dev.call("GET", &format!("/box?{query}"), &[]).2);
+    let list = |query: &str| lines(&dev.call("GET", &format!("box?{query}"), &[]).2);
     assert_eq!(list("reverse=on"), ["e", "d/2", "d/1", "c", "b", "a"]);
     assert_eq!(list("reverse=on&marker=c"), ["b", "a"]);
     assert_eq!(list("reverse=on&end_marker=c"), ["e", "d/2", "d/1"]);
@@ -212,7 +132,7 @@ fn metadata_acls_listings_bulk_delete_and_temp_urls() {
             "bob-secret-key",
         ],
     );
-    let bob = Session::login(&auth, "other:bob", "bob-secret-key");
+    let bob = Swift::login_as(&auth, "other:bob", "bob-secret-key");
     let bob_at = |method: &str, path: &str, extra: &[&str]| {
         let url = format!("{}{path}", dev.url);
         let mut args = vec!["-X", method, "-H", bob.token.as_str()];
@@ -224,7 +144,7 @@ fn metadata_acls_listings_bulk_delete_and_temp_urls() {
     assert_eq!(bob_at("GET", "/box/a", &[]).0, 403);
     assert_eq!(anonymous("/box/a").0, 401);
     assert_eq!(bob_at("GET", "", &[]).0, 403, "never the account");
-    let (status, _, _) = dev.call("POST", "/box", &["-H", "X-Container-Read: other:bob"]);
+    let (status, _, _) = dev.call("POST", "box", &["-H", "X-Container-Read: other:bob"]);
     assert_eq!(status, 204);
     let (status, _, body) = bob_at("GET", "/box/a", &[]);
     assert_eq!((status, body.as_slice()), (200, b"a".as_slice()));
@@ -240,7 +160,7 @@ fn metadata_acls_listings_bulk_delete_and_temp_urls() {
         bob_at("POST", "/box", &["-H", "X-Container-Read: *"]).0,
         403
     );
-    let (status, _, _) = dev.call("POST", "/box", &["-H", "X-Container-Write: other"]);
+    let (status, _, _) = dev.call("POST", "box", &["-H", "X-Container-Write: other"]);
     assert_eq!(status, 204);
     assert_eq!(bob_at("PUT", "/box/bob", &["--data-binary", "x"]).0, 201);
     assert_eq!(bob_at("DELETE", "/box/bob", &[]).0, 204);
@@ -255,12 +175,12 @@ fn metadata_acls_listings_bulk_delete_and_temp_urls() {
         "copies need the owner"
     );
     assert_eq!(anonymous("/box/a").0, 401);
-    let (status, _, _) = dev.call("POST", "/box", &["-H", "X-Container-Read: .r:*"]);
+    let (status, _, _) = dev.call("POST", "box", &["-H", "X-Container-Read: .r:*"]);
     assert_eq!(status, 204);
     let (status, _, body) = anonymous("/box/a");
     assert_eq!((status, body.as_slice()), (200, b"a".as_slice()));
     assert_eq!(anonymous("/box").0, 401, "listing needs .rlistings");
-    let (status, _, _) = dev.call("POST", "/box", &["-H", "X-Container-Read: .r:*,.rlistings"]);
+    let (status, _, _) = dev.call("POST", "box", &["-H", "X-Container-Read: .r:*,.rlistings"]);
     assert_eq!(status, 204);
     let (status, _, body) = anonymous("/box");
     assert_eq!(status, 200);
@@ -268,7 +188,7 @@ fn metadata_acls_listings_bulk_delete_and_temp_urls() {
     assert_eq!(bob_at("GET", "/box/a", &[]).0, 200, ".r:* is everyone");
     assert_eq!(bob_at("GET", "/box", &[]).0, 200, ".rlistings too");
     assert_eq!(anonymous("/box/a").0, 200);
-    let (status, _, _) = dev.call("POST", "/box", &["-H", "X-Remove-Container-Read: x"]);
+    let (status, _, _) = dev.call("POST", "box", &["-H", "X-Remove-Container-Read: x"]);
     assert_eq!(status, 204);
     assert_eq!(anonymous("/box/a").0, 401);
     assert_eq!(
@@ -331,7 +251,7 @@ fn metadata_acls_listings_bulk_delete_and_temp_urls() {
         curl(&["-X", "PUT", "--data-binary", "new c", &put_url]).0,
         201
     );
-    assert_eq!(dev.call("GET", "/box/c", &[]).2, b"new c");
+    assert_eq!(dev.call("GET", "box/c", &[]).2, b"new c");
     let other = format!(
         "{}/box/a?temp_url_sig={}&temp_url_expires={}",
         dev.url,
@@ -341,9 +261,9 @@ fn metadata_acls_listings_bulk_delete_and_temp_urls() {
     assert_eq!(curl(&[&other]).0, 401, "signed for another object");
 
     // Bulk delete: objects, a missing one, a container emptied by the same request.
-    assert_eq!(dev.call("PUT", "/gone", &[]).0, 201);
+    assert_eq!(dev.call("PUT", "gone", &[]).0, 201);
     for key in ["x", "y y"] {
-        let path = format!("/gone/{}", key.replace(' ', "%20"));
+        let path = format!("gone/{}", key.replace(' ', "%20"));
         assert_eq!(dev.call("PUT", &path, &["--data-binary", "z"]).0, 201);
     }
     let (status, _, body) = dev.call(
@@ -364,8 +284,8 @@ fn metadata_acls_listings_bulk_delete_and_temp_urls() {
     assert_eq!(report["Number Not Found"], 1, "{report}");
     assert_eq!(report["Errors"][0][0], "/box", "{report}");
     assert_eq!(report["Errors"][0][1], "409 Conflict", "{report}");
-    assert_eq!(dev.call("HEAD", "/gone", &[]).0, 404);
-    assert_eq!(dev.call("HEAD", "/box", &[]).0, 204);
+    assert_eq!(dev.head("gone").0, 404);
+    assert_eq!(dev.head("box").0, 204);
 
     // `nimbus admin status`: every node's devices and their auditors.
     let status: serde_json::Value =
