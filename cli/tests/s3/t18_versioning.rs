@@ -265,6 +265,27 @@ fn versions_are_kept_read_listed_and_deleted_by_id() {
         assert_eq!(get(&s3, "k", Some(&v3)).await.unwrap().0, big);
         assert_eq!(get(&s3, "k", Some(&v1)).await.unwrap().0, b"one");
 
+        // A copy of an older version: its bytes, the source version named, a new version.
+        let copied = s3
+            .copy_object()
+            .bucket("ver")
+            .key("copy")
+            .copy_source(format!("ver/k?versionId={v1}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(copied.copy_source_version_id(), Some(v1.as_str()));
+        let copy_id = copied.version_id().unwrap().to_owned();
+        assert_eq!(get(&s3, "copy", None).await, Ok((b"one".to_vec(), copy_id)));
+        let missing = s3
+            .copy_object()
+            .bucket("ver")
+            .key("copy")
+            .copy_source("ver/k?versionId=00000000000000ff")
+            .send()
+            .await;
+        assert!(missing.is_err());
+
         // Pages of versions: every one exactly once, in order, over several keys.
         let mut expected = Vec::new();
         for key in ["p/a", "p/b", "p/c"] {

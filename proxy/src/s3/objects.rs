@@ -1060,23 +1060,26 @@ pub(crate) async fn copy_entry(
     replacement: Replacement,
 ) -> S3Result<IndexEntry> {
     let keep = TagsDirective::Copy;
-    let (src, dst) = ((src_bucket, src_key), (dst_bucket, dst_key));
-    copy_entry_tagged(state, account, src, dst, conditions, replacement, keep).await
+    let (src, dst) = ((src_bucket, src_key, None), (dst_bucket, dst_key));
+    copy_entry_tagged(state, account, src, dst, conditions, replacement, keep)
+        .await
+        .map(|(entry, _)| entry)
 }
 
 /// [`copy_entry`], with the destination's tags chosen by `tags`.
 pub(crate) async fn copy_entry_tagged(
     state: &S3State,
     account: &str,
-    (src_bucket, src_key): (&str, &str),
+    (src_bucket, src_key, src_version): (&str, &str, Option<&str>),
     (dst_bucket, dst_key): (&str, &str),
     conditions: &ReadConditions<'_>,
     replacement: Replacement,
     tags: TagsDirective,
-) -> S3Result<IndexEntry> {
+) -> S3Result<(IndexEntry, Option<String>)> {
     let destination = owned(state, account, dst_bucket)?;
     check_key(dst_key)?;
-    let source = readable_entry(state, account, src_bucket, src_key, conditions).await?;
+    let (source, _) =
+        super::versions::read(state, account, src_bucket, src_key, src_version, conditions).await?;
     // A large object's bytes are its segments': copying its manifest entry would give a copy
     // with the wrong ETag (Swift copies the concatenation; not done here yet).
     if reserved(&source, SLO).is_some() || reserved(&source, DLO).is_some() {
@@ -1133,7 +1136,7 @@ pub(crate) async fn copy_entry_tagged(
     entry
         .validate()
         .map_err(|e| s3_error!(MetadataTooLarge, "{e}"))?;
-    super::versions::commit(
+    let version_id = super::versions::commit(
         state,
         account,
         dst_bucket,
@@ -1143,7 +1146,26 @@ pub(crate) async fn copy_entry_tagged(
         &Condition::None,
     )
     .await?;
-    Ok(entry)
+    Ok((entry, version_id))
+}
+
+/// The bucket, key and version (if named) of a copy's source.
+pub(crate) fn copy_source(source: &CopySource) -> S3Result<(String, String, Option<String>)> {
+    match source {
+        CopySource::Bucket {
+            bucket,
+            key,
+            version_id,
+        } => Ok((
+            bucket.to_string(),
+            key.to_string(),
+            version_id.as_ref().map(ToString::to_string),
+        )),
+        _ => Err(s3_error!(
+            NotImplemented,
+            "access point and outpost copy sources are not supported"
+        )),
+    }
 }
 
 pub async fn copy(
@@ -1152,24 +1174,7 @@ pub async fn copy(
     req: S3Request<CopyObjectInput>,
 ) -> S3Result<S3Response<CopyObjectOutput>> {
     let mut input = req.input;
-    let CopySource::Bucket {
-        bucket,
-        key,
-        version_id,
-    } = &input.copy_source
-    else {
-        return Err(s3_error!(
-            NotImplemented,
-            "access point copy sources are not supported"
-        ));
-    };
-    if version_id.is_some() {
-        return Err(s3_error!(
-            NotImplemented,
-            "versioned copy sources are not supported yet"
-        ));
-    }
-    let (src_bucket, src_key) = (bucket.to_string(), key.to_string());
+    let (src_bucket, src_key, src_version) = copy_source(&input.copy_source)?;
     let replace = match input
         .metadata_directive
         .as_ref()
@@ -1225,10 +1230,10 @@ pub async fn copy(
         if_none_match: input.copy_source_if_none_match.as_ref(),
         if_modified_since: input.copy_source_if_modified_since.as_ref(),
     };
-    let entry = copy_entry_tagged(
+    let (entry, version_id) = copy_entry_tagged(
         state,
         account,
-        (&src_bucket, &src_key),
+        (&src_bucket, &src_key, src_version.as_deref()),
         (&input.bucket, &input.key),
         &conditions,
         replacement,
@@ -1249,6 +1254,8 @@ pub async fn copy(
             last_modified: Some(last_modified(entry.version)),
             ..Default::default()
         }),
+        copy_source_version_id: src_version,
+        version_id,
         ..Default::default()
     }))
 }

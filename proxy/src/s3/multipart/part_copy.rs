@@ -10,9 +10,10 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 use super::{MAX_PART_NUMBER, open_upload, part_record, record_part};
 use crate::s3::S3State;
 use crate::s3::objects::{
-    ChecksumPlan, ReadConditions, Stored, etag_value, last_modified, open_body, output_checksums,
-    readable_entry, store_body,
+    ChecksumPlan, ReadConditions, Stored, copy_source, etag_value, last_modified, open_body,
+    output_checksums, store_body,
 };
+use crate::s3::versions;
 
 /// The most bytes one UploadPartCopy copies (S3's limit on a part).
 const MAX_PART_BYTES: u64 = 5 << 30;
@@ -60,23 +61,7 @@ pub async fn upload_part_copy(
             "part numbers run from 1 to {MAX_PART_NUMBER}"
         ));
     }
-    let CopySource::Bucket {
-        bucket: src_bucket,
-        key: src_key,
-        version_id,
-    } = &input.copy_source
-    else {
-        return Err(s3_error!(
-            NotImplemented,
-            "access point copy sources are not supported"
-        ));
-    };
-    if version_id.is_some() {
-        return Err(s3_error!(
-            NotImplemented,
-            "versioned copy sources are not supported yet"
-        ));
-    }
+    let (src_bucket, src_key, src_version) = copy_source(&input.copy_source)?;
     let (bucket, upload) =
         open_upload(state, account, &input.bucket, &input.key, &input.upload_id).await?;
     let conditions = ReadConditions {
@@ -85,16 +70,24 @@ pub async fn upload_part_copy(
         if_none_match: input.copy_source_if_none_match.as_ref(),
         if_modified_since: input.copy_source_if_modified_since.as_ref(),
     };
-    let source = readable_entry(state, account, src_bucket, src_key, &conditions)
-        .await
-        // A source that is not modified answers 412 to a copy, not 304.
-        .map_err(|e| {
-            if e.code().as_str() == "NotModified" {
-                s3_error!(PreconditionFailed)
-            } else {
-                e
-            }
-        })?;
+    let source = versions::read(
+        state,
+        account,
+        &src_bucket,
+        &src_key,
+        src_version.as_deref(),
+        &conditions,
+    )
+    .await
+    .map(|(entry, _)| entry)
+    // A source that is not modified answers 412 to a copy, not 304.
+    .map_err(|e| {
+        if e.code().as_str() == "NotModified" {
+            s3_error!(PreconditionFailed)
+        } else {
+            e
+        }
+    })?;
     let range = copy_source_range(input.copy_source_range.as_deref(), source.size)?;
     let wanted = range.clone().unwrap_or(0..source.size);
     let bytes = wanted.end - wanted.start;
@@ -104,7 +97,7 @@ pub async fn upload_part_copy(
             "The specified copy source is larger than the maximum allowable size for a copy source: {MAX_PART_BYTES}"
         ));
     }
-    let body = open_body(state, account, src_bucket, src_key, &source, range).await?;
+    let body = open_body(state, account, &src_bucket, &src_key, &source, range).await?;
     let version = state.data.clock.next();
     // A part of an upload with a checksum algorithm gets its checksum computed.
     let mut headers = hyper::HeaderMap::new();
