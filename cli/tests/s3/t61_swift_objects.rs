@@ -372,7 +372,7 @@ fn chunked_puts_and_large_objects_read_back_whole_through_both_apis() {
     let swift = Swift::login(&cluster);
     chunked_puts_store_bodies_of_any_length(&cluster, &swift);
     static_large_objects_read_as_their_segments(&cluster, &swift);
-    dynamic_large_objects_read_as_the_objects_under_their_prefix(&swift);
+    dynamic_large_objects_read_as_the_objects_under_their_prefix(&cluster, &swift);
 }
 
 fn md5_hex(data: &[u8]) -> String {
@@ -660,7 +660,7 @@ fn static_large_objects_read_as_their_segments(cluster: &Cluster, swift: &Swift)
     }
 }
 
-fn dynamic_large_objects_read_as_the_objects_under_their_prefix(swift: &Swift) {
+fn dynamic_large_objects_read_as_the_objects_under_their_prefix(cluster: &Cluster, swift: &Swift) {
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(swift.call("PUT", "dsegs", &[]).0, 201);
     let parts = [bytes(1000, 21), bytes(1_500_000, 22), bytes(10, 23)];
@@ -705,6 +705,32 @@ fn dynamic_large_objects_read_as_the_objects_under_their_prefix(swift: &Swift) {
             swift.call("GET", "big/dlo", &["-H", &format!("Range: bytes={a}-{b}")]);
         assert_eq!(status, 206);
         assert_eq!(got, &whole[a..=b]);
+        // Through S3: the same bytes, size and ETag.
+        let s3 = cluster.client();
+        runtime().block_on(async {
+            let got = s3
+                .get_object()
+                .bucket("big")
+                .key("dlo")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(got.content_length(), Some(whole.len() as i64));
+            assert_eq!(
+                got.e_tag(),
+                Some(format!("\"{}\"", md5_hex(etags.as_bytes())).as_str())
+            );
+            let body = got.body.collect().await.unwrap().into_bytes();
+            assert!(body.as_ref() == whole.as_slice());
+            let head = s3
+                .head_object()
+                .bucket("big")
+                .key("dlo")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(head.content_length(), Some(whole.len() as i64));
+        });
     };
     check(&parts);
     // A segment added later is part of it.

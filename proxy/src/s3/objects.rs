@@ -64,6 +64,23 @@ pub(crate) fn reserved<'a>(entry: &'a IndexEntry, name: &str) -> Option<&'a str>
         .map(|(_, v)| v.as_str())
 }
 
+/// The segments, size and ETag of `entry` when it is a Swift large object (static or
+/// dynamic), which S3 reads as the concatenation too.
+///
+/// # Errors
+/// Reading the manifest or listing the segments failed.
+async fn large_object(
+    state: &S3State,
+    account: &str,
+    path: (&str, &str),
+    entry: &IndexEntry,
+) -> S3Result<Option<crate::swift::large::Large>> {
+    if reserved(entry, SLO).is_none() && reserved(entry, DLO).is_none() {
+        return Ok(None);
+    }
+    crate::swift::large::of(state, account, path, entry).await
+}
+
 /// The size clients see of `entry`: a Static Large Object's total, else its own.
 pub(crate) fn listed_size(entry: &IndexEntry) -> u64 {
     reserved(entry, SLO)
@@ -767,20 +784,20 @@ pub async fn get(
         &conditions,
     )
     .await?;
-    // A Swift Static Large Object reads as its segments through S3 too (one namespace).
-    let slo = match reserved(&entry, SLO) {
-        Some(_) => crate::swift::large::of(state, account, (&input.bucket, &input.key), &entry)
-            .await?
-            .map(|l| l.segments),
-        None => None,
-    };
-    let size = listed_size(&entry);
+    // A Swift large object (static or dynamic) reads as its segments through S3 too (one
+    // namespace), with its size and ETag.
+    let large = large_object(state, account, (&input.bucket, &input.key), &entry).await?;
+    let size = large.as_ref().map_or(entry.size, |l| l.size);
+    let etag = large
+        .as_ref()
+        .map_or(entry.etag.as_str(), |l| l.etag.as_str());
     let range = byte_range(input.range.as_ref(), size)?;
     let wanted = range.clone().unwrap_or(0..size);
-    let body = match slo {
-        Some(segments) => {
+    let body = match &large {
+        Some(l) => {
             let state = std::sync::Arc::clone(state);
-            crate::swift::large::open(state, account.to_owned(), &segments, wanted.clone()).await?
+            crate::swift::large::open(state, account.to_owned(), &l.segments, wanted.clone())
+                .await?
         }
         None => {
             open_body(
@@ -836,7 +853,7 @@ pub async fn get(
             .or(d.content_language),
         expires: input.response_expires.clone().or(d.expires),
         tag_count: d.tag_count,
-        e_tag: Some(etag_value(&entry.etag)),
+        e_tag: Some(etag_value(etag)),
         last_modified: Some(last_modified(entry.version)),
         metadata: Some(d.metadata).filter(|m| !m.is_empty()),
         version_id,
@@ -968,7 +985,11 @@ pub async fn head(
         &conditions,
     )
     .await?;
-    let size = listed_size(&entry);
+    let large = large_object(state, account, (&input.bucket, &input.key), &entry).await?;
+    let size = large.as_ref().map_or(entry.size, |l| l.size);
+    let etag = large
+        .as_ref()
+        .map_or(entry.etag.as_str(), |l| l.etag.as_str());
     let range = byte_range(input.range.as_ref(), size)?;
     let d = describe(&entry);
     let tag_count = d.tag_count;
@@ -994,7 +1015,7 @@ pub async fn head(
         content_encoding: d.content_encoding,
         content_language: d.content_language,
         expires: d.expires,
-        e_tag: Some(etag_value(&entry.etag)),
+        e_tag: Some(etag_value(etag)),
         last_modified: Some(last_modified(entry.version)),
         metadata: Some(d.metadata).filter(|m| !m.is_empty()),
         version_id,
