@@ -224,6 +224,52 @@ swift delete interop-swift small big slo dlo >/dev/null
 [[ -z $(swift list interop-swift-segments) ]]
 swift delete interop-swift >/dev/null
 swift delete interop-swift-segments >/dev/null
+# python-swiftclient's Python API: the same through its Connection, and the errors it sees.
+python3 - <<'PY'
+import os, time, urllib.error, urllib.request
+import swiftclient
+from swiftclient.utils import generate_temp_url
+auth, user, key = os.environ["ST_AUTH"], os.environ["ST_USER"], os.environ["ST_KEY"]
+conn = swiftclient.client.Connection(authurl=auth, user=user, key=key, retries=0)
+conn.put_container("interop-pyswift", headers={"X-Container-Meta-Owner": "py"})
+assert conn.head_container("interop-pyswift")["x-container-meta-owner"] == "py"
+etag = conn.put_object("interop-pyswift", "a/b", contents=b"hello", content_type="text/plain",
+                       headers={"X-Object-Meta-Color": "red"})
+conn.put_object("interop-pyswift", "c", contents=b"x")
+headers, body = conn.get_object("interop-pyswift", "a/b")
+assert body == b"hello" and headers["etag"] == etag and headers["x-object-meta-color"] == "red"
+conn.post_object("interop-pyswift", "a/b", headers={"X-Object-Meta-Color": "blue"})
+assert conn.head_object("interop-pyswift", "a/b")["x-object-meta-color"] == "blue"
+_, listing = conn.get_container("interop-pyswift", delimiter="/")
+assert [e.get("subdir", e.get("name")) for e in listing] == ["a/", "c"], listing
+_, listing = conn.get_container("interop-pyswift", query_string="reverse=on")
+assert [e["name"] for e in listing] == ["c", "a/b"], listing
+def status_of(call):
+    try:
+        call()
+    except swiftclient.ClientException as e:
+        return e.http_status
+    return 200
+assert status_of(lambda: conn.get_object("interop-pyswift", "missing")) == 404
+bad = swiftclient.client.Connection(authurl=auth, user=user, key="wrong-key-123", retries=0)
+assert status_of(bad.head_account) == 401
+conn.post_account({"X-Account-Meta-Temp-URL-Key": "py-key"})
+path = conn.url.split("://", 1)[1].split("/", 1)[1]
+base = conn.url[: conn.url.index("/v1/")]
+def fetch(url):
+    try:
+        return urllib.request.urlopen(base + url).status
+    except urllib.error.HTTPError as e:
+        return e.code
+ok_url = generate_temp_url(f"/{path}/interop-pyswift/a/b", 600, "py-key", "GET")
+assert fetch(ok_url) == 200
+late = generate_temp_url(f"/{path}/interop-pyswift/a/b", int(time.time()) - 10, "py-key", "GET",
+                         absolute=True)
+assert fetch(late) == 401
+for name in ("a/b", "c"):
+    conn.delete_object("interop-pyswift", name)
+conn.delete_container("interop-pyswift")
+PY
 ok "python-swiftclient"
 
 # Virtual-host style with curl's SigV4: the bucket in the host name (BUCKET.localhost,
