@@ -334,6 +334,58 @@ fn versions_are_kept_read_listed_and_deleted_by_id() {
         let listed = versions(&s3, "p/b", 1000).await;
         assert_eq!((listed.len(), listed[0].2, listed[0].3), (4, true, true));
 
+        // With a delimiter: keys under p/ fold into one common prefix, across pages too.
+        let flat: Vec<(String, String)> = versions(&s3, "", 1000)
+            .await
+            .into_iter()
+            .filter(|v| !v.0.contains('/'))
+            .map(|v| (v.0, v.1))
+            .collect();
+        for page in [1, 2, 1000] {
+            let (mut prefixes, mut seen) = (Vec::new(), Vec::new());
+            let (mut key_marker, mut version_marker) = (None, None);
+            loop {
+                let out = s3
+                    .list_object_versions()
+                    .bucket("ver")
+                    .delimiter("/")
+                    .max_keys(page)
+                    .set_key_marker(key_marker.clone())
+                    .set_version_id_marker(version_marker.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                prefixes.extend(
+                    out.common_prefixes()
+                        .iter()
+                        .map(|p| p.prefix().unwrap().to_owned()),
+                );
+                seen.extend(out.versions().iter().map(|v| {
+                    (
+                        v.key().unwrap().to_owned(),
+                        v.version_id().unwrap().to_owned(),
+                    )
+                }));
+                seen.extend(out.delete_markers().iter().map(|m| {
+                    (
+                        m.key().unwrap().to_owned(),
+                        m.version_id().unwrap().to_owned(),
+                    )
+                }));
+                if out.is_truncated() != Some(true) {
+                    break;
+                }
+                key_marker = out.next_key_marker().map(str::to_owned);
+                version_marker = out.next_version_id_marker().map(str::to_owned);
+            }
+            assert_eq!(prefixes, ["p/"], "pages of {page}");
+            let mut seen_sorted = seen.clone();
+            seen_sorted.sort();
+            let mut flat_sorted = flat.clone();
+            flat_sorted.sort();
+            assert_eq!(seen_sorted, flat_sorted, "pages of {page}");
+        }
+
         // Suspended: a new write is the null version, replacing the old null one.
         enable(BucketVersioningStatus::Suspended).await.unwrap();
         assert_eq!(put(&s3, "k", b"three").await.as_deref(), Some("null"));

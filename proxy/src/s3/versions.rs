@@ -23,6 +23,7 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 use super::S3State;
 use super::buckets::owned;
 use super::error::to_s3;
+use super::list::after_prefix;
 use super::objects::{ReadConditions, check_key, etag_value, last_modified, write_new_entry};
 use crate::index::{Condition, IndexClient};
 use crate::meta_write;
@@ -479,6 +480,12 @@ pub fn get_versioning(
     }))
 }
 
+/// One item of a listing of versions.
+enum Listed {
+    Version(Box<Row>),
+    Prefix(String),
+}
+
 /// One row of a listing of versions.
 struct Row {
     key: String,
@@ -496,12 +503,7 @@ pub async fn list(
 ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
     let input = req.input;
     let bucket = owned(state, account, &input.bucket)?;
-    if input.delimiter.as_deref().is_some_and(|d| !d.is_empty()) {
-        return Err(s3_error!(
-            NotImplemented,
-            "ListObjectVersions with a delimiter is not supported yet"
-        ));
-    }
+    let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
     let max_keys = match input.max_keys {
         Some(n) if n < 0 => return Err(s3_error!(InvalidArgument, "max-keys must be >= 0")),
         Some(n) => usize::try_from(n).unwrap_or(MAX_KEYS).min(MAX_KEYS),
@@ -521,8 +523,22 @@ pub async fn list(
     };
     let name = input.bucket.as_str();
     let container = versions_container(name);
+    // A key marker that is a common prefix resumes after every key under it.
+    let marker_is_prefix = key_marker.as_ref().is_some_and(|k| {
+        delimiter
+            .as_ref()
+            .is_some_and(|d| k.ends_with(d.as_str()) && k.starts_with(&prefix))
+    });
+    let currents_after = key_marker.as_ref().map(|k| {
+        if marker_is_prefix {
+            after_prefix(k)
+        } else {
+            k.clone()
+        }
+    });
     // Where the records resume: after the marker's version, or after all of the key's.
     let records_after = key_marker.as_ref().map(|k| match &version_marker {
+        _ if marker_is_prefix => after_prefix(k),
         Some(v) if v != NULL => match parse_id(v) {
             Ok(Some(version)) => record_key(k, version),
             _ => format!("{k}\0\u{10FFFF}"),
@@ -549,19 +565,33 @@ pub async fn list(
             name,
             bucket.shards,
             &prefix,
-            key_marker.as_deref(),
+            currents_after.as_deref(),
             want,
         )
         .await
         .map_err(to_s3)?;
     let resumed = version_marker.as_ref().and(key_marker.as_deref());
-    let (rows, truncated) = merge(records, currents, want, max_keys, resumed);
+    let fold = delimiter.as_deref().map(|d| (prefix.as_str(), d));
+    let (items, truncated) = merge(records, currents, want, max_keys, resumed, fold);
     let next = truncated
-        .then(|| rows.last().map(|r| (r.key.clone(), id_of(&r.entry))))
+        .then(|| {
+            items.last().map(|item| match item {
+                Listed::Version(r) => (r.key.clone(), Some(id_of(&r.entry))),
+                Listed::Prefix(p) => (p.clone(), None),
+            })
+        })
         .flatten();
     let mut versions = Vec::new();
     let mut markers = Vec::new();
-    for row in rows {
+    let mut prefixes = Vec::new();
+    for item in items {
+        let row = match item {
+            Listed::Version(row) => *row,
+            Listed::Prefix(p) => {
+                prefixes.push(CommonPrefix { prefix: Some(p) });
+                continue;
+            }
+        };
         let common = (
             Some(row.key.clone()),
             Some(last_modified(row.entry.version)),
@@ -599,9 +629,11 @@ pub async fn list(
         max_keys: Some(max_keys as i32),
         is_truncated: Some(next.is_some()),
         next_key_marker: next.as_ref().map(|(k, _)| k.clone()),
-        next_version_id_marker: next.map(|(_, v)| v),
+        next_version_id_marker: next.and_then(|(_, v)| v),
         versions: Some(versions),
         delete_markers: Some(markers),
+        common_prefixes: Some(prefixes).filter(|p| !p.is_empty()),
+        delimiter,
         ..Default::default()
     }))
 }
@@ -617,7 +649,8 @@ fn merge(
     want: usize,
     max_keys: usize,
     resumed: Option<&str>,
-) -> (Vec<Row>, bool) {
+    fold: Option<(&str, &str)>,
+) -> (Vec<Listed>, bool) {
     let records_full = records.len() == want;
     let currents_full = currents.len() == want;
     let parsed: Vec<(String, IndexEntry)> = records
@@ -641,6 +674,33 @@ fn merge(
         if past(&records_end, records_full) || past(&currents_end, currents_full) {
             return (rows, true);
         }
+        // Keys under a common prefix (a delimiter after the prefix) fold into it, once.
+        let common = fold.and_then(|(prefix, d)| {
+            let rest = key.get(prefix.len()..)?;
+            rest.find(d)
+                .map(|i| key[..prefix.len() + i + d.len()].to_owned())
+        });
+        if let Some(cp) = common {
+            while parsed.get(ri).is_some_and(|(k, _)| k.starts_with(&cp)) {
+                ri += 1;
+            }
+            while currents.get(ci).is_some_and(|c| c.key.starts_with(&cp)) {
+                ci += 1;
+            }
+            if rows.len() == max_keys {
+                return (rows, true);
+            }
+            let open = |end: &Option<String>, full: bool| {
+                full && end.as_ref().is_some_and(|e| e.starts_with(&cp))
+            };
+            let cut = open(&records_end, records_full) || open(&currents_end, currents_full);
+            rows.push(Listed::Prefix(cp));
+            // A page that ended under the prefix: the next resumes after all of it.
+            if cut {
+                return (rows, true);
+            }
+            continue;
+        }
         let mut group: Vec<IndexEntry> = Vec::new();
         while let Some((k, e)) = parsed.get(ri)
             && *k == key
@@ -663,11 +723,11 @@ fn merge(
             if rows.len() == max_keys {
                 return (rows, true);
             }
-            rows.push(Row {
+            rows.push(Listed::Version(Box::new(Row {
                 key: key.clone(),
                 entry,
                 latest: i == 0 && !resumed_here,
-            });
+            })));
         }
         // The records page may have ended inside this key's versions.
         if records_full && records_end.as_ref() == Some(&key) {
