@@ -1073,7 +1073,7 @@ pub(crate) enum TagsDirective {
 /// `account/dst_bucket/dst_key`: the bytes streamed through the data path into a new version
 /// of the destination, never held whole; the index entry written last. Returns the new entry.
 pub(crate) async fn copy_entry(
-    state: &S3State,
+    state: &std::sync::Arc<S3State>,
     account: &str,
     (src_bucket, src_key): (&str, &str),
     (dst_bucket, dst_key): (&str, &str),
@@ -1089,7 +1089,7 @@ pub(crate) async fn copy_entry(
 
 /// [`copy_entry`], with the destination's tags chosen by `tags`.
 pub(crate) async fn copy_entry_tagged(
-    state: &S3State,
+    state: &std::sync::Arc<S3State>,
     account: &str,
     (src_bucket, src_key, src_version): (&str, &str, Option<&str>),
     (dst_bucket, dst_key): (&str, &str),
@@ -1101,15 +1101,26 @@ pub(crate) async fn copy_entry_tagged(
     check_key(dst_key)?;
     let (source, _) =
         super::versions::read(state, account, src_bucket, src_key, src_version, conditions).await?;
-    // A large object's bytes are its segments': copying its manifest entry would give a copy
-    // with the wrong ETag (Swift copies the concatenation; not done here yet).
-    if reserved(&source, SLO).is_some() || reserved(&source, DLO).is_some() {
-        return Err(s3_error!(
-            NotImplemented,
-            "copying a Swift large object is not supported yet"
-        ));
-    }
-    let body = open_body(state, account, src_bucket, src_key, &source, None).await?;
+    // A Swift large object is copied as its bytes (its segments'), as Swift does: the copy is
+    // an ordinary object.
+    let large = large_object(state, account, (src_bucket, src_key), &source).await?;
+    let (body, size) = match &large {
+        Some(l) => {
+            let whole = 0..l.size;
+            let stream = crate::swift::large::open(
+                std::sync::Arc::clone(state),
+                account.to_owned(),
+                &l.segments,
+                whole,
+            )
+            .await?;
+            (stream, l.size)
+        }
+        None => (
+            open_body(state, account, src_bucket, src_key, &source, None).await?,
+            source.size,
+        ),
+    };
     let version = state.data.clock.next();
     let none = ChecksumPlan::of(&hyper::HeaderMap::new(), None)?;
     let Stored { digests, data } = store_body(
@@ -1120,7 +1131,7 @@ pub(crate) async fn copy_entry_tagged(
         &destination.policy,
         version,
         Some(StreamingBlob::wrap(body)),
-        source.size,
+        size,
         None,
         &none,
         true,
@@ -1128,6 +1139,8 @@ pub(crate) async fn copy_entry_tagged(
     .await?;
     let (content_type, mut user_metadata) =
         replacement.unwrap_or((source.content_type.clone(), source.user_metadata.clone()));
+    // The copy holds the bytes themselves, not a manifest.
+    user_metadata.retain(|(k, _)| k != SLO && k != DLO);
     let tags = match tags {
         TagsDirective::Copy => tagging::pair_of(&source),
         TagsDirective::Replace(pair) => pair,
@@ -1141,6 +1154,7 @@ pub(crate) async fn copy_entry_tagged(
         // The source's client checksums hold for the same bytes, when it had one part (a
         // composite `ALG-N` one never does: the copy has one part).
         client_checksums: match source.data {
+            _ if large.is_some() => Vec::new(),
             EntryData::Parts(_) => Vec::new(),
             _ => source
                 .client_checksums
@@ -1190,7 +1204,7 @@ pub(crate) fn copy_source(source: &CopySource) -> S3Result<(String, String, Opti
 }
 
 pub async fn copy(
-    state: &S3State,
+    state: &std::sync::Arc<S3State>,
     account: &str,
     req: S3Request<CopyObjectInput>,
 ) -> S3Result<S3Response<CopyObjectOutput>> {

@@ -437,7 +437,7 @@ fn split_path(value: &str) -> Option<(String, String)> {
 /// and metadata, with the request's `X-Object-Meta-*` and `Content-Type` laid over them
 /// (in place of them with `X-Fresh-Metadata: true`).
 async fn copy(
-    state: &S3State,
+    state: &Arc<S3State>,
     account: &str,
     container: &str,
     key: &str,
