@@ -36,6 +36,10 @@ pub struct ProxyConfig {
     /// Objects of at most this many bytes are kept inside their index entry. Default 4 KiB.
     #[serde(default = "default_inline_max")]
     pub inline_max: u32,
+    /// Seconds between the expirer's passes over the buckets' queues of objects with an
+    /// expiry (Swift's `X-Delete-At`); 0 turns it off on this proxy. Default 30.
+    #[serde(default = "default_expirer_interval")]
+    pub expirer_interval_secs: u64,
 }
 
 fn default_listen() -> SocketAddr {
@@ -48,6 +52,10 @@ fn default_region() -> String {
 
 fn default_segment_bytes() -> u32 {
     1024 * 1024
+}
+
+fn default_expirer_interval() -> u64 {
+    30
 }
 
 fn default_inline_max() -> u32 {

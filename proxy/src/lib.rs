@@ -9,6 +9,7 @@ pub mod config;
 pub mod cors;
 pub mod data;
 pub mod error;
+pub mod expirer;
 pub mod index;
 pub mod meta_write;
 pub mod node_client;

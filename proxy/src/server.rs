@@ -60,6 +60,8 @@ pub struct RunningProxy {
     /// The address the S3 API listens on (useful with port 0).
     pub local_addr: SocketAddr,
     server: JoinHandle<Result<(), ProxyError>>,
+    /// The expirer task and the sender that stops it.
+    expirer: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
     _watcher: Watcher,
 }
 
@@ -69,12 +71,18 @@ impl RunningProxy {
     /// # Errors
     /// [`ProxyError::Serve`] when serving failed.
     pub async fn wait(self) -> Result<(), ProxyError> {
-        self.server.await.unwrap_or_else(|join| {
+        let served = self.server.await.unwrap_or_else(|join| {
             Err(ProxyError::Serve {
                 addr: self.local_addr,
                 source: std::io::Error::other(join.to_string()),
             })
-        })
+        });
+        // Each of its steps is idempotent: stopping it anywhere loses nothing.
+        if let Some((stop, task)) = self.expirer {
+            stop.send_replace(true);
+            task.abort();
+        }
+        served
     }
 }
 
@@ -125,6 +133,15 @@ pub async fn start(
         addr: config.listen,
         source,
     })?;
+    let (stop_expirer, expirer_stopped) = tokio::sync::watch::channel(false);
+    let expirer = (config.expirer_interval_secs > 0).then(|| {
+        let interval = std::time::Duration::from_secs(config.expirer_interval_secs);
+        tokio::spawn(crate::expirer::run(
+            Arc::clone(&state),
+            interval,
+            expirer_stopped,
+        ))
+    });
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
         .fallback(serve)
@@ -141,6 +158,7 @@ pub async fn start(
     Ok(RunningProxy {
         local_addr,
         server,
+        expirer: expirer.map(|task| (stop_expirer, task)),
         _watcher: watcher,
     })
 }

@@ -298,7 +298,9 @@ impl Layout {
              meta = [{members}]\n\
              region = \"us-east-1\"\n\
              # Virtual-host style: http://BUCKET.localhost:PORT (where *.localhost resolves).\n\
-             s3_domains = [\"localhost\"]\n",
+             s3_domains = [\"localhost\"]\n\
+             # Objects past their X-Delete-At go within seconds on a dev cluster.\n\
+             expirer_interval_secs = 5\n",
             self.ports.s3
         );
         write_file(&self.proxy_config(), &text, false)

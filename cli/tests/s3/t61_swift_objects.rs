@@ -194,6 +194,18 @@ fn post_rewrites_metadata_expiry_removes_objects_and_ranges_come_in_parts() {
     }
     assert_eq!(swift.head("meta/bad").0, 404);
 
+    // One that nothing will read, in a container of its own: the expirer deletes it.
+    assert_eq!(swift.call("PUT", "exp", &[]).0, 201);
+    let (status, _, _) = swift.call(
+        "PUT",
+        "exp/unread",
+        &["-H", "X-Delete-After: 2", "--data-binary", "never read"],
+    );
+    assert_eq!(status, 201);
+    assert_eq!(
+        swift.call("PUT", "exp/stays", &["--data-binary", "s"]).0,
+        201
+    );
     // An object expiring in 2 s (inline), one given 2 s by a POST (fragments), one by a
     // copy; one whose expiry a later POST takes away, and one with a far X-Delete-At.
     let mut latest = 0;
@@ -290,6 +302,23 @@ fn post_rewrites_metadata_expiry_removes_objects_and_ranges_come_in_parts() {
     );
     assert_eq!(status, 201);
     assert_eq!(swift.call("GET", "meta/soon-big", &[]).2, b"again");
+
+    // The expirer deleted the unread one: the container counts only what stays (counts are
+    // added up from the index, which still held the expired entry until then).
+    let count = || {
+        header(&swift.head("exp").1, "x-container-object-count")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expirer did not delete exp/unread within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     // Multi-range GETs: a 2.5 MiB object (three segments of 1 MiB).
     let data = bytes(2_500_000, 7);

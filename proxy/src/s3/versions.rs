@@ -222,6 +222,7 @@ pub(crate) async fn commit(
         write_new_entry(state, bucket, &shard, key, &entry, condition)
             .await
             .map_err(to_s3)?;
+        queue_expiry(state, account, (name, bucket), key, &entry).await;
         return Ok(None);
     }
     if bucket.versioning == Versioning::Enabled {
@@ -250,7 +251,22 @@ pub(crate) async fn commit(
         let _ = records.remove(key, entry.version, &entry.policy).await;
         return Err(to_s3(e));
     }
+    queue_expiry(state, account, (name, bucket), key, &entry).await;
     Ok(Some(id_of(&entry)))
+}
+
+/// Queues an entry with an expiry for the expirer; failing costs little (the object still
+/// expires on its first read after its time).
+async fn queue_expiry(
+    state: &S3State,
+    account: &str,
+    bucket: (&str, &Bucket),
+    key: &str,
+    entry: &IndexEntry,
+) {
+    if let Err(e) = crate::expirer::enqueue(state, account, bucket, key, entry).await {
+        tracing::debug!(error = %e, "expiry not queued; the first read after it deletes");
+    }
 }
 
 /// The entry GET or HEAD reads: the current one, or the version asked for; and the version

@@ -174,7 +174,14 @@ pub(crate) async fn post(
         }
         let condition = Condition::IfVersion(current.version);
         match state.index.write(&shard, key, &entry, &condition).await {
-            Ok(_) => return text(StatusCode::ACCEPTED, ""),
+            Ok(_) => {
+                if let Err(e) =
+                    crate::expirer::enqueue(state, account, (container, bucket), key, &entry).await
+                {
+                    tracing::debug!(error = %e, "expiry not queued; the first read after it deletes");
+                }
+                return text(StatusCode::ACCEPTED, "");
+            }
             // A PUT or DELETE came between the read and the write: read again.
             Err(DataError::PreconditionFailed) => {}
             Err(e) => return from_s3(&crate::s3::to_s3(e)),
