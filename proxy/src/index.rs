@@ -180,7 +180,8 @@ impl IndexClient {
                 match answer {
                     Ok(a) if a.status == StatusCode::OK => {
                         let seq = parse_seq(&a)?;
-                        self.replicate(&place, shard, primary, key, seq, &body)
+                        let primary = primary.clone();
+                        self.replicate_until_majority(shard, &primary, key, seq, &body, started)
                             .await?;
                         return Ok(seq);
                     }
@@ -206,6 +207,35 @@ impl IndexClient {
                 )));
             }
             self.cluster.newer_than(map.version(), MAP_WAIT).await;
+        }
+    }
+
+    /// Copies the primary's record to the other replicas until a majority holds it, with the
+    /// newest map at each attempt: replicas that saw a newer ring epoch (a device marked down
+    /// while the write was under way) refuse copies sent under the older one.
+    ///
+    /// # Errors
+    /// [`DataError::Unavailable`] when no majority held it before the write's deadline.
+    async fn replicate_until_majority(
+        &self,
+        shard: &Shard<'_>,
+        primary: &DeviceKey,
+        key: &str,
+        seq: u64,
+        body: &Bytes,
+        started: Instant,
+    ) -> Result<(), DataError> {
+        loop {
+            let map = self.cluster.map();
+            let place = Self::place(&map, shard)?;
+            match self.replicate(&place, shard, primary, key, seq, body).await {
+                Ok(()) => return Ok(()),
+                Err(e) if started.elapsed() > RETRY_DEADLINE => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "index write short of a majority; trying again");
+                    self.cluster.newer_than(map.version(), MAP_WAIT).await;
+                }
+            }
         }
     }
 
