@@ -166,6 +166,70 @@ fn versions_are_kept_read_listed_and_deleted_by_id() {
             ]
         );
 
+        // Tags of one version: an older one's by its id, the current one's without.
+        let tag_set = |k: &str, v: &str| {
+            aws_sdk_s3::types::Tagging::builder()
+                .tag_set(
+                    aws_sdk_s3::types::Tag::builder()
+                        .key(k)
+                        .value(v)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap()
+        };
+        let tags_of = |version: Option<String>| {
+            let s3 = s3.clone();
+            async move {
+                let out = s3
+                    .get_object_tagging()
+                    .bucket("ver")
+                    .key("k")
+                    .set_version_id(version)
+                    .send()
+                    .await
+                    .unwrap();
+                let pairs: Vec<(String, String)> = out
+                    .tag_set()
+                    .iter()
+                    .map(|t| (t.key().to_owned(), t.value().to_owned()))
+                    .collect();
+                (pairs, out.version_id().map(str::to_owned))
+            }
+        };
+        let tagged = s3
+            .put_object_tagging()
+            .bucket("ver")
+            .key("k")
+            .version_id(&v1)
+            .tagging(tag_set("age", "old"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(tagged.version_id(), Some(v1.as_str()));
+        s3.put_object_tagging()
+            .bucket("ver")
+            .key("k")
+            .tagging(tag_set("age", "new"))
+            .send()
+            .await
+            .unwrap();
+        let pair = |v: &str| vec![("age".to_owned(), v.to_owned())];
+        assert_eq!(
+            tags_of(Some(v1.clone())).await,
+            (pair("old"), Some(v1.clone()))
+        );
+        assert_eq!(tags_of(None).await, (pair("new"), Some(v2.clone())));
+        assert_eq!(
+            tags_of(Some(v2.clone())).await,
+            (pair("new"), Some(v2.clone()))
+        );
+        assert_eq!(
+            get(&s3, "k", Some(&v1)).await,
+            Ok((b"one".to_vec(), v1.clone()))
+        );
+
         // A delete without a version id adds a delete marker; the versions stay.
         let del = s3
             .delete_object()

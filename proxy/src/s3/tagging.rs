@@ -6,6 +6,7 @@
 //! the cluster map, in the same form.
 
 use nimbus_core::index::IndexEntry;
+use nimbus_ring::map::{Bucket, Versioning};
 use s3s::dto::*;
 use s3s::{S3Error, S3Request, S3Response, S3Result, s3_error};
 
@@ -13,6 +14,7 @@ use super::S3State;
 use super::buckets::{owned, set_attribute};
 use super::error::to_s3;
 use super::objects::{check_key, live_entry};
+use super::versions;
 use crate::error::DataError;
 use crate::index::{Condition, IndexClient};
 use crate::node_client::encode_query;
@@ -197,16 +199,6 @@ pub(crate) fn pair_of(entry: &IndexEntry) -> Option<(String, String)> {
         .cloned()
 }
 
-fn no_versions(version_id: Option<&String>) -> S3Result<()> {
-    match version_id.map(String::as_str) {
-        None | Some("null") => Ok(()),
-        Some(_) => Err(s3_error!(
-            NotImplemented,
-            "versioned tagging is not supported yet"
-        )),
-    }
-}
-
 /// Rewrites the key's entry with the tag set `tags` (none: no tags): same version, same data,
 /// under `IfVersion`. A racing write makes the first attempt fail; it is retried once on the
 /// entry then current, and a second loss answers `OperationAborted`.
@@ -248,14 +240,44 @@ async fn rewrite_tags(
     ))
 }
 
+/// Whether tag operations go through the versions: a versioned bucket, or a version named.
+fn versioned(bucket: &Bucket, version_id: Option<&String>) -> bool {
+    version_id.is_some() || bucket.versioning != Versioning::Unversioned
+}
+
+/// Sets or removes the tags of a version (its record and, when current, the current entry).
+async fn retag_version(
+    state: &S3State,
+    account: &str,
+    (name, bucket): (&str, &Bucket),
+    key: &str,
+    id: Option<&str>,
+    tags: Option<&Tags>,
+) -> S3Result<Option<String>> {
+    let pair = tags
+        .filter(|t| !t.is_empty())
+        .map(|t| (TAGGING.to_owned(), t.encode()));
+    let entry = versions::rewrite_version(state, account, (name, bucket), key, id, |pairs| {
+        replace_pair(pairs, pair.clone());
+    })
+    .await?;
+    Ok(versions::version_id(&entry, bucket))
+}
+
 pub async fn put_object(
     state: &S3State,
     account: &str,
     req: S3Request<PutObjectTaggingInput>,
 ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
     let input = req.input;
-    no_versions(input.version_id.as_ref())?;
     let tags = Tags::from_set(&input.tagging.tag_set, MAX_OBJECT_TAGS)?;
+    let bucket = owned(state, account, &input.bucket)?;
+    if versioned(&bucket, input.version_id.as_ref()) {
+        let b = (input.bucket.as_str(), &bucket);
+        let id = input.version_id.as_deref();
+        let version_id = retag_version(state, account, b, &input.key, id, Some(&tags)).await?;
+        return Ok(S3Response::new(PutObjectTaggingOutput { version_id }));
+    }
     rewrite_tags(state, account, &input.bucket, &input.key, Some(&tags)).await?;
     Ok(S3Response::new(PutObjectTaggingOutput::default()))
 }
@@ -266,9 +288,14 @@ pub async fn get_object(
     req: S3Request<GetObjectTaggingInput>,
 ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
     let input = req.input;
-    no_versions(input.version_id.as_ref())?;
     let bucket = owned(state, account, &input.bucket)?;
-    let entry = live_entry(state, account, &bucket, &input.bucket, &input.key).await?;
+    let entry = if versioned(&bucket, input.version_id.as_ref()) {
+        let b = (input.bucket.as_str(), &bucket);
+        let id = input.version_id.as_deref();
+        versions::version_entry(state, account, b, &input.key, id).await?
+    } else {
+        live_entry(state, account, &bucket, &input.bucket, &input.key).await?
+    };
     let tags = match pair_of(&entry) {
         // What was stored was checked; should it not decode, no tags are better than a 500.
         Some((_, v)) => Tags::from_encoded(&v, usize::MAX).unwrap_or_default(),
@@ -276,7 +303,7 @@ pub async fn get_object(
     };
     Ok(S3Response::new(GetObjectTaggingOutput {
         tag_set: tags.to_set(),
-        version_id: None,
+        version_id: versions::version_id(&entry, &bucket),
     }))
 }
 
@@ -286,7 +313,16 @@ pub async fn delete_object(
     req: S3Request<DeleteObjectTaggingInput>,
 ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
     let input = req.input;
-    no_versions(input.version_id.as_ref())?;
+    let bucket = owned(state, account, &input.bucket)?;
+    if versioned(&bucket, input.version_id.as_ref()) {
+        let b = (input.bucket.as_str(), &bucket);
+        let id = input.version_id.as_deref();
+        let version_id = retag_version(state, account, b, &input.key, id, None).await?;
+        return Ok(S3Response::with_status(
+            DeleteObjectTaggingOutput { version_id },
+            hyper::StatusCode::NO_CONTENT,
+        ));
+    }
     rewrite_tags(state, account, &input.bucket, &input.key, None).await?;
     Ok(S3Response::with_status(
         DeleteObjectTaggingOutput::default(),

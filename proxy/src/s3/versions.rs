@@ -347,6 +347,102 @@ async fn find(
     }
 }
 
+/// Rewrites the metadata pairs of one version (`id`, or the current one) with `change`: its
+/// record, and the current entry too when it is that version; same version, same data, each
+/// under `IfVersion`, so a racing delete or newer write is never undone. Returns the version
+/// as rewritten.
+///
+/// # Errors
+/// `NoSuchKey`, `NoSuchVersion`, `MethodNotAllowed` for a delete marker, an index error, or
+/// `OperationAborted` when the version went while it was rewritten.
+pub(crate) async fn rewrite_version(
+    state: &S3State,
+    account: &str,
+    (name, bucket): (&str, &Bucket),
+    key: &str,
+    id: Option<&str>,
+    change: impl Fn(&mut Vec<(String, String)>),
+) -> S3Result<IndexEntry> {
+    check_key(key)?;
+    let cur = current(state, account, name, bucket, key).await?;
+    let target = match id {
+        Some(id) => find(state, account, name, bucket, key, id)
+            .await?
+            .ok_or_else(|| s3_error!(NoSuchVersion))?,
+        None => cur
+            .clone()
+            .filter(|c| !c.is_tombstone())
+            .ok_or_else(|| s3_error!(NoSuchKey))?,
+    };
+    if is_delete_marker(&target) || target.is_tombstone() {
+        return Err(s3_error!(
+            MethodNotAllowed,
+            "The specified method is not allowed against a delete marker"
+        ));
+    }
+    let mut entry = target.clone();
+    change(&mut entry.user_metadata);
+    entry
+        .validate()
+        .map_err(|e| s3_error!(InvalidTag, "the tags do not fit the object: {e}"))?;
+    let condition = Condition::IfVersion(target.version);
+    let aborted = || {
+        s3_error!(
+            OperationAborted,
+            "A conflicting operation is currently in progress against this resource. Please try again."
+        )
+    };
+    let records = Records::of(state, account, name, bucket);
+    if records.get(key, target.version).await?.is_some() {
+        let rk = record_key(key, target.version);
+        let shard = IndexClient::shard_of(account, &records.container, &rk, bucket.shards);
+        match state.index.write(&shard, &rk, &entry, &condition).await {
+            Ok(_) => {}
+            Err(crate::error::DataError::PreconditionFailed) => return Err(aborted()),
+            Err(e) => return Err(to_s3(e)),
+        }
+    }
+    if cur.is_some_and(|c| c.version == target.version) {
+        let shard = IndexClient::shard_of(account, name, key, bucket.shards);
+        match state.index.write(&shard, key, &entry, &condition).await {
+            // A newer write took the key: this version is no longer current.
+            Ok(_) | Err(crate::error::DataError::PreconditionFailed) => {}
+            Err(e) => return Err(to_s3(e)),
+        }
+    }
+    Ok(entry)
+}
+
+/// The entry of a version (`id`) or the current one, tombstones and delete markers refused.
+///
+/// # Errors
+/// `NoSuchKey`, `NoSuchVersion`, `MethodNotAllowed`.
+pub(crate) async fn version_entry(
+    state: &S3State,
+    account: &str,
+    (name, bucket): (&str, &Bucket),
+    key: &str,
+    id: Option<&str>,
+) -> S3Result<IndexEntry> {
+    check_key(key)?;
+    let entry = match id {
+        Some(id) => find(state, account, name, bucket, key, id)
+            .await?
+            .ok_or_else(|| s3_error!(NoSuchVersion))?,
+        None => current(state, account, name, bucket, key)
+            .await?
+            .filter(|c| !c.is_tombstone())
+            .ok_or_else(|| s3_error!(NoSuchKey))?,
+    };
+    if is_delete_marker(&entry) || entry.is_tombstone() {
+        return Err(s3_error!(
+            MethodNotAllowed,
+            "The specified method is not allowed against a delete marker"
+        ));
+    }
+    Ok(entry)
+}
+
 /// DeleteObject on a versioned bucket (or with a `versionId`): without a version, a delete
 /// marker becomes the current version; with one, that version goes, and if it was current
 /// the newest one left takes its place.
