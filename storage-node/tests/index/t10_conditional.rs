@@ -194,7 +194,11 @@ async fn invalid_writes_are_refused_as_final_answers() {
     let cases = [
         (photos(), "k".to_owned(), wrong_size),
         (photos(), String::new(), entry(1, "v1")),
-        (photos(), "k".repeat(1025), entry(1, "v1")),
+        (
+            photos(),
+            "k".repeat(nimbus_core::index::MAX_INDEX_KEY_BYTES + 1),
+            entry(1, "v1"),
+        ),
         (shard("acct", "", 0), "k".to_owned(), entry(1, "v1")),
     ];
     for (shard, key, e) in cases {
