@@ -277,6 +277,13 @@ pub async fn start(
         .collect();
     let app = api::router(state);
     let server = tokio::spawn(async move {
+        // Answers go out as written (no Nagle): a fragment or response whose last bytes wait
+        // for the peer's delayed ACK costs a request tens of milliseconds.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set on an accepted connection");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
