@@ -10,16 +10,14 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
-use nimbus_core::index::IndexEntry;
 use s3s::S3Error;
 
 use super::listing::{Format, format_of, query_pairs, xml_escape};
 use super::{decode, text};
-use crate::index::Condition;
 use crate::s3::S3State;
 use crate::s3::buckets::delete as delete_bucket;
-use crate::s3::objects::{check_key, live_entry};
-use crate::s3::versions;
+use crate::s3::objects::check_key;
+use crate::swift::objects::delete_live;
 
 /// The most paths one request may name (Swift's `max_deletes_per_request`).
 pub const MAX_DELETES: usize = 10_000;
@@ -106,27 +104,10 @@ async fn delete_path(state: &S3State, account: &str, path: &str) -> Outcome {
     };
     let result: Result<(), S3Error> = match &object {
         None => delete_bucket(state, account, &container).await.map(|_| ()),
-        Some(key) => {
-            async {
-                check_key(key)?;
-                live_entry(state, account, &bucket, &container, key).await?;
-                // Through versioning, which keeps the versions of an S3-versioned bucket.
-                let tombstone =
-                    IndexEntry::tombstone(state.data.clock.next(), bucket.policy.clone());
-                versions::commit(
-                    state,
-                    account,
-                    &container,
-                    &bucket,
-                    key,
-                    tombstone,
-                    &Condition::None,
-                )
-                .await
-                .map(|_| ())
-            }
-            .await
-        }
+        Some(key) => match check_key(key) {
+            Ok(()) => delete_live(state, account, (&container, &bucket), key).await,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => Outcome::Deleted,

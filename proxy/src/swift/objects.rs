@@ -96,30 +96,35 @@ pub async fn object(
         Method::POST => {
             super::post::post(state, account, container, key, &bucket, request.headers()).await
         }
-        Method::DELETE => match live_entry(state, account, &bucket, container, key).await {
-            Ok(_) => {
-                // Through versioning: in an S3-versioned bucket a delete marker.
-                let tombstone =
-                    IndexEntry::tombstone(state.data.clock.next(), bucket.policy.clone());
-                match versions::commit(
-                    state,
-                    account,
-                    container,
-                    &bucket,
-                    key,
-                    tombstone,
-                    &Condition::None,
-                )
-                .await
-                {
-                    Ok(_) => text(StatusCode::NO_CONTENT, ""),
-                    Err(e) => from_s3(&e),
-                }
-            }
+        Method::DELETE => match delete_live(state, account, (container, &bucket), key).await {
+            Ok(()) => text(StatusCode::NO_CONTENT, ""),
             Err(e) => from_s3(&e),
         },
         other => not_implemented(&other),
     }
+}
+
+/// Deletes `key` if it is live (`NoSuchKey` if not), through versioning: in an
+/// S3-versioned bucket a delete marker. Swift's DELETE, bulk delete and SLO deletes share it.
+pub(crate) async fn delete_live(
+    state: &S3State,
+    account: &str,
+    (container, bucket): (&str, &nimbus_ring::map::Bucket),
+    key: &str,
+) -> s3s::S3Result<()> {
+    live_entry(state, account, bucket, container, key).await?;
+    let tombstone = IndexEntry::tombstone(state.data.clock.next(), bucket.policy.clone());
+    versions::commit(
+        state,
+        account,
+        container,
+        bucket,
+        key,
+        tombstone,
+        &Condition::None,
+    )
+    .await
+    .map(|_| ())
 }
 
 async fn put(

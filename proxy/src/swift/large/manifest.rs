@@ -279,22 +279,11 @@ async fn delete_one(state: &S3State, account: &str, container: &str, key: &str) 
         Err(e) if e.code().as_str() == "NoSuchBucket" => return Ok(false),
         Err(e) => return Err(e),
     };
-    match live_entry(state, account, &bucket, container, key).await {
-        Ok(_) => {}
+    match crate::swift::objects::delete_live(state, account, (container, &bucket), key).await {
+        Ok(()) => {}
         Err(e) if e.code().as_str() == "NoSuchKey" => return Ok(false),
         Err(e) => return Err(e),
     }
-    let tombstone = IndexEntry::tombstone(state.data.clock.next(), bucket.policy.clone());
-    crate::s3::versions::commit(
-        state,
-        account,
-        container,
-        &bucket,
-        key,
-        tombstone,
-        &Condition::None,
-    )
-    .await?;
     Ok(true)
 }
 
