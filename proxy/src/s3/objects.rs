@@ -763,6 +763,32 @@ pub(crate) async fn open_body(
     })
 }
 
+/// What GET and HEAD read: the entry (the current one, or the version asked for), the
+/// version id to report, and, when the entry is a Swift large object (static or dynamic),
+/// its segments, which S3 reads as the object's bytes too (one namespace).
+struct Found {
+    entry: IndexEntry,
+    version_id: Option<String>,
+    large: Option<crate::swift::large::Large>,
+}
+
+async fn found(
+    state: &S3State,
+    account: &str,
+    (bucket, key): (&str, &str),
+    version: Option<&str>,
+    conditions: &ReadConditions<'_>,
+) -> S3Result<Found> {
+    let (entry, version_id) =
+        super::versions::read(state, account, bucket, key, version, conditions).await?;
+    let large = large_object(state, account, (bucket, key), &entry).await?;
+    Ok(Found {
+        entry,
+        version_id,
+        large,
+    })
+}
+
 pub async fn get(
     state: &std::sync::Arc<S3State>,
     account: &str,
@@ -775,18 +801,19 @@ pub async fn get(
         if_none_match: input.if_none_match.as_ref(),
         if_modified_since: input.if_modified_since.as_ref(),
     };
-    let (entry, version_id) = super::versions::read(
+    let path = (input.bucket.as_str(), input.key.as_str());
+    let Found {
+        entry,
+        version_id,
+        large,
+    } = found(
         state,
         account,
-        &input.bucket,
-        &input.key,
+        path,
         input.version_id.as_deref(),
         &conditions,
     )
     .await?;
-    // A Swift large object (static or dynamic) reads as its segments through S3 too (one
-    // namespace), with its size and ETag.
-    let large = large_object(state, account, (&input.bucket, &input.key), &entry).await?;
     let size = large.as_ref().map_or(entry.size, |l| l.size);
     let etag = large
         .as_ref()
@@ -976,16 +1003,19 @@ pub async fn head(
         if_none_match: input.if_none_match.as_ref(),
         if_modified_since: input.if_modified_since.as_ref(),
     };
-    let (entry, version_id) = super::versions::read(
+    let path = (input.bucket.as_str(), input.key.as_str());
+    let Found {
+        entry,
+        version_id,
+        large,
+    } = found(
         state,
         account,
-        &input.bucket,
-        &input.key,
+        path,
         input.version_id.as_deref(),
         &conditions,
     )
     .await?;
-    let large = large_object(state, account, (&input.bucket, &input.key), &entry).await?;
     let size = large.as_ref().map_or(entry.size, |l| l.size);
     let etag = large
         .as_ref()
