@@ -39,6 +39,10 @@ pub struct DevArgs {
     /// 5) [default: 6200, or the first run's].
     #[arg(long, value_name = "PORT")]
     base_port: Option<u16>,
+    /// Seconds a fragment no index entry references stays before the collector removes it
+    /// (production default 3600; short here, so that deletes free space while you watch).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    gc_grace_secs: u64,
 }
 
 /// Runs the dev cluster until SIGINT or SIGTERM (exit 0) or until one of its processes
@@ -53,7 +57,7 @@ pub fn run(args: DevArgs) -> Result<ExitCode> {
     let _lock = layout.lock()?;
     layout.save_ports()?;
     layout.ensure_secret()?;
-    layout.write_configs()?;
+    layout.write_configs(args.gc_grace_secs)?;
     let secret = crate::admin::load_secret(Some(&layout.secret_file()))?;
     let client = MetaClient::new(layout.meta_members(), secret)?;
     // One thread: children must be started from the main thread (see `supervisor`).

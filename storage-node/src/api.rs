@@ -59,6 +59,8 @@ pub struct Device {
     pub index: IndexStore,
     /// What its auditor has done.
     pub audit: Arc<crate::audit::AuditStats>,
+    /// What its background workers have done.
+    pub workers: Arc<crate::workers::WorkerStats>,
 }
 
 /// What every handler shares.
@@ -141,6 +143,7 @@ async fn health(axum::extract::State(state): axum::extract::State<Arc<NodeState>
             "engine": d.fragments.engine().name(),
             "available_bytes": space.map(|s| s.0),
             "audit": d.audit.report(),
+            "workers": d.workers.report(),
         }));
     }
     axum::Json(json!({ "status": "ok", "epoch": state.epoch(), "devices": devices }))

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::store::{FragmentStore, StoreError};
@@ -70,6 +70,8 @@ pub struct Auditor {
     store: FragmentStore,
     config: AuditConfig,
     stats: Arc<AuditStats>,
+    /// Told when a fragment is quarantined, so that reconstruction starts at once.
+    wake: Option<Arc<Notify>>,
 }
 
 impl Auditor {
@@ -80,7 +82,16 @@ impl Auditor {
             store,
             config,
             stats,
+            wake: None,
         }
+    }
+
+    /// The same auditor, notifying `wake` whenever it quarantines a fragment (the device's
+    /// workers then start a pass, which rebuilds it).
+    #[must_use]
+    pub fn waking(mut self, wake: Arc<Notify>) -> Self {
+        self.wake = Some(wake);
+        self
     }
 
     /// Audits cycle after cycle until `stop` turns true.
@@ -161,6 +172,9 @@ impl Auditor {
             Err(StoreError::Corrupt { .. }) => {
                 self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(path = %path.display(), "audit: corrupt fragment quarantined");
+                if let Some(wake) = &self.wake {
+                    wake.notify_one();
+                }
                 0
             }
             // Deleted between the listing and the read.

@@ -37,6 +37,39 @@ pub struct Config {
     /// How the auditor re-reads each device's fragments.
     #[serde(default)]
     pub audit: AuditSection,
+    /// How the background workers (mover, reconstructor, collector) pace themselves. They
+    /// run only on nodes with a `[heartbeat]` section: they need the cluster map.
+    #[serde(default)]
+    pub workers: WorkersSection,
+}
+
+/// The background workers' pace.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersSection {
+    /// Bytes per second each device's workers read to move or rebuild fragments at most; 0
+    /// turns the workers off. Default 64 MiB/s.
+    pub bytes_per_sec: u64,
+    /// Seconds between the end of one pass over a device's partitions and the start of the
+    /// next. Default 30.
+    pub pass_pause_secs: u64,
+    /// Partitions of one device worked on at once. Default 2.
+    pub concurrent_partitions: usize,
+    /// Seconds a fragment file must be unchanged before the collector may remove it as
+    /// garbage (no index entry references its version) or as an orphan (never committed).
+    /// It must exceed the longest PUT. Default 3600.
+    pub gc_grace_secs: u64,
+}
+
+impl Default for WorkersSection {
+    fn default() -> Self {
+        WorkersSection {
+            bytes_per_sec: 64 << 20,
+            pass_pause_secs: 30,
+            concurrent_partitions: 2,
+            gc_grace_secs: 3600,
+        }
+    }
 }
 
 /// The auditor's pace.
@@ -287,6 +320,12 @@ impl Config {
         }
         if let Some(heartbeat) = &self.heartbeat {
             heartbeat_problems(heartbeat, self.listen, &mut problems);
+        }
+        if !(1..=64).contains(&self.workers.concurrent_partitions) {
+            problems.push(format!(
+                "workers.concurrent_partitions = {}: use 1 to 64",
+                self.workers.concurrent_partitions
+            ));
         }
         if problems.is_empty() {
             Ok(())

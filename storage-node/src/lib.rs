@@ -6,6 +6,7 @@
 //! - [`store`]: fragment files: write protocol, range reads that verify, quarantine.
 //! - [`index`]: the index store: index entries per shard, sequence numbers, conditional apply.
 //! - [`heartbeat`]: heartbeats of the node's devices to the metadata leader.
+//! - [`audit`], [`workers`]: the background workers: auditor; mover, reconstructor, collector.
 //!
 //! **Invariant:** only `io::uring` contains `unsafe` code.
 
@@ -19,3 +20,4 @@ pub mod index;
 pub mod io;
 pub mod node;
 pub mod store;
+pub mod workers;

@@ -13,10 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nimbus_core::auth::{AuthError, ClusterSecret};
+use nimbus_proxy::cluster::Cluster;
+use nimbus_proxy::index::IndexClient;
+use nimbus_proxy::node_client::NodeClient;
+use nimbus_ring::map::DeviceKey;
 use nimbus_ring::raft::group::{MetaConfig, MetaNode, RaftTuning};
 use nimbus_ring::raft::network::PeerClient;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::{self, Device, NodeState};
@@ -26,6 +30,7 @@ use crate::heartbeat::Heartbeats;
 use crate::index::IndexStore;
 use crate::io::Engine;
 use crate::store::{FragmentStore, StoreConfig, StoreError};
+use crate::workers::{Ctx, Throttle, WorkerConfig, WorkerStats, Workers};
 
 /// Why a node could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +94,14 @@ pub struct RunningNode {
     server: JoinHandle<Result<(), NodeError>>,
     heartbeats: Option<RunningHeartbeats>,
     audits: RunningAudits,
+    workers: Option<RunningWorkers>,
+}
+
+/// The task that starts the devices' workers once the cluster map is read, and the sender
+/// that stops them.
+struct RunningWorkers {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
 }
 
 /// The devices' auditors and the sender that stops them.
@@ -136,6 +149,13 @@ impl RunningNode {
         for task in self.audits.tasks {
             task.abort();
         }
+        // Workers commit a fragment elsewhere before deleting it here, and write through the
+        // store's two phases: stopping them mid-step leaves at worst a second copy or a
+        // pending file, which the next pass settles.
+        if let Some(RunningWorkers { stop, task }) = self.workers {
+            stop.send_replace(true);
+            task.abort();
+        }
         if let Some(meta) = &self.meta {
             meta.shutdown().await;
         }
@@ -173,6 +193,7 @@ pub async fn start(
     let mut devices = HashMap::new();
     let mut engines = Vec::new();
     let mut auditors = Vec::new();
+    let mut worker_devices = Vec::new();
     for d in &config.devices {
         let engine =
             Engine::new(kind, config.engine_config()).map_err(|source| NodeError::Engine {
@@ -199,13 +220,24 @@ pub async fn start(
                 reason: e.to_string(),
             })?;
         let audit = Arc::new(AuditStats::default());
-        auditors.push(Auditor::new(
+        let wake = Arc::new(Notify::new());
+        auditors.push(
+            Auditor::new(
+                fragments.clone(),
+                AuditConfig {
+                    bytes_per_sec: config.audit.bytes_per_sec,
+                    cycle_pause: Duration::from_secs(config.audit.cycle_pause_secs),
+                },
+                Arc::clone(&audit),
+            )
+            .waking(Arc::clone(&wake)),
+        );
+        let worker_stats = Arc::new(WorkerStats::default());
+        worker_devices.push((
+            d.name.clone(),
             fragments.clone(),
-            AuditConfig {
-                bytes_per_sec: config.audit.bytes_per_sec,
-                cycle_pause: Duration::from_secs(config.audit.cycle_pause_secs),
-            },
-            Arc::clone(&audit),
+            Arc::clone(&worker_stats),
+            wake,
         ));
         devices.insert(
             d.name.clone(),
@@ -213,6 +245,7 @@ pub async fn start(
                 fragments,
                 index,
                 audit,
+                workers: worker_stats,
             },
         );
     }
@@ -254,6 +287,25 @@ pub async fn start(
         .and_then(|h| h.node)
         .unwrap_or(local_addr);
     let state = Arc::new(NodeState::new(secret.clone(), devices, 0, Some(node_addr)));
+    let workers = config
+        .heartbeat
+        .as_ref()
+        .filter(|_| config.workers.bytes_per_sec > 0)
+        .map(|h| {
+            let (stop, stopped) = watch::channel(false);
+            let members = h.members.clone();
+            let settings = config.workers;
+            let secret = secret.clone();
+            let task = tokio::spawn(run_workers(
+                secret,
+                members,
+                node_addr,
+                worker_devices,
+                settings,
+                stopped,
+            ));
+            RunningWorkers { stop, task }
+        });
     let heartbeats = config.heartbeat.as_ref().map(|h| {
         let node = h.node.unwrap_or(local_addr);
         let sender = Heartbeats::new(
@@ -302,5 +354,55 @@ pub async fn start(
             stop: stop_audits,
             tasks: audits,
         },
+        workers,
     })
+}
+
+/// How long the workers wait for the cluster map at each attempt.
+const MAP_WAIT: Duration = Duration::from_secs(30);
+
+/// Reads the cluster map (retrying until a metadata member answers), then runs every
+/// device's workers until `stop` turns true.
+async fn run_workers(
+    secret: ClusterSecret,
+    members: Vec<String>,
+    node: SocketAddr,
+    devices: Vec<(String, FragmentStore, Arc<WorkerStats>, Arc<Notify>)>,
+    settings: crate::config::WorkersSection,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (cluster, _watcher) = loop {
+        let start = Cluster::start(PeerClient::new(secret.clone()), members.clone(), MAP_WAIT);
+        tokio::select! {
+            started = start => match started {
+                Ok(c) => break c,
+                Err(e) => tracing::warn!(error = %e, "workers: cluster map not read yet; trying again"),
+            },
+            _ = stop.changed() => return,
+        }
+    };
+    let nodes = NodeClient::new(secret);
+    let index = IndexClient::new(nodes.clone(), cluster.clone());
+    let config = WorkerConfig {
+        bytes_per_sec: settings.bytes_per_sec,
+        pass_pause: Duration::from_secs(settings.pass_pause_secs),
+        concurrent_partitions: settings.concurrent_partitions,
+        gc_grace: Duration::from_secs(settings.gc_grace_secs),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for (name, store, stats, wake) in devices {
+        let ctx = Ctx {
+            device: DeviceKey { node, device: name },
+            store,
+            cluster: cluster.clone(),
+            nodes: nodes.clone(),
+            index: index.clone(),
+            throttle: Throttle::new(config.bytes_per_sec),
+            stats,
+            config,
+        };
+        tasks.spawn(Workers::new(ctx, wake).run(stop.clone()));
+    }
+    tracing::info!(devices = tasks.len(), "background workers started");
+    while tasks.join_next().await.is_some() {}
 }

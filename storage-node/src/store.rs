@@ -394,6 +394,31 @@ impl FragmentStore {
         Ok(out)
     }
 
+    /// Lists the (policy, partition) pairs that have a directory on this device.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`].
+    pub async fn partitions_on_disk(&self) -> Result<Vec<(String, PartitionId)>, StoreError> {
+        let objects = self.root.join("objects");
+        let mut out = Vec::new();
+        let policies = match self.engine.list_dir(&objects).await {
+            Ok(names) => names,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(StoreError::io(&objects, e)),
+        };
+        for policy in policies {
+            if Self::check_policy(&policy).is_err() {
+                continue;
+            }
+            for partition in self.list(&objects.join(&policy)).await? {
+                if let Ok(p) = partition.parse::<u32>() {
+                    out.push((policy.clone(), PartitionId(p)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn list(&self, dir: &Path) -> Result<Vec<String>, StoreError> {
         self.engine
             .list_dir(dir)

@@ -62,6 +62,12 @@ impl DevCluster {
     /// waits until it printed everything.
     #[must_use]
     pub fn start(bin: &Path, data: TempDir) -> DevCluster {
+        DevCluster::start_with(bin, data, &[])
+    }
+
+    /// As [`DevCluster::start`], with more `nimbus dev` arguments (`--gc-grace-secs 2`).
+    #[must_use]
+    pub fn start_with(bin: &Path, data: TempDir, extra: &[&str]) -> DevCluster {
         let base_port = free_port_block();
         let mut child = Command::new(bin)
             .arg("dev")
@@ -73,6 +79,7 @@ impl DevCluster {
                 "--base-port",
                 &base_port.to_string(),
             ])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

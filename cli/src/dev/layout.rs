@@ -242,11 +242,12 @@ impl Layout {
         write_file(&file, &format!("{hex}\n"), true)
     }
 
-    /// Writes every process's configuration, and creates the directories they use.
+    /// Writes every process's configuration, and creates the directories they use; the
+    /// nodes' collectors wait `gc_grace_secs` before removing unreferenced fragments.
     ///
     /// # Errors
     /// I/O errors.
-    pub fn write_configs(&self) -> Result<()> {
+    pub fn write_configs(&self, gc_grace_secs: u64) -> Result<()> {
         let dir = self.logs_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let secret = toml_str(&self.secret_file());
@@ -287,7 +288,9 @@ impl Layout {
             }
             let _ = write!(
                 text,
-                "\n[heartbeat]\nmembers = [{members}]\ninterval_ms = 1000\n"
+                "\n[heartbeat]\nmembers = [{members}]\ninterval_ms = 1000\n\n\
+                 # Passes every few seconds: a dev cluster heals while you watch.\n\
+                 [workers]\npass_pause_secs = 3\ngc_grace_secs = {gc_grace_secs}\n"
             );
             write_file(&self.node_config(i), &text, false)?;
         }
@@ -423,7 +426,7 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let data = dir.path().join("with \"quotes\" and \\");
         let layout = Layout::open(&data, Some(9100), Some(16000)).unwrap();
-        layout.write_configs().unwrap();
+        layout.write_configs(60).unwrap();
         for i in 1..=NODES {
             let text = std::fs::read_to_string(layout.node_config(i)).unwrap();
             let config = nimbus_storage_node::config::Config::from_toml(&text).unwrap();

@@ -26,11 +26,16 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a cluster and waits until it printed its endpoint and credentials.
     pub fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// As [`Cluster::start`], with more `nimbus dev` arguments.
+    pub fn start_with(extra: &[&str]) -> Cluster {
         let data = tempfile::Builder::new()
             .prefix("nimbus-s3-")
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .unwrap();
-        let dev = DevCluster::start(Path::new(env!("CARGO_BIN_EXE_nimbus")), data);
+        let dev = DevCluster::start_with(Path::new(env!("CARGO_BIN_EXE_nimbus")), data, extra);
         Cluster {
             endpoint: dev.endpoint(),
             access_key: dev.access_key(),
