@@ -43,6 +43,10 @@ pub struct DevArgs {
     /// (production default 3600; short here, so that deletes free space while you watch).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     gc_grace_secs: u64,
+    /// Seconds after which the proxy aborts a multipart upload never completed (production
+    /// default: 7 days).
+    #[arg(long, value_name = "SECS", default_value_t = 7 * 24 * 3600)]
+    abandoned_upload_secs: u64,
 }
 
 /// Runs the dev cluster until SIGINT or SIGTERM (exit 0) or until one of its processes
@@ -57,7 +61,7 @@ pub fn run(args: DevArgs) -> Result<ExitCode> {
     let _lock = layout.lock()?;
     layout.save_ports()?;
     layout.ensure_secret()?;
-    layout.write_configs(args.gc_grace_secs)?;
+    layout.write_configs(args.gc_grace_secs, args.abandoned_upload_secs)?;
     let secret = crate::admin::load_secret(Some(&layout.secret_file()))?;
     let client = MetaClient::new(layout.meta_members(), secret)?;
     // One thread: children must be started from the main thread (see `supervisor`).

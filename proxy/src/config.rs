@@ -40,6 +40,15 @@ pub struct ProxyConfig {
     /// expiry (Swift's `X-Delete-At`); 0 turns it off on this proxy. Default 30.
     #[serde(default = "default_expirer_interval")]
     pub expirer_interval_secs: u64,
+    /// Multipart uploads initiated more than this many seconds ago are aborted by the
+    /// expirer's passes (their parts then reclaimed by the storage nodes' collector); 0
+    /// keeps them forever. Default 604800 (7 days).
+    #[serde(default = "default_abandoned_upload")]
+    pub abandoned_upload_secs: u64,
+}
+
+fn default_abandoned_upload() -> u64 {
+    7 * 24 * 3600
 }
 
 fn default_listen() -> SocketAddr {

@@ -5,6 +5,9 @@
 //! every interval and, for each record that is due, writes the object's tombstone under
 //! `IfVersion` (a newer write, which may have changed or dropped the expiry, stays), then
 //! retires the record. Proxies racing on one record do the same idempotent steps.
+//!
+//! The same passes abort multipart uploads initiated more than `abandoned_upload_secs` ago
+//! (the upload id begins with its initiation version), so that their parts become garbage.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +21,7 @@ use crate::error::DataError;
 use crate::index::{Condition, IndexClient};
 use crate::s3::S3State;
 use crate::s3::objects::{delete_at, unix_now};
-use crate::s3::versions;
+use crate::s3::{multipart, versions};
 
 /// Records read from one queue per pass.
 const BATCH: usize = 1000;
@@ -69,8 +72,14 @@ pub(crate) async fn enqueue(
         .map(|_| ())
 }
 
-/// Runs passes every `interval` until `stop` turns true.
-pub async fn run(state: Arc<S3State>, interval: Duration, mut stop: watch::Receiver<bool>) {
+/// Runs passes every `interval` until `stop` turns true; each pass also aborts multipart
+/// uploads older than `abandoned_uploads`, if set.
+pub async fn run(
+    state: Arc<S3State>,
+    interval: Duration,
+    abandoned_uploads: Option<Duration>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
@@ -88,6 +97,11 @@ pub async fn run(state: Arc<S3State>, interval: Duration, mut stop: watch::Recei
         for (name, bucket) in buckets {
             if let Err(e) = pass(&state, &name, &bucket).await {
                 tracing::debug!(bucket = name, error = %e, "expirer pass cut short");
+            }
+            if let Some(age) = abandoned_uploads
+                && let Err(e) = multipart::abort_abandoned(&state, &name, &bucket, age).await
+            {
+                tracing::debug!(bucket = name, error = %e, "aborting abandoned uploads cut short");
             }
         }
     }

@@ -14,6 +14,7 @@ pub mod index;
 pub mod meta_write;
 pub mod node_client;
 pub mod placement;
+pub mod references;
 pub mod s3;
 pub mod server;
 pub mod swift;

@@ -7,7 +7,7 @@ mod cors;
 mod error;
 mod host;
 pub(crate) mod list;
-mod multipart;
+pub(crate) mod multipart;
 pub(crate) mod objects;
 mod tagging;
 pub(crate) mod versions;

@@ -136,9 +136,12 @@ pub async fn start(
     let (stop_expirer, expirer_stopped) = tokio::sync::watch::channel(false);
     let expirer = (config.expirer_interval_secs > 0).then(|| {
         let interval = std::time::Duration::from_secs(config.expirer_interval_secs);
+        let abandoned = (config.abandoned_upload_secs > 0)
+            .then(|| std::time::Duration::from_secs(config.abandoned_upload_secs));
         tokio::spawn(crate::expirer::run(
             Arc::clone(&state),
             interval,
+            abandoned,
             expirer_stopped,
         ))
     });

@@ -440,6 +440,19 @@ impl Engine {
         blocking(move || std::fs::create_dir_all(path)).await
     }
 
+    /// Returns a file's length and the time it last changed.
+    ///
+    /// # Errors
+    /// What the file system reports.
+    pub async fn stat(&self, path: &Path) -> io::Result<(u64, std::time::SystemTime)> {
+        let path = path.to_path_buf();
+        blocking(move || {
+            let meta = std::fs::metadata(&path)?;
+            Ok((meta.len(), meta.modified()?))
+        })
+        .await
+    }
+
     /// Returns the names in a directory (empty if it does not exist).
     ///
     /// # Errors

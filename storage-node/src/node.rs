@@ -30,7 +30,7 @@ use crate::heartbeat::Heartbeats;
 use crate::index::IndexStore;
 use crate::io::Engine;
 use crate::store::{FragmentStore, StoreConfig, StoreError};
-use crate::workers::{Ctx, Throttle, WorkerConfig, WorkerStats, Workers};
+use crate::workers::{Collected, Ctx, Throttle, WorkerConfig, WorkerStats, Workers};
 
 /// Why a node could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -400,6 +400,7 @@ async fn run_workers(
             throttle: Throttle::new(config.bytes_per_sec),
             stats,
             config,
+            collected: Collected::default(),
         };
         tasks.spawn(Workers::new(ctx, wake).run(stop.clone()));
     }

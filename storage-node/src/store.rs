@@ -447,7 +447,7 @@ impl FragmentStore {
 }
 
 /// Parses `<version hex>.<index>[.pending]`.
-fn parse_fragment_name(object_hash: &str, name: &str) -> Option<ListedFragment> {
+pub(crate) fn parse_fragment_name(object_hash: &str, name: &str) -> Option<ListedFragment> {
     let (stem, durable) = match name.strip_suffix(".pending") {
         Some(stem) => (stem, false),
         None => (name, true),

@@ -40,6 +40,7 @@ use tokio::time::Instant;
 
 use crate::store::{FragmentStore, StoreError};
 
+pub use gc::Collected;
 pub use throttle::Throttle;
 
 /// How a device's workers pace themselves.
@@ -201,6 +202,8 @@ pub struct Ctx {
     pub stats: Arc<WorkerStats>,
     /// Pace.
     pub config: WorkerConfig,
+    /// When the collector last went over each partition.
+    pub collected: Collected,
 }
 
 /// One device's workers.

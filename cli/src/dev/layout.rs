@@ -243,11 +243,12 @@ impl Layout {
     }
 
     /// Writes every process's configuration, and creates the directories they use; the
-    /// nodes' collectors wait `gc_grace_secs` before removing unreferenced fragments.
+    /// nodes' collectors wait `gc_grace_secs` before removing unreferenced fragments; the
+    /// proxy aborts uploads older than `abandoned_upload_secs`.
     ///
     /// # Errors
     /// I/O errors.
-    pub fn write_configs(&self, gc_grace_secs: u64) -> Result<()> {
+    pub fn write_configs(&self, gc_grace_secs: u64, abandoned_upload_secs: u64) -> Result<()> {
         let dir = self.logs_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let secret = toml_str(&self.secret_file());
@@ -303,7 +304,8 @@ impl Layout {
              # Virtual-host style: http://BUCKET.localhost:PORT (where *.localhost resolves).\n\
              s3_domains = [\"localhost\"]\n\
              # Objects past their X-Delete-At go within seconds on a dev cluster.\n\
-             expirer_interval_secs = 5\n",
+             expirer_interval_secs = 5\n\
+             abandoned_upload_secs = {abandoned_upload_secs}\n",
             self.ports.s3
         );
         write_file(&self.proxy_config(), &text, false)
@@ -426,7 +428,7 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let data = dir.path().join("with \"quotes\" and \\");
         let layout = Layout::open(&data, Some(9100), Some(16000)).unwrap();
-        layout.write_configs(60).unwrap();
+        layout.write_configs(60, 3600).unwrap();
         for i in 1..=NODES {
             let text = std::fs::read_to_string(layout.node_config(i)).unwrap();
             let config = nimbus_storage_node::config::Config::from_toml(&text).unwrap();

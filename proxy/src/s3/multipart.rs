@@ -34,11 +34,11 @@ pub const MAX_PART_NUMBER: i32 = 10_000;
 /// The most parts or uploads one listing answers.
 const MAX_LISTED: usize = 1000;
 
-fn uploads_container(bucket: &str) -> String {
+pub(crate) fn uploads_container(bucket: &str) -> String {
     format!("{bucket}#uploads")
 }
 
-fn parts_container(bucket: &str) -> String {
+pub(crate) fn parts_container(bucket: &str) -> String {
     format!("{bucket}#parts")
 }
 
@@ -283,6 +283,73 @@ async fn recorded_parts(
             Some((number, r))
         })
         .collect())
+}
+
+/// Aborts the uploads of bucket `name` initiated more than `max_age` ago, as
+/// AbortMultipartUpload would; their parts' fragments are then garbage for the storage
+/// nodes' collector. Returns how many were aborted.
+///
+/// # Errors
+/// [`DataError`] when the index could not be read or written.
+pub(crate) async fn abort_abandoned(
+    state: &S3State,
+    name: &str,
+    bucket: &Bucket,
+    max_age: std::time::Duration,
+) -> Result<usize, crate::error::DataError> {
+    let container = uploads_container(name);
+    let account = bucket.owner.as_str();
+    let now = super::objects::unix_now().saturating_mul(1_000_000);
+    let age = u64::try_from(max_age.as_micros()).unwrap_or(u64::MAX);
+    let mut aborted = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let page = state
+            .index
+            .list(
+                account,
+                &container,
+                bucket.shards,
+                "",
+                after.as_deref(),
+                MAX_LISTED,
+            )
+            .await?;
+        for record in &page {
+            let Some((key, upload_id)) = record.key.rsplit_once('\0') else {
+                continue;
+            };
+            let initiated = upload_id
+                .get(..16)
+                .and_then(|v| u64::from_str_radix(v, 16).ok())
+                .map(|v| VersionId(v).micros());
+            if initiated.is_none_or(|t| t.saturating_add(age) > now) {
+                continue;
+            }
+            retire(
+                state,
+                account,
+                bucket,
+                name,
+                key,
+                upload_id,
+                &record.entry.policy,
+            )
+            .await
+            .map_err(|e| crate::error::DataError::Unavailable(format!("{e:?}")))?;
+            tracing::info!(
+                bucket = name,
+                key,
+                upload_id,
+                "abandoned multipart upload aborted"
+            );
+            aborted += 1;
+        }
+        if page.len() < MAX_LISTED {
+            return Ok(aborted);
+        }
+        after = page.last().map(|r| r.key.clone());
+    }
 }
 
 /// Retires an upload: its record and its parts' records become tombstones.

@@ -39,7 +39,7 @@ const PAGE: usize = 1000;
 /// The most versions one listing answers, as in S3.
 const MAX_KEYS: usize = 1000;
 
-fn versions_container(bucket: &str) -> String {
+pub(crate) fn versions_container(bucket: &str) -> String {
     format!("{bucket}#versions")
 }
 
