@@ -17,10 +17,12 @@
 pub(crate) mod client;
 pub(crate) mod map;
 mod output;
+mod placement;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
@@ -79,9 +81,18 @@ enum AdminCommand {
     /// The cluster map as a whole.
     #[command(subcommand)]
     Map(map::MapViewCommand),
-    /// What each storage node's background workers have done (the auditor: passes, fragments
-    /// and bytes verified, corrupt fragments quarantined), device by device.
-    Status,
+    /// What each storage node's background workers are doing and have done, device by
+    /// device: the auditor (passes, fragments and bytes verified, corrupt fragments
+    /// quarantined) and the mover, reconstructor and collector (the running pass with its
+    /// rate and ETA; fragments moved, rebuilt, reclaimed; misplaced; degraded partitions).
+    Status {
+        /// Redraw every this many seconds until interrupted.
+        #[arg(long, value_name = "SECS")]
+        watch: Option<u64>,
+    },
+    /// Fragments not at the device the ring gives their slot, and partitions below full
+    /// redundancy, per policy: both 0 on a healthy cluster. Asks every device (a full scan).
+    Placement,
 }
 
 #[derive(Subcommand)]
@@ -130,6 +141,9 @@ pub fn run(args: AdminArgs) -> Result<ExitCode> {
         .build()
         .context("start the async runtime")?;
     let json = args.json;
+    if let AdminCommand::Status { watch: Some(secs) } = args.command {
+        return watch(&runtime, &client, json, Duration::from_secs(secs.max(1)));
+    }
     match runtime.block_on(execute(&client, args.command)) {
         Ok(report) => {
             report.print(json)?;
@@ -141,6 +155,25 @@ pub fn run(args: AdminArgs) -> Result<ExitCode> {
             }
             Err(e)
         }
+    }
+}
+
+/// `nimbus admin status --watch`: the status redrawn every `every` until interrupted.
+fn watch(
+    runtime: &tokio::runtime::Runtime,
+    client: &MetaClient,
+    json: bool,
+    every: Duration,
+) -> Result<ExitCode> {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    loop {
+        let report = runtime.block_on(workers(client))?;
+        if terminal && !json {
+            // Clear the screen and go home, as `watch(1)` does.
+            print!("\x1b[2J\x1b[H");
+        }
+        report.print(json)?;
+        std::thread::sleep(every);
     }
 }
 
@@ -165,7 +198,8 @@ async fn execute(client: &MetaClient, command: AdminCommand) -> Result<Report> {
         AdminCommand::Credential(c) => map::credential(client, c).await,
         AdminCommand::Bucket(c) => map::bucket(client, c).await,
         AdminCommand::Map(c) => map::map_view(client, c).await,
-        AdminCommand::Status => workers(client).await,
+        AdminCommand::Status { .. } => workers(client).await,
+        AdminCommand::Placement => placement::placement(client).await,
     }
 }
 

@@ -5,7 +5,9 @@
 //!
 //! | method | path | does |
 //! |---|---|---|
-//! | GET | `/health` | node status |
+//! | GET | `/health` | node status: devices, space, auditor and worker counters (open) |
+//! | GET | `/metrics` | the same figures in Prometheus text format (open) |
+//! | GET | `/v1/placement/{device}` | per partition: committed fragments by index, (object, version) digest |
 //! | PUT | `/v1/fragments/{device}/{policy}/{partition}/{version}/{index}?path=` | write a fragment (phase 1) → 201 |
 //! | POST | `…/commit?path=` | make it durable (phase 2) → 204 |
 //! | GET | `…?path=[&offset=&length=]` | read (a range of) its data → 200 |
@@ -18,7 +20,9 @@
 mod auth;
 mod fragments;
 mod index;
+mod metrics;
 pub mod peering;
+mod placement;
 
 pub use index::PRECONDITION;
 
@@ -124,12 +128,14 @@ pub fn router(state: Arc<NodeState>) -> Router {
     let v1 =
         fragments::routes()
             .merge(index::routes())
+            .merge(placement::routes())
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&state),
                 auth::authenticate,
             ));
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics::metrics))
         .merge(v1)
         .with_state(state)
 }

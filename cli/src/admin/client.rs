@@ -139,6 +139,41 @@ impl MetaClient {
             .with_context(|| format!("read the health of storage node {node}"))
     }
 
+    /// Asks a storage node what one of its devices holds, partition by partition
+    /// (`GET /v1/placement/{device}`, signed, under the map's `epoch`).
+    ///
+    /// # Errors
+    /// The node did not answer, or not with a placement.
+    pub async fn node_placement(
+        &self,
+        node: &str,
+        device: &str,
+        epoch: u64,
+    ) -> Result<serde_json::Value> {
+        let answer = self
+            .peers
+            .send_bytes(
+                hyper::Method::GET,
+                node,
+                &format!("/v1/placement/{device}"),
+                epoch,
+                bytes::Bytes::new(),
+                Duration::from_secs(60),
+                256 << 20,
+            )
+            .await
+            .with_context(|| format!("ask storage node {node} what {device} holds"))?;
+        if answer.status.as_u16() != 200 {
+            bail!(
+                "storage node {node} answered {} for {device}: {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            );
+        }
+        serde_json::from_slice(&answer.body)
+            .with_context(|| format!("read what {device} on {node} holds"))
+    }
+
     /// Returns the leader's map, as of a read index (everything committed before is in
     /// it).
     ///

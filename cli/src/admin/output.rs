@@ -23,6 +23,13 @@ pub struct Report {
 }
 
 impl Report {
+    /// The same report, failed (exit status 1) if `failed`.
+    #[must_use]
+    pub fn failed_if(mut self, failed: bool) -> Self {
+        self.failed |= failed;
+        self
+    }
+
     /// Returns a successful report.
     pub fn new(text: String, json: Value) -> Self {
         Report {
@@ -394,6 +401,48 @@ pub fn map_summary(map: &ClusterMap) -> Report {
     )
 }
 
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One device's workers: the running pass (partitions done, rate, ETA) and the counters.
+fn worker_line(w: &Value, now: u64) -> String {
+    let n = |k: &str| w[k].as_u64().unwrap_or(0);
+    let pass = if n("pass_partitions") > 0 {
+        let (done, total) = (n("pass_done"), n("pass_partitions"));
+        let elapsed = now.saturating_sub(n("pass_started_unix")).max(1);
+        let rate = done as f64 / elapsed as f64;
+        let eta = if rate > 0.0 {
+            format!("{:.0} s", (total - done.min(total)) as f64 / rate)
+        } else {
+            "unknown".to_owned()
+        };
+        format!(
+            "pass {}: {done}/{total} partitions ({:.1}/s, ETA {eta})",
+            n("passes") + 1,
+            rate
+        )
+    } else if w.is_null() {
+        return "not reported".to_owned();
+    } else {
+        format!("{} passes done (last {} s)", n("passes"), n("last_pass_secs"))
+    };
+    format!(
+        "{pass}; moved {} ({} bytes), rebuilt {} ({} bytes), reclaimed {} ({} bytes); {} misplaced, {} partitions degraded; {} errors",
+        n("moved_fragments"),
+        n("moved_bytes"),
+        n("rebuilt_fragments"),
+        n("rebuilt_bytes"),
+        n("reclaimed_fragments"),
+        n("reclaimed_bytes"),
+        n("misplaced"),
+        n("degraded_partitions"),
+        n("errors"),
+    )
+}
+
 /// The workers of each storage node, one line per device; fails if a node gave no answer.
 pub fn workers(nodes: &[(String, Result<Value>)]) -> Report {
     let mut lines = Vec::new();
@@ -412,6 +461,11 @@ pub fn workers(nodes: &[(String, Result<Value>)]) -> Report {
                         a["bytes"],
                         a["corrupt"],
                         a["errors"],
+                    ));
+                    lines.push(format!(
+                        "{node} {}: workers {}",
+                        d["name"].as_str().unwrap_or("?"),
+                        worker_line(&d["workers"], now_unix())
                     ));
                 }
                 values.push(json!({ "node": node, "devices": h["devices"] }));

@@ -56,6 +56,31 @@ impl Cluster {
         client(&self.endpoint, &self.access_key, &self.secret_key, 1)
     }
 
+    /// Runs `nimbus admin ARGS` against the cluster; returns its standard output, and
+    /// panics if it fails.
+    pub fn admin(&self, args: &[&str]) -> String {
+        let (ok, out) = self.admin_status(args);
+        assert!(ok, "nimbus admin {args:?}: {out}");
+        out
+    }
+
+    /// Runs `nimbus admin ARGS`; returns whether it succeeded and its standard output.
+    pub fn admin_status(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_nimbus"))
+            .arg("admin")
+            .arg("--meta")
+            .arg(format!("127.0.0.1:{}", self.base_port + 101))
+            .arg("--secret-file")
+            .arg(self.path().join("cluster-secret"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     /// The data directory.
     pub fn path(&self) -> &Path {
         self.dev.data.path()

@@ -21,3 +21,4 @@ mod t61_swift_objects;
 mod t62_swift_containers;
 mod t70_tagging_cors;
 mod t85_gc;
+mod t86_placement;

@@ -8,21 +8,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::cluster::Cluster;
 use crate::swift_http::{Swift, credentials, curl, header};
 
-/// Runs `nimbus admin` against the cluster; returns what it printed.
-fn admin(cluster: &Cluster, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_nimbus"))
-        .arg("admin")
-        .arg("--meta")
-        .arg(format!("127.0.0.1:{}", cluster.base_port + 101))
-        .arg("--secret-file")
-        .arg(cluster.path().join("cluster-secret"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "nimbus admin {args:?}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// HMAC of `message` with `key`, by Python's standard library, in hex.
 fn hmac_hex(digest: &str, key: &str, message: &str) -> String {
     let out = Command::new("python3")
@@ -120,9 +105,8 @@ fn metadata_acls_listings_bulk_delete_and_temp_urls() {
     assert_eq!(list("marker=b&end_marker=e"), ["c", "d/1", "d/2"]);
 
     // ACLs: a user of another account, and anonymous clients.
-    admin(&cluster, &["account", "create", "other"]);
-    admin(
-        &cluster,
+    cluster.admin(&["account", "create", "other"]);
+    cluster.admin(
         &[
             "credential",
             "create-swift",
@@ -289,7 +273,7 @@ fn metadata_acls_listings_bulk_delete_and_temp_urls() {
 
     // `nimbus admin status`: every node's devices and their auditors.
     let status: serde_json::Value =
-        serde_json::from_str(&admin(&cluster, &["--json", "status"])).unwrap();
+        serde_json::from_str(&cluster.admin(&["--json", "status"])).unwrap();
     let nodes = status.as_array().unwrap();
     assert_eq!(nodes.len(), 6, "{status}");
     for node in nodes {
@@ -300,6 +284,6 @@ fn metadata_acls_listings_bulk_delete_and_temp_urls() {
             assert_eq!(d["audit"]["corrupt"], 0, "{d}");
         }
     }
-    let text = admin(&cluster, &["status"]);
+    let text = cluster.admin(&["status"]);
     assert_eq!(text.lines().count(), 12, "{text}");
 }
