@@ -22,3 +22,4 @@ mod t62_swift_containers;
 mod t70_tagging_cors;
 mod t85_gc;
 mod t86_placement;
+mod t87_rebalance;
