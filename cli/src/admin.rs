@@ -173,7 +173,7 @@ fn watch(
             print!("\x1b[2J\x1b[H");
         }
         report.print(json)?;
-        std::thread::sleep(every);
+        runtime.block_on(tokio::time::sleep(every));
     }
 }
 

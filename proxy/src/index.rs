@@ -89,7 +89,9 @@ pub struct Shard<'a> {
 }
 
 impl Shard<'_> {
-    fn name(&self) -> String {
+    /// The name the index ring places the shard by.
+    #[must_use]
+    pub fn name(&self) -> String {
         format!("{}/{}/{}", self.account, self.container, self.shard)
     }
 

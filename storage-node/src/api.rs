@@ -125,14 +125,13 @@ impl NodeState {
 
 /// Returns the API's router.
 pub fn router(state: Arc<NodeState>) -> Router {
-    let v1 =
-        fragments::routes()
-            .merge(index::routes())
-            .merge(placement::routes())
-            .layer(axum::middleware::from_fn_with_state(
-                Arc::clone(&state),
-                auth::authenticate,
-            ));
+    let v1 = fragments::routes()
+        .merge(index::routes())
+        .merge(placement::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            auth::authenticate,
+        ));
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics::metrics))

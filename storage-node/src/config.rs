@@ -59,6 +59,9 @@ pub struct WorkersSection {
     /// garbage (no index entry references its version) or as an orphan (never committed).
     /// It must exceed the longest PUT. Default 3600.
     pub gc_grace_secs: u64,
+    /// Seconds between index anti-entropy passes (each shard's primary compares the
+    /// replicas' digests and copies what one lacks). Default 600.
+    pub index_sync_secs: u64,
 }
 
 impl Default for WorkersSection {
@@ -68,6 +71,7 @@ impl Default for WorkersSection {
             pass_pause_secs: 30,
             concurrent_partitions: 2,
             gc_grace_secs: 3600,
+            index_sync_secs: 600,
         }
     }
 }

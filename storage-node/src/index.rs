@@ -392,6 +392,34 @@ impl IndexStore {
         self.read(shard, read::last_seq).await
     }
 
+    /// Returns a digest of the shard's (key, sequence number) pairs and their count: two
+    /// replicas with equal digests hold the same writes.
+    ///
+    /// # Errors
+    /// [`IndexError`] when the shard id is invalid, the store failed or an entry is corrupt.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn digest(&self, shard: &ShardId) -> Result<([u8; 32], u64), IndexError> {
+        self.read(shard, read::digest).await
+    }
+
+    /// Returns every shard this store holds writes of.
+    ///
+    /// # Errors
+    /// [`IndexError`] when the store failed or a shard key is corrupt.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn shards(&self) -> Result<Vec<ShardId>, IndexError> {
+        let any = ShardId {
+            account: "*".into(),
+            container: "*".into(),
+            shard: 0,
+        };
+        self.read(&any, |db, _, _| read::shards(db)).await
+    }
+
     /// Returns the writer's counters.
     #[must_use]
     pub fn stats(&self) -> IndexStats {

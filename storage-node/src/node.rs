@@ -388,6 +388,7 @@ async fn run_workers(
         pass_pause: Duration::from_secs(settings.pass_pause_secs),
         concurrent_partitions: settings.concurrent_partitions,
         gc_grace: Duration::from_secs(settings.gc_grace_secs),
+        index_sync: Duration::from_secs(settings.index_sync_secs),
     };
     let mut tasks = tokio::task::JoinSet::new();
     for (name, store, stats, wake) in devices {

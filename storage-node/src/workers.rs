@@ -18,6 +18,7 @@
 //! or after the index, read from a majority, says no entry references its version.
 
 mod gc;
+mod index_sync;
 mod mover;
 mod rebuild;
 mod throttle;
@@ -54,6 +55,8 @@ pub struct WorkerConfig {
     pub concurrent_partitions: usize,
     /// How long a fragment file must be unchanged before the collector may remove it.
     pub gc_grace: Duration,
+    /// How often index replicas are compared (index anti-entropy).
+    pub index_sync: Duration,
 }
 
 /// Why a step on one partition failed; the pass goes on with the next partition.
@@ -87,6 +90,8 @@ pub struct WorkerStats {
     misplaced: AtomicU64,
     degraded_partitions: AtomicU64,
     errors: AtomicU64,
+    index_records_repaired: AtomicU64,
+    index_syncs: AtomicU64,
     /// Counted during the running pass; published into `misplaced` and
     /// `degraded_partitions` when the pass ends.
     counting_misplaced: AtomicU64,
@@ -126,6 +131,10 @@ pub struct WorkerReport {
     pub degraded_partitions: u64,
     /// Steps that failed (each is retried by the next pass).
     pub errors: u64,
+    /// Index records copied between replicas of a shard by anti-entropy.
+    pub index_records_repaired: u64,
+    /// Whole anti-entropy passes over this device's index shards.
+    pub index_syncs: u64,
 }
 
 impl WorkerStats {
@@ -148,6 +157,8 @@ impl WorkerStats {
             misplaced: get(&self.misplaced),
             degraded_partitions: get(&self.degraded_partitions),
             errors: get(&self.errors),
+            index_records_repaired: get(&self.index_records_repaired),
+            index_syncs: get(&self.index_syncs),
         }
     }
 
@@ -209,6 +220,8 @@ pub struct Ctx {
 /// One device's workers.
 pub struct Workers {
     ctx: Arc<Ctx>,
+    /// When index anti-entropy last ran.
+    index_synced: std::sync::Mutex<Option<Instant>>,
     /// Woken to start a pass at once (the auditor quarantined a fragment).
     wake: Arc<Notify>,
 }
@@ -219,6 +232,7 @@ impl Workers {
     pub fn new(ctx: Ctx, wake: Arc<Notify>) -> Self {
         Workers {
             ctx: Arc::new(ctx),
+            index_synced: std::sync::Mutex::new(None),
             wake,
         }
     }
@@ -285,10 +299,31 @@ impl Workers {
             .degraded_partitions
             .store(take(&stats.counting_degraded), Ordering::Relaxed);
         stats.pass_partitions.store(0, Ordering::Relaxed);
+        if self.index_sync_due() {
+            match index_sync::pass(ctx, &map).await {
+                Ok(()) => WorkerStats::add(&stats.index_syncs, 1),
+                Err(e) => {
+                    tracing::debug!(error = %e, device = %ctx.device.device, "index anti-entropy pass cut short");
+                    WorkerStats::add(&stats.errors, 1);
+                }
+            }
+        }
         stats
             .last_pass_secs
             .store(started.elapsed().as_secs(), Ordering::Relaxed);
         WorkerStats::add(&stats.passes, 1);
+    }
+
+    /// Whether index anti-entropy is due; marks it run now if so.
+    fn index_sync_due(&self) -> bool {
+        let Ok(mut last) = self.index_synced.lock() else {
+            return true;
+        };
+        let due = last.is_none_or(|t| t.elapsed() >= self.ctx.config.index_sync);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
     }
 
     /// The (policy, partition) pairs of a pass: those with a directory on this device, and

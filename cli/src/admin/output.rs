@@ -427,7 +427,11 @@ fn worker_line(w: &Value, now: u64) -> String {
     } else if w.is_null() {
         return "not reported".to_owned();
     } else {
-        format!("{} passes done (last {} s)", n("passes"), n("last_pass_secs"))
+        format!(
+            "{} passes done (last {} s)",
+            n("passes"),
+            n("last_pass_secs")
+        )
     };
     format!(
         "{pass}; moved {} ({} bytes), rebuilt {} ({} bytes), reclaimed {} ({} bytes); {} misplaced, {} partitions degraded; {} errors",

@@ -73,7 +73,10 @@ pub async fn placement(client: &MetaClient) -> Result<Report> {
                 .filter_map(|(i, n)| Some((i.parse().ok()?, n.as_u64()?)))
                 .collect();
             holdings
-                .entry((policy.to_owned(), u32::try_from(partition).unwrap_or(u32::MAX)))
+                .entry((
+                    policy.to_owned(),
+                    u32::try_from(partition).unwrap_or(u32::MAX),
+                ))
                 .or_default()
                 .push(Holding {
                     device: device.clone(),
@@ -126,7 +129,11 @@ pub async fn placement(client: &MetaClient) -> Result<Report> {
                 f.examples.push(format!(
                     "{policy}/{partition}: {misplaced} misplaced, {} distinct slot contents{}",
                     digests.len(),
-                    if silent { ", a slot's device did not answer" } else { "" }
+                    if silent {
+                        ", a slot's device did not answer"
+                    } else {
+                        ""
+                    }
                 ));
             }
         }

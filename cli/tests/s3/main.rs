@@ -23,3 +23,4 @@ mod t70_tagging_cors;
 mod t85_gc;
 mod t86_placement;
 mod t87_rebalance;
+mod t88_index_sync;

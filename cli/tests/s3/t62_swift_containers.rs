@@ -106,16 +106,14 @@ fn metadata_acls_listings_bulk_delete_and_temp_urls() {
 
     // ACLs: a user of another account, and anonymous clients.
     cluster.admin(&["account", "create", "other"]);
-    cluster.admin(
-        &[
-            "credential",
-            "create-swift",
-            "other",
-            "bob",
-            "--key",
-            "bob-secret-key",
-        ],
-    );
+    cluster.admin(&[
+        "credential",
+        "create-swift",
+        "other",
+        "bob",
+        "--key",
+        "bob-secret-key",
+    ]);
     let bob = Swift::login_as(&auth, "other:bob", "bob-secret-key");
     let bob_at = |method: &str, path: &str, extra: &[&str]| {
         let url = format!("{}{path}", dev.url);

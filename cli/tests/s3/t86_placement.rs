@@ -76,14 +76,27 @@ fn placement_reports_a_misplaced_fragment_until_the_workers_move_it_home() {
             .unwrap();
     });
     assert_eq!(placement(&cluster), (0, 0), "a healthy cluster");
-    let help = ureq_get(&format!("http://127.0.0.1:{}/metrics", cluster.base_port + 1));
-    assert!(help.contains("# TYPE nimbus_worker_misplaced_fragments gauge"), "{help}");
-    assert!(help.contains("nimbus_audit_fragments_total{device=\"d0\"}"), "{help}");
+    let help = ureq_get(&format!(
+        "http://127.0.0.1:{}/metrics",
+        cluster.base_port + 1
+    ));
+    assert!(
+        help.contains("# TYPE nimbus_worker_misplaced_fragments gauge"),
+        "{help}"
+    );
+    assert!(
+        help.contains("nimbus_audit_fragments_total{device=\"d0\"}"),
+        "{help}"
+    );
 
     // Move one fragment file to another node's device, as a handoff would have it.
     let mut files = Vec::new();
     fragment_paths(cluster.path(), &mut files);
-    assert_eq!(files.len(), 6, "ec4+2: six fragments of one object: {files:?}");
+    assert_eq!(
+        files.len(),
+        6,
+        "ec4+2: six fragments of one object: {files:?}"
+    );
     // Six fragments on six nodes, one device each: the other device of the node holding
     // `files[1]` owns no slot of this partition.
     let within = |f: &Path| f.strip_prefix(cluster.path()).unwrap().to_path_buf();
@@ -101,7 +114,10 @@ fn placement_reports_a_misplaced_fragment_until_the_workers_move_it_home() {
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
     std::fs::rename(from, &to).unwrap();
     let (misplaced, degraded) = placement(&cluster);
-    assert!(misplaced >= 1 && degraded >= 1, "after moving {from:?} to {to:?}: {misplaced} misplaced, {degraded} degraded");
+    assert!(
+        misplaced >= 1 && degraded >= 1,
+        "after moving {from:?} to {to:?}: {misplaced} misplaced, {degraded} degraded"
+    );
 
     // The workers (a pass every 3 s) move it home.
     let started = Instant::now();
@@ -119,7 +135,9 @@ fn placement_reports_a_misplaced_fragment_until_the_workers_move_it_home() {
     }
     assert!(from.exists(), "the fragment is back at {from:?}");
     assert!(!to.exists(), "and gone from {to:?}");
-    let moved: u64 = (1..=6).map(|i| metric(&cluster, i, "nimbus_worker_moved_fragments_total")).sum();
+    let moved: u64 = (1..=6)
+        .map(|i| metric(&cluster, i, "nimbus_worker_moved_fragments_total"))
+        .sum();
     assert_eq!(moved, 1, "one fragment moved, by the metrics");
     rt.block_on(async {
         let got = cluster
@@ -135,6 +153,9 @@ fn placement_reports_a_misplaced_fragment_until_the_workers_move_it_home() {
             .await
             .unwrap()
             .into_bytes();
-        assert!(got.as_ref() == data.as_slice(), "the object reads back identical");
+        assert!(
+            got.as_ref() == data.as_slice(),
+            "the object reads back identical"
+        );
     });
 }

@@ -34,12 +34,10 @@ fn start_node(cluster: &Cluster, i: u16) -> ExtraNode {
     for device in ["d0", "d1"] {
         std::fs::create_dir_all(dir.join(device)).unwrap();
     }
-    let text = template
-        .replace("node6", &format!("node{i}"))
-        .replace(
-            &format!("127.0.0.1:{}", cluster.base_port + 6),
-            &format!("127.0.0.1:{}", cluster.base_port + i),
-        );
+    let text = template.replace("node6", &format!("node{i}")).replace(
+        &format!("127.0.0.1:{}", cluster.base_port + 6),
+        &format!("127.0.0.1:{}", cluster.base_port + i),
+    );
     let config = dir.join("storage.toml");
     std::fs::write(&config, text).unwrap();
     let log = std::fs::File::create(dir.join("storage.log")).unwrap();
@@ -124,7 +122,10 @@ fn fragment_count(dir: &Path) -> usize {
             if path.is_dir() {
                 fragment_count(&path)
             } else {
-                usize::from(path.extension().is_some_and(|x| x.to_str().is_some_and(|x| x.parse::<u8>().is_ok())))
+                usize::from(
+                    path.extension()
+                        .is_some_and(|x| x.to_str().is_some_and(|x| x.parse::<u8>().is_ok())),
+                )
             }
         })
         .sum()
@@ -178,7 +179,10 @@ impl Load {
                     };
                     match get(&s3, &pick.0).await {
                         Ok(body) if body == bytes(600_000, pick.1) => {}
-                        Ok(_) => errors.lock().await.push(format!("GET {}: wrong bytes", pick.0)),
+                        Ok(_) => errors
+                            .lock()
+                            .await
+                            .push(format!("GET {}: wrong bytes", pick.0)),
                         Err(e) => errors.lock().await.push(format!("GET {}: {e}", pick.0)),
                     }
                     ops.fetch_add(2, Ordering::Relaxed);
@@ -205,7 +209,13 @@ async fn get(s3: &Client, key: &str) -> Result<Vec<u8>, String> {
         .send()
         .await
         .map_err(|e| format!("{e:?}"))?;
-    Ok(out.body.collect().await.map_err(|e| e.to_string())?.into_bytes().to_vec())
+    Ok(out
+        .body
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_bytes()
+        .to_vec())
 }
 
 #[test]
@@ -236,7 +246,13 @@ fn adding_then_removing_nodes_under_load_loses_nothing() {
     // Grow: the new devices join the ring; the workers move slots to them.
     for i in [7, 8] {
         for device in ["d0", "d1"] {
-            cluster.admin(&["device", "add", "ec4+2", &location(&cluster, i, device), "1"]);
+            cluster.admin(&[
+                "device",
+                "add",
+                "ec4+2",
+                &location(&cluster, i, device),
+                "1",
+            ]);
         }
     }
     settle(&cluster, true, "after adding nodes 7 and 8");
@@ -252,7 +268,10 @@ fn adding_then_removing_nodes_under_load_loses_nothing() {
     settle(&cluster, true, "after removing node 8");
     let started = Instant::now();
     while fragment_count(&cluster.path().join("node8")) > 0 {
-        assert!(started.elapsed() < Duration::from_secs(60), "node 8 still holds fragments");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "node 8 still holds fragments"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     drop(eight);
@@ -265,7 +284,9 @@ fn adding_then_removing_nodes_under_load_loses_nothing() {
     );
     rt.block_on(async {
         for (key, seed) in &objects {
-            let body = get(&s3, key).await.unwrap_or_else(|e| panic!("GET {key}: {e}"));
+            let body = get(&s3, key)
+                .await
+                .unwrap_or_else(|e| panic!("GET {key}: {e}"));
             assert!(body == bytes(600_000, *seed), "{key} changed");
         }
     });

@@ -9,6 +9,10 @@
 //! | GET | `/list?prefix=&start_after=&limit=&tombstones=` [+ `x-nimbus-replicas`] | records in key order (as primary: peering first) |
 //! | GET | `/since?seq=&limit=` | records newer than `seq`, in seq order |
 //! | GET | `/last-seq` | `{"seq"}` |
+//! | GET | `/digest` | `{"digest", "keys"}`: a digest of the shard's (key, seq) pairs, tombstones included |
+//!
+//! and `GET /v1/index/{device}` → `{"shards": [{"account", "container", "shard"}]}`: every
+//! shard the device holds writes of (for anti-entropy).
 
 use std::sync::Arc;
 
@@ -39,6 +43,8 @@ pub(super) fn routes() -> Router<Arc<NodeState>> {
         .route(&format!("{SHARD}/list"), get(list))
         .route(&format!("{SHARD}/since"), get(since))
         .route(&format!("{SHARD}/last-seq"), get(last_seq))
+        .route(&format!("{SHARD}/digest"), get(digest))
+        .route("/v1/index/{device}", get(shards))
 }
 
 type ShardPath = Path<(String, String, String, u16)>;
@@ -268,4 +274,32 @@ async fn last_seq(
         .await
         .map_err(|e| ApiError::Index(e.to_string()))?;
     Ok(axum::Json(json!({ "seq": seq })).into_response())
+}
+
+async fn digest(
+    State(state): State<Arc<NodeState>>,
+    Path(path): ShardPath,
+) -> Result<Response, ApiError> {
+    let (index, id) = shard(&state, path)?;
+    let (digest, keys) = index
+        .digest(&id)
+        .await
+        .map_err(|e| ApiError::Index(e.to_string()))?;
+    Ok(axum::Json(json!({ "digest": hex::encode(digest), "keys": keys })).into_response())
+}
+
+async fn shards(
+    State(state): State<Arc<NodeState>>,
+    Path(device): Path<String>,
+) -> Result<Response, ApiError> {
+    let index = &state.device(&device)?.index;
+    let shards = index
+        .shards()
+        .await
+        .map_err(|e| ApiError::Index(e.to_string()))?;
+    let shards: Vec<_> = shards
+        .into_iter()
+        .map(|s| json!({ "account": s.account, "container": s.container, "shard": s.shard }))
+        .collect();
+    Ok(axum::Json(json!({ "shards": shards })).into_response())
 }

@@ -21,23 +21,101 @@ struct Family {
 
 pub(super) async fn metrics(State(state): State<Arc<NodeState>>) -> Response {
     let mut families = vec![
-        family("nimbus_audit_passes_total", "counter", "Whole passes of the auditor over the device."),
-        family("nimbus_audit_fragments_total", "counter", "Fragments the auditor verified."),
-        family("nimbus_audit_bytes_total", "counter", "Bytes the auditor read verifying fragments."),
-        family("nimbus_audit_corrupt_total", "counter", "Fragments the auditor found corrupt and quarantined."),
-        family("nimbus_audit_unreadable_total", "counter", "Fragments the auditor could not read."),
-        family("nimbus_worker_passes_total", "counter", "Whole passes of the workers over the device's partitions."),
-        family("nimbus_worker_pass_partitions_left", "gauge", "Partitions the running pass has still to do."),
-        family("nimbus_worker_moved_fragments_total", "counter", "Fragments moved to the device owning their slot."),
-        family("nimbus_worker_moved_bytes_total", "counter", "Data bytes of the fragments moved."),
-        family("nimbus_worker_rebuilt_fragments_total", "counter", "Fragments rebuilt from other fragments."),
-        family("nimbus_worker_rebuilt_bytes_total", "counter", "Data bytes of the fragments rebuilt."),
-        family("nimbus_worker_reclaimed_fragments_total", "counter", "Fragment files removed as garbage or orphans."),
-        family("nimbus_worker_reclaimed_bytes_total", "counter", "Bytes on disk of the files removed."),
-        family("nimbus_worker_misplaced_fragments", "gauge", "Committed fragments here whose slot another device owns (last pass)."),
-        family("nimbus_worker_degraded_partitions", "gauge", "Partitions with a slot here found below full redundancy (last pass)."),
-        family("nimbus_worker_errors_total", "counter", "Worker steps that failed (retried next pass)."),
-        family("nimbus_device_available_bytes", "gauge", "Bytes free on the device's file system."),
+        family(
+            "nimbus_audit_passes_total",
+            "counter",
+            "Whole passes of the auditor over the device.",
+        ),
+        family(
+            "nimbus_audit_fragments_total",
+            "counter",
+            "Fragments the auditor verified.",
+        ),
+        family(
+            "nimbus_audit_bytes_total",
+            "counter",
+            "Bytes the auditor read verifying fragments.",
+        ),
+        family(
+            "nimbus_audit_corrupt_total",
+            "counter",
+            "Fragments the auditor found corrupt and quarantined.",
+        ),
+        family(
+            "nimbus_audit_unreadable_total",
+            "counter",
+            "Fragments the auditor could not read.",
+        ),
+        family(
+            "nimbus_worker_passes_total",
+            "counter",
+            "Whole passes of the workers over the device's partitions.",
+        ),
+        family(
+            "nimbus_worker_pass_partitions_left",
+            "gauge",
+            "Partitions the running pass has still to do.",
+        ),
+        family(
+            "nimbus_worker_moved_fragments_total",
+            "counter",
+            "Fragments moved to the device owning their slot.",
+        ),
+        family(
+            "nimbus_worker_moved_bytes_total",
+            "counter",
+            "Data bytes of the fragments moved.",
+        ),
+        family(
+            "nimbus_worker_rebuilt_fragments_total",
+            "counter",
+            "Fragments rebuilt from other fragments.",
+        ),
+        family(
+            "nimbus_worker_rebuilt_bytes_total",
+            "counter",
+            "Data bytes of the fragments rebuilt.",
+        ),
+        family(
+            "nimbus_worker_reclaimed_fragments_total",
+            "counter",
+            "Fragment files removed as garbage or orphans.",
+        ),
+        family(
+            "nimbus_worker_reclaimed_bytes_total",
+            "counter",
+            "Bytes on disk of the files removed.",
+        ),
+        family(
+            "nimbus_worker_misplaced_fragments",
+            "gauge",
+            "Committed fragments here whose slot another device owns (last pass).",
+        ),
+        family(
+            "nimbus_worker_degraded_partitions",
+            "gauge",
+            "Partitions with a slot here found below full redundancy (last pass).",
+        ),
+        family(
+            "nimbus_worker_errors_total",
+            "counter",
+            "Worker steps that failed (retried next pass).",
+        ),
+        family(
+            "nimbus_index_sync_passes_total",
+            "counter",
+            "Index anti-entropy passes over the device's shards.",
+        ),
+        family(
+            "nimbus_index_records_repaired_total",
+            "counter",
+            "Index records copied between a shard's replicas by anti-entropy.",
+        ),
+        family(
+            "nimbus_device_available_bytes",
+            "gauge",
+            "Bytes free on the device's file system.",
+        ),
     ];
     let mut names: Vec<&String> = state.devices.keys().collect();
     names.sort();
@@ -70,6 +148,8 @@ pub(super) async fn metrics(State(state): State<Arc<NodeState>>) -> Response {
             w.misplaced,
             w.degraded_partitions,
             w.errors,
+            w.index_syncs,
+            w.index_records_repaired,
             available,
         ];
         for (f, v) in families.iter_mut().zip(values) {

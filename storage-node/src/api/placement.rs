@@ -82,8 +82,8 @@ mod tests {
         let a = [listed("aa", 1, 0), listed("bb", 2, 0)];
         let b = [listed("bb", 2, 3), listed("aa", 1, 3)];
         let c = [listed("aa", 1, 5)];
-        let refs = |s: &[ListedFragment]| s.iter().collect::<Vec<_>>().clone();
-        assert_eq!(version_digest(&refs(&a)), version_digest(&refs(&b)));
-        assert_ne!(version_digest(&refs(&a)), version_digest(&refs(&c)));
+        let digest = |s: &[ListedFragment]| version_digest(&s.iter().collect::<Vec<_>>());
+        assert_eq!(digest(&a), digest(&b));
+        assert_ne!(digest(&a), digest(&c));
     }
 }

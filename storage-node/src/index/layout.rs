@@ -55,6 +55,29 @@ impl ShardPrefix {
         Ok(ShardPrefix(bytes))
     }
 
+    /// Reads a shard id back from its prefix (a key of [`SHARDS`]).
+    pub(super) fn decode(bytes: &[u8]) -> Result<ShardId, Corruption> {
+        let mut rest = bytes;
+        let mut names = Vec::with_capacity(2);
+        for _ in 0..2 {
+            let (len, tail) = rest
+                .split_first_chunk::<2>()
+                .ok_or(Corruption::ForeignKey)?;
+            let len = usize::from(u16::from_be_bytes(*len));
+            let name = tail.get(..len).ok_or(Corruption::ForeignKey)?;
+            names.push(decode_key(name)?);
+            rest = &tail[len..];
+        }
+        let shard: [u8; 2] = rest.try_into().map_err(|_| Corruption::ForeignKey)?;
+        let container = names.pop().ok_or(Corruption::ForeignKey)?;
+        let account = names.pop().ok_or(Corruption::ForeignKey)?;
+        Ok(ShardId {
+            account,
+            container,
+            shard: u16::from_be_bytes(shard),
+        })
+    }
+
     /// Returns the prefix itself: the shard's key in [`SHARDS`].
     pub(super) fn as_bytes(&self) -> &[u8] {
         &self.0
@@ -232,6 +255,16 @@ mod tests {
             let p = prefix("acct", "c", 1);
             prop_assert_eq!(p.entry_key(&x).cmp(&p.entry_key(&y)), x.as_bytes().cmp(y.as_bytes()));
             prop_assert_eq!(p.object_key(&p.entry_key(&x)).unwrap(), x);
+        }
+
+        #[test]
+        fn a_shard_id_decodes_back_from_its_prefix(a in shard_id()) {
+            prop_assert_eq!(ShardPrefix::decode(ShardPrefix::new(&a).unwrap().as_bytes()).unwrap(), a);
+        }
+
+        #[test]
+        fn decoding_any_bytes_as_a_prefix_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let _ = ShardPrefix::decode(&bytes);
         }
 
         #[test]

@@ -7,7 +7,7 @@
 use std::ops::Bound;
 
 use nimbus_core::index::{IndexRecord, ShardId};
-use redb::{Database, ReadableDatabase};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use tracing::debug;
 
 use super::error::{Corruption, IndexError, StorageFailure};
@@ -205,4 +205,60 @@ pub(super) fn last_seq(
         }
         None => Ok(0),
     }
+}
+
+/// Returns a digest of the shard's (key, sequence number) pairs, tombstones included, and
+/// how many there are: equal on two replicas that hold the same writes.
+pub(super) fn digest(
+    db: &Database,
+    shard: &ShardId,
+    prefix: &ShardPrefix,
+) -> Result<([u8; 32], u64), IndexError> {
+    let txn = db
+        .begin_read()
+        .map_err(storage(shard, "begin index read"))?;
+    let entries = txn
+        .open_table(ENTRIES)
+        .map_err(storage(shard, "open index entries"))?;
+    let start = prefix.as_bytes();
+    let range = entries
+        .range::<&[u8]>(start..)
+        .map_err(storage(shard, "scan index entries"))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut count = 0u64;
+    for item in range {
+        let (entry_key, value) = item.map_err(storage(shard, "scan index entries"))?;
+        let entry_key = entry_key.value();
+        let Some(key) = entry_key.strip_prefix(start) else {
+            break;
+        };
+        let (seq, _) = layout::split_entry_value(value.value())
+            .map_err(|source| corrupt(shard, String::from_utf8_lossy(key), source))?;
+        hasher.update(&(key.len() as u64).to_le_bytes());
+        hasher.update(key);
+        hasher.update(&seq.to_le_bytes());
+        count += 1;
+    }
+    Ok((*hasher.finalize().as_bytes(), count))
+}
+
+/// Returns every shard the store has written to.
+pub(super) fn shards(db: &Database) -> Result<Vec<ShardId>, IndexError> {
+    let all = ShardId {
+        account: "*".into(),
+        container: "*".into(),
+        shard: 0,
+    };
+    let txn = db.begin_read().map_err(storage(&all, "begin index read"))?;
+    let table = txn
+        .open_table(SHARDS)
+        .map_err(storage(&all, "open index shards"))?;
+    let mut out = Vec::new();
+    for item in table.iter().map_err(storage(&all, "scan index shards"))? {
+        let (key, _) = item.map_err(storage(&all, "scan index shards"))?;
+        let id = ShardPrefix::decode(key.value())
+            .map_err(|source| corrupt(&all, String::from_utf8_lossy(key.value()), source))?;
+        out.push(id);
+    }
+    Ok(out)
 }

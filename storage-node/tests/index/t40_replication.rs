@@ -205,3 +205,45 @@ async fn records_with_impossible_seqs_are_refused() {
     }
     assert_eq!(f.store.last_seq(&photos()).await.unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_holding_the_same_writes_have_equal_digests_and_list_their_shards() {
+    let (a, b) = (Fixture::new().await, Fixture::new().await);
+    let records = [
+        record(1, "x", "x1"),
+        record(2, "y", "y1"),
+        record(3, "x", "x2"),
+    ];
+    for r in &records {
+        a.store
+            .apply_replicated(&photos(), r.clone())
+            .await
+            .unwrap();
+    }
+    // The same writes, in another order, one of them missed at first.
+    for r in records.iter().rev().skip(1) {
+        b.store
+            .apply_replicated(&photos(), r.clone())
+            .await
+            .unwrap();
+    }
+    let (da, na) = a.store.digest(&photos()).await.unwrap();
+    let (db, _) = b.store.digest(&photos()).await.unwrap();
+    assert_eq!(na, 2, "two keys");
+    assert_ne!(da, db, "b missed x's newest write");
+    b.store
+        .apply_replicated(&photos(), records[2].clone())
+        .await
+        .unwrap();
+    assert_eq!(b.store.digest(&photos()).await.unwrap().0, da);
+    // Another shard of the same container differs and is listed apart.
+    let other = shard("acct", "photos", 1);
+    a.store
+        .apply_replicated(&other, record(1, "z", "z1"))
+        .await
+        .unwrap();
+    let mut shards = a.store.shards().await.unwrap();
+    shards.sort();
+    assert_eq!(shards, vec![other, photos()]);
+    assert_eq!(a.store.digest(&photos()).await.unwrap().0, da);
+}
