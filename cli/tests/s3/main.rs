@@ -20,3 +20,4 @@ mod t60_swift;
 mod t61_swift_objects;
 mod t62_swift_containers;
 mod t70_tagging_cors;
+mod t80_repair;
