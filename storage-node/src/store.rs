@@ -394,6 +394,36 @@ impl FragmentStore {
         Ok(out)
     }
 
+    /// Opens a fragment a partition listing found, for reading all of it: its header holds
+    /// the object path the listing lacks.
+    ///
+    /// # Errors
+    /// As [`FragmentStore::read`]; [`StoreError::NotFound`] for a pending fragment.
+    pub async fn open_listed(
+        &self,
+        policy: &str,
+        partition: PartitionId,
+        fragment: &ListedFragment,
+    ) -> Result<FragmentReader, StoreError> {
+        Self::check_policy(policy)?;
+        if fragment.object_hash.len() < 3
+            || !fragment.object_hash.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(StoreError::BadRequest {
+                reason: format!("object hash {:?}", fragment.object_hash),
+            });
+        }
+        let path = self
+            .root
+            .join("objects")
+            .join(policy)
+            .join(partition.0.to_string())
+            .join(&fragment.object_hash[..3])
+            .join(&fragment.object_hash)
+            .join(format!("{}.{}", fragment.version, fragment.index));
+        FragmentReader::open(self.clone(), path, 0..u64::MAX).await
+    }
+
     /// Lists the (policy, partition) pairs that have a directory on this device.
     ///
     /// # Errors
@@ -444,6 +474,30 @@ impl FragmentStore {
         }
         Ok(*hasher.finalize().as_bytes())
     }
+}
+
+/// Returns the digest of a partition's object versions: the blake3 of the distinct
+/// (object hash, version) pairs, sorted, of the committed fragments `fragments` lists (sorted,
+/// as [`FragmentStore::list_partition`] returns them), whatever their fragment index, or only
+/// those of fragment index `index`. All slots of a healthy partition hold the same pairs, so
+/// two devices compare a partition by exchanging 32 bytes.
+#[must_use]
+pub fn objects_digest(fragments: &[ListedFragment], index: Option<u8>) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    let mut last: Option<(&str, VersionId)> = None;
+    for f in fragments
+        .iter()
+        .filter(|f| f.durable && index.is_none_or(|i| f.index == i))
+    {
+        let pair = (f.object_hash.as_str(), f.version);
+        if last == Some(pair) {
+            continue;
+        }
+        last = Some(pair);
+        hasher.update(f.object_hash.as_bytes());
+        hasher.update(&f.version.0.to_le_bytes());
+    }
+    *hasher.finalize().as_bytes()
 }
 
 /// Parses `<version hex>.<index>[.pending]`.

@@ -20,6 +20,7 @@ mod t60_swift;
 mod t61_swift_objects;
 mod t62_swift_containers;
 mod t70_tagging_cors;
+mod t80_repair;
 mod t85_gc;
 mod t86_placement;
 mod t87_rebalance;

@@ -211,24 +211,72 @@ async fn read(
     Ok(response)
 }
 
+/// What a partition listing asks for.
+#[derive(Deserialize)]
+struct ListQuery {
+    /// `objects`: answer only the digest of the committed (object hash, version) pairs.
+    digest: Option<String>,
+    /// With `digest=objects`: only the fragments of this index.
+    index: Option<u8>,
+    /// `1`: give each committed fragment its object path, object and segment bytes (one
+    /// header read per fragment).
+    paths: Option<u8>,
+}
+
 async fn list(
     State(state): State<Arc<NodeState>>,
     Path((device, policy, partition)): Path<(String, String, u32)>,
+    Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let store = &state.device(&device)?.fragments;
     let partition = PartitionId(partition);
     let fragments = store.list_partition(&policy, partition).await?;
+    match query.digest.as_deref() {
+        None => {}
+        Some("objects") => {
+            let digest = crate::store::objects_digest(&fragments, query.index);
+            return Ok(axum::Json(json!({ "objects_digest": hex::encode(digest) })).into_response());
+        }
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "digest={other:?}: the only digest is \"objects\""
+            )));
+        }
+    }
     let digest = store.partition_digest(&policy, partition).await?;
-    let rows: Vec<_> = fragments
-        .iter()
-        .map(|f| {
-            json!({
-                "object_hash": f.object_hash,
-                "version": f.version.to_string(),
-                "index": f.index,
-                "durable": f.durable,
-            })
-        })
-        .collect();
-    Ok(axum::Json(json!({ "digest": hex::encode(digest), "fragments": rows })).into_response())
+    let with_paths = query.paths == Some(1);
+    let mut rows = Vec::with_capacity(fragments.len());
+    for f in &fragments {
+        let mut row = json!({
+            "object_hash": f.object_hash,
+            "version": f.version.to_string(),
+            "index": f.index,
+            "durable": f.durable,
+        });
+        if with_paths && f.durable {
+            match store.open_listed(&policy, partition, f).await {
+                Ok(reader) => {
+                    let h = reader.header();
+                    row["path"] = json!(h.object_path);
+                    row["object_bytes"] = json!(h.object_bytes);
+                    row["segment_bytes"] = json!(h.segment_bytes);
+                }
+                // Deleted since it was listed, or quarantined just now: no longer here.
+                Err(
+                    crate::store::StoreError::NotFound { .. }
+                    | crate::store::StoreError::Corrupt { .. },
+                ) => {
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        rows.push(row);
+    }
+    Ok(axum::Json(json!({
+        "digest": hex::encode(digest),
+        "objects_digest": hex::encode(crate::store::objects_digest(&fragments, None)),
+        "fragments": rows,
+    }))
+    .into_response())
 }
