@@ -39,8 +39,9 @@ pub struct DevArgs {
     /// 5) [default: 6200, or the first run's].
     #[arg(long, value_name = "PORT")]
     base_port: Option<u16>,
-    /// Seconds a fragment no index entry references stays before the collector removes it
-    /// (production default 3600; short here, so that deletes free space while you watch).
+    /// Seconds a fragment no index entry references stays before the collector removes it,
+    /// and a delete's tombstone before anti-entropy forgets it (production defaults 3600 and
+    /// 7 days; short here, so that deletes free space while you watch).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     gc_grace_secs: u64,
     /// Seconds after which the proxy aborts a multipart upload never completed (production

@@ -62,6 +62,9 @@ pub struct WorkersSection {
     /// Seconds between index anti-entropy passes (each shard's primary compares the
     /// replicas' digests and copies what one lacks). Default 600.
     pub index_sync_secs: u64,
+    /// Seconds a delete's tombstone is kept in the index before anti-entropy forgets it on
+    /// every replica (only while all of them are up and agree). Default 604800 (7 days).
+    pub tombstone_grace_secs: u64,
 }
 
 impl Default for WorkersSection {
@@ -72,6 +75,7 @@ impl Default for WorkersSection {
             concurrent_partitions: 2,
             gc_grace_secs: 3600,
             index_sync_secs: 600,
+            tombstone_grace_secs: 7 * 24 * 3600,
         }
     }
 }

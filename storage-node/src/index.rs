@@ -53,7 +53,7 @@ pub use error::{
 };
 
 use layout::ShardPrefix;
-use writer::{ApplyWrite, Counters, Job, ReplicatedWrite, Request};
+use writer::{ApplyWrite, Counters, Job, PurgeWrite, ReplicatedWrite, Request};
 
 /// The most records one read returns, whatever limit is asked for.
 pub const MAX_RECORDS_PER_READ: usize = 10_000;
@@ -390,6 +390,36 @@ impl IndexStore {
     /// Cancel safe: it only reads.
     pub async fn last_seq(&self, shard: &ShardId) -> Result<u64, IndexError> {
         self.read(shard, read::last_seq).await
+    }
+
+    /// Forgets `key`'s tombstone if it is still the one of sequence number `seq` (a newer
+    /// write stays); returns whether it did. Anti-entropy calls it on every replica once all
+    /// hold the tombstone and it is older than the grace period.
+    ///
+    /// # Errors
+    /// [`IndexError`] when the shard id is invalid, the store failed or the entry is corrupt.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe, as [`IndexStore::apply`].
+    pub async fn purge_tombstone(
+        &self,
+        shard: &ShardId,
+        key: &str,
+        seq: u64,
+    ) -> Result<bool, IndexError> {
+        let prefix = ShardPrefix::new(shard).map_err(|source| IndexError::InvalidShard {
+            shard: shard.clone(),
+            source,
+        })?;
+        let write = PurgeWrite {
+            shard: shard.clone(),
+            prefix,
+            key: key.to_owned(),
+            seq,
+        };
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Purge(Job::new(write, reply))).await?;
+        answer.await.map_err(|_| IndexError::Closed)?
     }
 
     /// Returns a digest of the shard's (key, sequence number) pairs and their count: two

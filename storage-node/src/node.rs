@@ -389,6 +389,7 @@ async fn run_workers(
         concurrent_partitions: settings.concurrent_partitions,
         gc_grace: Duration::from_secs(settings.gc_grace_secs),
         index_sync: Duration::from_secs(settings.index_sync_secs),
+        tombstone_grace: Duration::from_secs(settings.tombstone_grace_secs),
     };
     let mut tasks = tokio::task::JoinSet::new();
     for (name, store, stats, wake) in devices {

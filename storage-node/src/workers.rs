@@ -57,6 +57,8 @@ pub struct WorkerConfig {
     pub gc_grace: Duration,
     /// How often index replicas are compared (index anti-entropy).
     pub index_sync: Duration,
+    /// How long a delete's tombstone is kept before anti-entropy forgets it everywhere.
+    pub tombstone_grace: Duration,
 }
 
 /// Why a step on one partition failed; the pass goes on with the next partition.
@@ -92,6 +94,7 @@ pub struct WorkerStats {
     errors: AtomicU64,
     index_records_repaired: AtomicU64,
     index_syncs: AtomicU64,
+    index_tombstones_purged: AtomicU64,
     /// Counted during the running pass; published into `misplaced` and
     /// `degraded_partitions` when the pass ends.
     counting_misplaced: AtomicU64,
@@ -135,6 +138,8 @@ pub struct WorkerReport {
     pub index_records_repaired: u64,
     /// Whole anti-entropy passes over this device's index shards.
     pub index_syncs: u64,
+    /// Tombstones forgotten (on every replica) after the grace period.
+    pub index_tombstones_purged: u64,
 }
 
 impl WorkerStats {
@@ -159,6 +164,7 @@ impl WorkerStats {
             errors: get(&self.errors),
             index_records_repaired: get(&self.index_records_repaired),
             index_syncs: get(&self.index_syncs),
+            index_tombstones_purged: get(&self.index_tombstones_purged),
         }
     }
 
@@ -326,17 +332,13 @@ impl Workers {
         due
     }
 
-    /// The (policy, partition) pairs of a pass: those with a directory on this device, and
-    /// those where the ring gives this device a slot (a wiped device has no directories).
-    async fn partitions(
-        &self,
-        map: &ClusterMap,
-    ) -> Result<BTreeSet<(String, PartitionId)>, StoreError> {
+    /// The (policy, partition) pairs of a pass: those where the ring gives this device a
+    /// slot (a wiped device has no directories), then those it only holds fragments of. That
+    /// order is the workers' priority: repairing what this device is responsible for comes
+    /// before handing healthy data on to its new owners.
+    async fn partitions(&self, map: &ClusterMap) -> Result<Vec<(String, PartitionId)>, StoreError> {
         let ctx = &self.ctx;
-        let mut out = BTreeSet::new();
-        for (policy, partition) in ctx.store.partitions_on_disk().await? {
-            out.insert((policy, partition));
-        }
+        let mut owned = BTreeSet::new();
         for name in map.policy_names() {
             let Some(ring) = map.policy(name).and_then(|p| p.ring.as_ref()) else {
                 continue;
@@ -344,11 +346,18 @@ impl Workers {
             for p in 0..ring.partitions() {
                 let partition = PartitionId(p);
                 if owned_slot(ring, partition, &ctx.device).is_some() {
-                    out.insert((name.to_owned(), partition));
+                    owned.insert((name.to_owned(), partition));
                 }
             }
         }
-        Ok(out)
+        let held: BTreeSet<(String, PartitionId)> = ctx
+            .store
+            .partitions_on_disk()
+            .await?
+            .into_iter()
+            .filter(|p| !owned.contains(p))
+            .collect();
+        Ok(owned.into_iter().chain(held).collect())
     }
 }
 

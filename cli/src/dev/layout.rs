@@ -291,7 +291,8 @@ impl Layout {
                 text,
                 "\n[heartbeat]\nmembers = [{members}]\ninterval_ms = 1000\n\n\
                  # Passes every few seconds: a dev cluster heals while you watch.\n\
-                 [workers]\npass_pause_secs = 3\ngc_grace_secs = {gc_grace_secs}\nindex_sync_secs = 5\n"
+                 [workers]\npass_pause_secs = 3\ngc_grace_secs = {gc_grace_secs}\nindex_sync_secs = 5\n\
+                 tombstone_grace_secs = {gc_grace_secs}\n"
             );
             write_file(&self.node_config(i), &text, false)?;
         }

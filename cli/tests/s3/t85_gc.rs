@@ -1,6 +1,6 @@
 //! Garbage collection on a real cluster: the fragments of overwritten and deleted objects,
 //! of an aborted multipart upload and of one abandoned past its age leave the disks once
-//! the grace period has passed, while every live object — old versions of a versioned
+//! the grace period has passed, and so do the deletes' tombstones, while every live object — old versions of a versioned
 //! bucket and a multipart object's part included — reads back identical.
 
 use std::path::Path;
@@ -38,6 +38,26 @@ fn fragment_files(dir: &Path) -> (usize, u64) {
         }
     }
     found
+}
+
+/// Tombstones forgotten by anti-entropy, over every node.
+fn purged_tombstones(cluster: &Cluster) -> u64 {
+    (1..=6u16)
+        .map(|i| {
+            let out = std::process::Command::new("curl")
+                .args([
+                    "-sf",
+                    &format!("http://127.0.0.1:{}/metrics", cluster.base_port + i),
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with("nimbus_index_tombstones_purged_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
 }
 
 async fn put(s3: &Client, bucket: &str, key: &str, body: &[u8]) -> Option<String> {
@@ -213,6 +233,24 @@ fn space_of_dead_versions_orphans_and_abandoned_uploads_is_reclaimed() {
         }
         assert!(get(&s3, "kept", "doc", Some(&v1)).await == bytes(size, 7));
         assert!(get(&s3, "kept", "doc", Some(&v2)).await == bytes(size, 8));
+        // The deletes' tombstones are forgotten too, once every replica holds them; the
+        // deleted keys stay deleted.
+        let started = Instant::now();
+        while purged_tombstones(&cluster) == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no tombstone purged after {:?}",
+                started.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        for key in ["obj4", "obj5"] {
+            let gone = s3.get_object().bucket("gcb").key(key).send().await;
+            assert!(gone.is_err(), "{key} came back");
+        }
+        let listed = s3.list_objects_v2().bucket("gcb").send().await.unwrap();
+        let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+        assert_eq!(keys, ["big-done", "obj0", "obj1", "obj2", "obj3"]);
         let uploads = s3
             .list_multipart_uploads()
             .bucket("gcb")

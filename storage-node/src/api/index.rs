@@ -6,6 +6,7 @@
 //! | PUT | `?key=` + `x-nimbus-precondition` [+ `x-nimbus-replicas`] | apply as the shard's primary (peering first, see `api::peering`) → `{"seq"}`, or 412 |
 //! | PUT | `/replicated?key=&seq=` | apply a primary's write as a replica → `{"applied"}` |
 //! | GET | `?key=` | the key's record (tombstones included), or 404 |
+//! | DELETE | `?key=&seq=` | forget the key's tombstone if it is still the one of `seq` → `{"purged"}` (anti-entropy) |
 //! | GET | `/list?prefix=&start_after=&limit=&tombstones=` [+ `x-nimbus-replicas`] | records in key order (as primary: peering first) |
 //! | GET | `/since?seq=&limit=` | records newer than `seq`, in seq order |
 //! | GET | `/last-seq` | `{"seq"}` |
@@ -38,7 +39,7 @@ const SHARD: &str = "/v1/index/{device}/{account}/{container}/{shard}";
 
 pub(super) fn routes() -> Router<Arc<NodeState>> {
     Router::new()
-        .route(SHARD, get(get_key).put(apply))
+        .route(SHARD, get(get_key).put(apply).delete(purge))
         .route(&format!("{SHARD}/replicated"), put(apply_replicated))
         .route(&format!("{SHARD}/list"), get(list))
         .route(&format!("{SHARD}/since"), get(since))
@@ -302,4 +303,18 @@ async fn shards(
         .map(|s| json!({ "account": s.account, "container": s.container, "shard": s.shard }))
         .collect();
     Ok(axum::Json(json!({ "shards": shards })).into_response())
+}
+
+async fn purge(
+    State(state): State<Arc<NodeState>>,
+    Path(path): ShardPath,
+    Query(q): Query<ReplicatedQuery>,
+) -> Result<Response, ApiError> {
+    let (index, id) = shard(&state, path)?;
+    nimbus_core::index::validate_key(&q.key).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let purged = index
+        .purge_tombstone(&id, &q.key, q.seq)
+        .await
+        .map_err(|e| ApiError::Index(e.to_string()))?;
+    Ok(axum::Json(json!({ "purged": purged })).into_response())
 }

@@ -10,170 +10,172 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 
 use super::NodeState;
+use crate::audit::AuditReport;
+use crate::workers::WorkerReport;
 
-/// One metric: name, type, help, and a value per device.
-struct Family {
-    name: &'static str,
-    kind: &'static str,
-    help: &'static str,
-    values: Vec<(String, u64)>,
-}
+/// One figure of one device: name, type, help, value.
+type Figure = (&'static str, &'static str, &'static str, u64);
 
-pub(super) async fn metrics(State(state): State<Arc<NodeState>>) -> Response {
-    let mut families = vec![
-        family(
+/// A device's figures, each named, typed and explained beside its value.
+fn figures(a: &AuditReport, w: &WorkerReport, available: u64) -> Vec<Figure> {
+    vec![
+        (
             "nimbus_audit_passes_total",
             "counter",
             "Whole passes of the auditor over the device.",
+            a.cycles,
         ),
-        family(
+        (
             "nimbus_audit_fragments_total",
             "counter",
             "Fragments the auditor verified.",
+            a.fragments,
         ),
-        family(
+        (
             "nimbus_audit_bytes_total",
             "counter",
             "Bytes the auditor read verifying fragments.",
+            a.bytes,
         ),
-        family(
+        (
             "nimbus_audit_corrupt_total",
             "counter",
             "Fragments the auditor found corrupt and quarantined.",
+            a.corrupt,
         ),
-        family(
+        (
             "nimbus_audit_unreadable_total",
             "counter",
             "Fragments the auditor could not read.",
+            a.errors,
         ),
-        family(
+        (
             "nimbus_worker_passes_total",
             "counter",
             "Whole passes of the workers over the device's partitions.",
+            w.passes,
         ),
-        family(
+        (
             "nimbus_worker_pass_partitions_left",
             "gauge",
             "Partitions the running pass has still to do.",
+            w.pass_partitions.saturating_sub(w.pass_done),
         ),
-        family(
+        (
             "nimbus_worker_moved_fragments_total",
             "counter",
             "Fragments moved to the device owning their slot.",
+            w.moved_fragments,
         ),
-        family(
+        (
             "nimbus_worker_moved_bytes_total",
             "counter",
             "Data bytes of the fragments moved.",
+            w.moved_bytes,
         ),
-        family(
+        (
             "nimbus_worker_rebuilt_fragments_total",
             "counter",
             "Fragments rebuilt from other fragments.",
+            w.rebuilt_fragments,
         ),
-        family(
+        (
             "nimbus_worker_rebuilt_bytes_total",
             "counter",
             "Data bytes of the fragments rebuilt.",
+            w.rebuilt_bytes,
         ),
-        family(
+        (
             "nimbus_worker_reclaimed_fragments_total",
             "counter",
             "Fragment files removed as garbage or orphans.",
+            w.reclaimed_fragments,
         ),
-        family(
+        (
             "nimbus_worker_reclaimed_bytes_total",
             "counter",
             "Bytes on disk of the files removed.",
+            w.reclaimed_bytes,
         ),
-        family(
+        (
             "nimbus_worker_misplaced_fragments",
             "gauge",
             "Committed fragments here whose slot another device owns (last pass).",
+            w.misplaced,
         ),
-        family(
+        (
             "nimbus_worker_degraded_partitions",
             "gauge",
             "Partitions with a slot here found below full redundancy (last pass).",
+            w.degraded_partitions,
         ),
-        family(
+        (
             "nimbus_worker_errors_total",
             "counter",
             "Worker steps that failed (retried next pass).",
+            w.errors,
         ),
-        family(
+        (
             "nimbus_index_sync_passes_total",
             "counter",
             "Index anti-entropy passes over the device's shards.",
+            w.index_syncs,
         ),
-        family(
+        (
             "nimbus_index_records_repaired_total",
             "counter",
             "Index records copied between a shard's replicas by anti-entropy.",
+            w.index_records_repaired,
         ),
-        family(
+        (
+            "nimbus_index_tombstones_purged_total",
+            "counter",
+            "Tombstones forgotten on every replica after the grace period.",
+            w.index_tombstones_purged,
+        ),
+        (
             "nimbus_device_available_bytes",
             "gauge",
             "Bytes free on the device's file system.",
+            available,
         ),
-    ];
+    ]
+}
+
+pub(super) async fn metrics(State(state): State<Arc<NodeState>>) -> Response {
     let mut names: Vec<&String> = state.devices.keys().collect();
     names.sort();
+    // Per figure, in order: its head, then one sample per device.
+    let mut families: Vec<(Figure, Vec<(String, u64)>)> = Vec::new();
     for name in names {
         let Some(d) = state.devices.get(name) else {
             continue;
         };
-        let a = d.audit.report();
-        let w = d.workers.report();
         let available = d
             .fragments
             .engine()
             .space(d.fragments.root())
             .await
             .map_or(0, |s| s.0);
-        let values = [
-            a.cycles,
-            a.fragments,
-            a.bytes,
-            a.corrupt,
-            a.errors,
-            w.passes,
-            w.pass_partitions.saturating_sub(w.pass_done),
-            w.moved_fragments,
-            w.moved_bytes,
-            w.rebuilt_fragments,
-            w.rebuilt_bytes,
-            w.reclaimed_fragments,
-            w.reclaimed_bytes,
-            w.misplaced,
-            w.degraded_partitions,
-            w.errors,
-            w.index_syncs,
-            w.index_records_repaired,
-            available,
-        ];
-        for (f, v) in families.iter_mut().zip(values) {
-            f.values.push((name.clone(), v));
+        for (i, figure) in figures(&d.audit.report(), &d.workers.report(), available)
+            .into_iter()
+            .enumerate()
+        {
+            if families.len() <= i {
+                families.push((figure, Vec::new()));
+            }
+            families[i].1.push((name.clone(), figure.3));
         }
     }
     let mut text = String::new();
-    for f in &families {
-        let _ = writeln!(text, "# HELP {} {}", f.name, f.help);
-        let _ = writeln!(text, "# TYPE {} {}", f.name, f.kind);
-        for (device, value) in &f.values {
-            let _ = writeln!(text, "{}{{device=\"{}\"}} {value}", f.name, escape(device));
+    for ((metric, kind, help, _), samples) in &families {
+        let _ = writeln!(text, "# HELP {metric} {help}");
+        let _ = writeln!(text, "# TYPE {metric} {kind}");
+        for (device, value) in samples {
+            let _ = writeln!(text, "{metric}{{device=\"{}\"}} {value}", escape(device));
         }
     }
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
-}
-
-fn family(name: &'static str, kind: &'static str, help: &'static str) -> Family {
-    Family {
-        name,
-        kind,
-        help,
-        values: Vec::new(),
-    }
 }
 
 /// Escapes a label value (backslash, quote, newline).

@@ -60,6 +60,16 @@ pub(super) struct ReplicatedWrite {
     pub(super) entry: Vec<u8>,
 }
 
+/// Forgetting a tombstone: remove the key's record only if it is still the tombstone of
+/// sequence number `seq`.
+#[derive(Debug)]
+pub(super) struct PurgeWrite {
+    pub(super) shard: ShardId,
+    pub(super) prefix: ShardPrefix,
+    pub(super) key: String,
+    pub(super) seq: u64,
+}
+
 /// One kind of write the writer applies.
 pub(super) trait Write {
     /// What a successful write answers.
@@ -135,6 +145,7 @@ impl<W: Write> Job<W> {
 pub(super) enum Request {
     Apply(Job<ApplyWrite>),
     Replicate(Job<ReplicatedWrite>),
+    Purge(Job<PurgeWrite>),
 }
 
 impl Request {
@@ -142,6 +153,7 @@ impl Request {
         match self {
             Request::Apply(job) => job.run(tables),
             Request::Replicate(job) => job.run(tables),
+            Request::Purge(job) => job.run(tables),
         }
     }
 
@@ -149,6 +161,7 @@ impl Request {
         match self {
             Request::Apply(job) => job.wrote(),
             Request::Replicate(job) => job.wrote(),
+            Request::Purge(job) => job.wrote(),
         }
     }
 
@@ -156,6 +169,7 @@ impl Request {
         match self {
             Request::Apply(job) => job.answer(batch),
             Request::Replicate(job) => job.answer(batch),
+            Request::Purge(job) => job.answer(batch),
         }
     }
 }
@@ -264,6 +278,20 @@ impl<'txn> Tables<'txn> {
             Some(v) => Ok(layout::decode_last_seq(v.value())?),
             None => Ok(0),
         }
+    }
+
+    /// Removes `key`'s entry and its sequence row (if that row still names the key).
+    fn remove(&mut self, prefix: &ShardPrefix, key: &str, seq: u64) -> Result<(), RunError> {
+        let seq_key = prefix.seq_key(seq);
+        let ours = self
+            .seqs
+            .get(seq_key.as_slice())?
+            .is_some_and(|v| v.value() == key.as_bytes());
+        if ours {
+            self.seqs.remove(seq_key.as_slice())?;
+        }
+        self.entries.remove(prefix.entry_key(key).as_slice())?;
+        Ok(())
     }
 
     /// Stores `entry` for `key` under `seq`, replacing the entry of sequence `old_seq`.
@@ -404,5 +432,34 @@ impl Write for ReplicatedWrite {
 
     fn wrote(applied: &bool) -> bool {
         *applied
+    }
+}
+
+impl Write for PurgeWrite {
+    type Output = bool;
+    type Error = IndexError;
+
+    fn shard(&self) -> &ShardId {
+        &self.shard
+    }
+
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn run(&self, tables: &mut Tables<'_>) -> Result<Result<bool, IndexError>, RunError> {
+        let Some(value) = tables.entry(&self.prefix.entry_key(&self.key))? else {
+            return Ok(Ok(false));
+        };
+        let record = layout::decode_record(self.key.clone(), &value)?;
+        if record.seq != self.seq || !record.entry.is_tombstone() {
+            return Ok(Ok(false)); // written again since: it stays
+        }
+        tables.remove(&self.prefix, &self.key, self.seq)?;
+        Ok(Ok(true))
+    }
+
+    fn wrote(purged: &bool) -> bool {
+        *purged
     }
 }

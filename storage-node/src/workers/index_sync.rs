@@ -6,6 +6,10 @@
 //! or older (by sequence number: the newest write wins; tombstones are records like any
 //! other and travel the same way). Read repair does the same for single keys on reads.
 //!
+//! Tombstones are kept for `tombstone_grace`, then forgotten — by the shard's primary, on
+//! every replica, and only in a sync where all of them were up and already agreed, so that
+//! no replica that missed the delete can bring the deleted record back.
+//!
 //! All of it goes through the internal API, this device's own included, as replication does.
 
 use std::collections::HashMap;
@@ -95,30 +99,48 @@ pub(super) async fn pass(ctx: &Ctx, map: &ClusterMap) -> Result<(), WorkerError>
         } else {
             primary.into_iter().collect()
         };
-        for replica in partners {
-            if let Err(e) = reconcile(ctx, &shard, replica, epoch).await {
-                tracing::debug!(error = %e, %shard, replica = %replica.node, "index anti-entropy step failed");
-                failed = Some(e);
+        let mut all_agree = true;
+        for replica in &partners {
+            match reconcile(ctx, &shard, replica, epoch).await {
+                Ok(agreed) => all_agree &= agreed,
+                Err(e) => {
+                    tracing::debug!(error = %e, %shard, replica = %replica.node, "index anti-entropy step failed");
+                    all_agree = false;
+                    failed = Some(e);
+                }
             }
+        }
+        // Tombstones are forgotten only by the primary, and only when every one of the
+        // shard's replicas is up and already held the same records: no replica can bring
+        // back what a tombstone deleted.
+        let every_slot_up = place.slots.iter().all(|(_, up)| *up);
+        if primary == Some(me)
+            && all_agree
+            && every_slot_up
+            && let Err(e) = purge_tombstones(ctx, &shard, &place.slots, epoch).await
+        {
+            tracing::debug!(error = %e, %shard, "tombstones not purged");
+            failed = Some(e);
         }
     }
     failed.map_or(Ok(()), Err)
 }
 
-/// Makes this device's copy of `shard` and `replica`'s hold the same newest records.
+/// Makes this device's copy of `shard` and `replica`'s hold the same newest records; tells
+/// whether they already did.
 async fn reconcile(
     ctx: &Ctx,
     shard: &ShardId,
     replica: &DeviceKey,
     epoch: u64,
-) -> Result<(), WorkerError> {
+) -> Result<bool, WorkerError> {
     let me = &ctx.device;
     let (mine, theirs) = (
         digest(ctx, me, shard, epoch).await?,
         digest(ctx, replica, shard, epoch).await?,
     );
     if mine == theirs {
-        return Ok(());
+        return Ok(true);
     }
     let mine = records(ctx, me, shard, epoch).await?;
     let theirs = records(ctx, replica, shard, epoch).await?;
@@ -134,6 +156,45 @@ async fn reconcile(
     }
     ctx.stats.index_repaired(copied);
     tracing::info!(%shard, replica = %replica.node, device = %replica.device, copied, "index replicas reconciled");
+    Ok(false)
+}
+
+/// Forgets, on every replica, the tombstones of `shard` older than the grace period.
+async fn purge_tombstones(
+    ctx: &Ctx,
+    shard: &ShardId,
+    slots: &[(DeviceKey, bool)],
+    epoch: u64,
+) -> Result<(), WorkerError> {
+    let now_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let grace = u64::try_from(ctx.config.tombstone_grace.as_micros()).unwrap_or(u64::MAX);
+    let old: Vec<IndexRecord> = records(ctx, &ctx.device, shard, epoch)
+        .await?
+        .into_values()
+        // A tombstone that carries pairs (an S3 delete marker's current entry, `:vid`) says
+        // more than "absent": it stays.
+        .filter(|r| {
+            r.entry.is_tombstone()
+                && r.entry.user_metadata.is_empty()
+                && r.entry.version.micros().saturating_add(grace) < now_micros
+        })
+        .collect();
+    for record in &old {
+        for (device, _) in slots {
+            let path = shard_path(
+                device,
+                shard,
+                &format!("?key={}&seq={}", encode_query(&record.key), record.seq),
+            );
+            call(ctx, device, Method::DELETE, path, epoch, None).await?;
+        }
+    }
+    if !old.is_empty() {
+        ctx.stats.tombstones_purged(old.len() as u64);
+        tracing::debug!(%shard, purged = old.len(), "tombstones purged");
+    }
     Ok(())
 }
 
@@ -245,5 +306,10 @@ impl WorkerStats {
     /// Counts index records copied between replicas.
     pub(crate) fn index_repaired(&self, n: u64) {
         WorkerStats::add(&self.index_records_repaired, n);
+    }
+
+    /// Counts tombstones forgotten on every replica.
+    pub(crate) fn tombstones_purged(&self, n: u64) {
+        WorkerStats::add(&self.index_tombstones_purged, n);
     }
 }

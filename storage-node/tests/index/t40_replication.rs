@@ -247,3 +247,38 @@ async fn replicas_holding_the_same_writes_have_equal_digests_and_list_their_shar
     assert_eq!(shards, vec![other, photos()]);
     assert_eq!(a.store.digest(&photos()).await.unwrap().0, da);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tombstone_is_purged_only_while_it_is_still_that_tombstone() {
+    let f = Fixture::new().await;
+    let s = &f.store;
+    s.apply_replicated(&photos(), record(1, "a", "a1"))
+        .await
+        .unwrap();
+    assert!(
+        !s.purge_tombstone(&photos(), "a", 1).await.unwrap(),
+        "a live entry stays"
+    );
+    let deleted = IndexRecord {
+        seq: 2,
+        key: "a".into(),
+        entry: tombstone(2),
+    };
+    s.apply_replicated(&photos(), deleted).await.unwrap();
+    assert!(
+        !s.purge_tombstone(&photos(), "a", 1).await.unwrap(),
+        "another seq"
+    );
+    assert!(!s.purge_tombstone(&photos(), "nothing", 2).await.unwrap());
+    assert!(s.purge_tombstone(&photos(), "a", 2).await.unwrap());
+    assert_eq!(s.get(&photos(), "a").await.unwrap(), None);
+    assert!(
+        s.entries_since(&photos(), 0, 10).await.unwrap().is_empty(),
+        "no sequence row left"
+    );
+    // The key can be written again, with a higher number.
+    s.apply(&photos(), "a", entry(1, "a3"), Precondition::IfNoneMatch)
+        .await
+        .unwrap();
+    assert!(s.last_seq(&photos()).await.unwrap() > 2);
+}
