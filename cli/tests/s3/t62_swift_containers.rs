@@ -269,7 +269,7 @@ fn metadata_acls_listings_bulk_delete_and_temp_urls() {
     assert_eq!(dev.head("gone").0, 404);
     assert_eq!(dev.head("box").0, 204);
 
-    // `nimbus admin status`: every node's devices and their auditors.
+    // `nimbus admin status`: every node's devices, their auditors and workers.
     let status: serde_json::Value =
         serde_json::from_str(&cluster.admin(&["--json", "status"])).unwrap();
     let nodes = status.as_array().unwrap();
@@ -280,8 +280,11 @@ fn metadata_acls_listings_bulk_delete_and_temp_urls() {
         for d in devices {
             assert!(d["audit"]["fragments"].is_u64(), "{d}");
             assert_eq!(d["audit"]["corrupt"], 0, "{d}");
+            assert!(d["workers"]["passes"].is_u64(), "{d}");
         }
     }
+    // Two lines per device: its auditor, its workers.
     let text = cluster.admin(&["status"]);
-    assert_eq!(text.lines().count(), 12, "{text}");
+    assert_eq!(text.lines().count(), 24, "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains(": workers ")).count(), 12, "{text}");
 }
