@@ -517,3 +517,46 @@ fn parse_fragment_name(object_hash: &str, name: &str) -> Option<ListedFragment> 
         durable,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(hash: &str, version: u64, index: u8, durable: bool) -> ListedFragment {
+        ListedFragment {
+            object_hash: hash.into(),
+            version: VersionId(version),
+            index,
+            durable,
+        }
+    }
+
+    #[test]
+    fn the_objects_digest_ignores_the_index_and_pending_fragments() {
+        let slot0 = [listed("aa", 1, 0, true), listed("bb", 2, 0, true)];
+        let slot3 = [
+            listed("aa", 1, 3, true),
+            listed("bb", 2, 3, true),
+            listed("cc", 3, 3, false), // a PUT under way
+        ];
+        assert_eq!(objects_digest(&slot0, None), objects_digest(&slot3, None));
+        assert_eq!(
+            objects_digest(&slot0, Some(0)),
+            objects_digest(&slot3, Some(3))
+        );
+        assert_ne!(
+            objects_digest(&slot0, Some(0)),
+            objects_digest(&slot3, Some(0))
+        );
+        // A handoff holding two fragments of one version counts the version once.
+        let both = [listed("aa", 1, 0, true), listed("aa", 1, 3, true)];
+        assert_eq!(
+            objects_digest(&both, None),
+            objects_digest(&slot0[..1], None)
+        );
+        assert_ne!(
+            objects_digest(&slot0[..1], None),
+            objects_digest(&slot0, None)
+        );
+    }
+}

@@ -181,7 +181,8 @@ fn a_wiped_device_gets_every_fragment_back() {
     std::fs::remove_dir_all(&victim).unwrap();
     let wiped = Instant::now();
     let mut first_byte = None;
-    let took = wait_for(Duration::from_secs(45), "every fragment rebuilt", || {
+    let limit = Duration::from_secs(45 + mib as u64 / 2);
+    let took = wait_for(limit, "every fragment rebuilt", || {
         let rebuilt = workers(&cluster, 1)
             .get("d0")
             .and_then(|w| w["rebuilt_bytes"].as_u64())

@@ -40,6 +40,8 @@ use crate::store::{FragmentId, ListedFragment, objects_digest};
 
 /// How long a partition digest or listing may take.
 const LIST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Fragments of one partition rebuilt at once.
+const REBUILDS_AT_ONCE: usize = 4;
 /// How long opening a fragment to read may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The least rate a rebuild or move may run at before it is given up (bytes per second),
@@ -310,19 +312,29 @@ pub(super) async fn partition(
         ctx.stats.found_degraded();
     }
     let codec = Arc::new(shape.codec.clone());
-    for r in &plan.rebuilds {
-        let id = FragmentId {
-            policy: policy.to_owned(),
-            partition,
-            object_path: r.path.clone(),
-            version: r.version,
-            index,
-        };
-        let result = if shape.copies {
-            copy_fragment(ctx, epoch, &id, r).await
-        } else {
-            reconstruct_fragment(ctx, epoch, &id, r, &codec).await
-        };
+    // A few fragments at once: one rebuild mostly waits on fsyncs and on other nodes.
+    let results: Vec<_> = futures_util::stream::iter(plan.rebuilds.iter().cloned())
+        .map(|r: Rebuild| {
+            let id = FragmentId {
+                policy: policy.to_owned(),
+                partition,
+                object_path: r.path.clone(),
+                version: r.version,
+                index,
+            };
+            let codec = &codec;
+            async move {
+                if shape.copies {
+                    copy_fragment(ctx, epoch, &id, &r).await
+                } else {
+                    reconstruct_fragment(ctx, epoch, &id, &r, codec).await
+                }
+            }
+        })
+        .buffered(REBUILDS_AT_ONCE)
+        .collect()
+        .await;
+    for (r, result) in plan.rebuilds.iter().zip(results) {
         match result {
             Ok(bytes) => {
                 tracing::debug!(%policy, partition = partition.0, version = %r.version, fragment_index = slot, bytes, "fragment rebuilt");
@@ -517,7 +529,11 @@ async fn reconstruct_fragment(
         let mut sources: Vec<Source> = Vec::with_capacity(k);
         let mut last = None;
         if data_bytes > 0 {
-            for (device, index) in &r.sources {
+            // Data fragments first: with all of them the segment needs no decoding, and a
+            // missing data fragment is computed alone (parity ones only when asked for).
+            let mut ordered: Vec<&(DeviceKey, usize)> = r.sources.iter().collect();
+            ordered.sort_by_key(|(_, j)| (*j >= k, *j));
+            for (device, index) in ordered {
                 if sources.len() == k {
                     break;
                 }
@@ -559,7 +575,11 @@ async fn reconstruct_fragment(
             let codec = Arc::clone(codec);
             let segment_len = span.segment_len;
             let piece = tokio::task::spawn_blocking(move || {
-                codec.reconstruct_all(&mut fragments, segment_len)?;
+                if target < codec.data() {
+                    codec.reconstruct(&mut fragments, segment_len)?;
+                } else {
+                    codec.reconstruct_all(&mut fragments, segment_len)?;
+                }
                 Ok::<_, nimbus_core::codec::CodecError>(fragments.swap_remove(target))
             })
             .await
