@@ -424,6 +424,44 @@ impl FragmentStore {
         FragmentReader::open(self.clone(), path, 0..u64::MAX).await
     }
 
+    /// Returns, for every partition of `policy` with committed fragments on this device, the
+    /// [`objects_digest`] of each fragment index found there: what another device compares
+    /// its slots with, in one call per pass rather than one per partition.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`].
+    pub async fn policy_objects_digests(
+        &self,
+        policy: &str,
+    ) -> Result<Vec<(PartitionId, Vec<(u8, [u8; 32])>)>, StoreError> {
+        Self::check_policy(policy)?;
+        let dir = self.root.join("objects").join(policy);
+        let mut out = Vec::new();
+        for name in self.list(&dir).await? {
+            let Ok(p) = name.parse::<u32>() else {
+                continue;
+            };
+            let partition = PartitionId(p);
+            let fragments = self.list_partition(policy, partition).await?;
+            let mut indexes: Vec<u8> = fragments
+                .iter()
+                .filter(|f| f.durable)
+                .map(|f| f.index)
+                .collect();
+            indexes.sort_unstable();
+            indexes.dedup();
+            if indexes.is_empty() {
+                continue;
+            }
+            let digests = indexes
+                .into_iter()
+                .map(|i| (i, objects_digest(&fragments, Some(i))))
+                .collect();
+            out.push((partition, digests));
+        }
+        Ok(out)
+    }
+
     /// Lists the (policy, partition) pairs that have a directory on this device.
     ///
     /// # Errors

@@ -173,9 +173,12 @@ fn a_wiped_device_gets_every_fragment_back() {
     assert!(!before.is_empty(), "node1/d0 holds fragments");
     let held = all_fragments(&cluster).len();
     assert_eq!(held, objects.len() * FRAGMENTS);
-    let rebuilt_before = workers(&cluster, 1)["d0"]["rebuilt_bytes"]
-        .as_u64()
-        .unwrap();
+    let idle = workers(&cluster, 1)["d0"].clone();
+    let rebuilt_before = idle["rebuilt_bytes"].as_u64().unwrap();
+    println!(
+        "node1/d0 before the wipe: {} passes, the last of {} s",
+        idle["passes"], idle["last_pass_secs"]
+    );
 
     // A replaced disk: the objects tree is gone while the node runs.
     std::fs::remove_dir_all(&victim).unwrap();

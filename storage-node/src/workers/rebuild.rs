@@ -17,8 +17,9 @@
 //! durable; a version with a `.pending` fragment `i` here (a PUT under way) is left to its
 //! PUT.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::{Bytes, HttpBody};
@@ -85,11 +86,6 @@ struct Listing {
     fragments: Vec<PeerFragment>,
 }
 
-#[derive(Deserialize)]
-struct ObjectsDigest {
-    objects_digest: String,
-}
-
 /// Returns the device key of a ring device.
 pub(super) fn key(d: &nimbus_ring::device::Device) -> DeviceKey {
     DeviceKey {
@@ -152,7 +148,31 @@ pub(super) async fn peer_listing(
     Ok(listing.fragments)
 }
 
-/// Returns `device`'s objects digest of fragment index `index` in a partition (hex).
+/// Another device's objects digests of one policy: partition → fragment index → hex digest.
+type PolicyDigests = HashMap<u32, HashMap<u8, String>>;
+
+#[derive(Deserialize)]
+struct PolicyDigestsAnswer {
+    partitions: PolicyDigests,
+}
+
+/// What a device learnt of another device's digests in one pass.
+type CachedDigests = (u64, Option<Arc<PolicyDigests>>);
+
+/// This device, the other device, the policy.
+type DigestsKey = (DeviceKey, DeviceKey, String);
+
+/// Other devices' digests, fetched once per pass: keyed by (this device, the other device,
+/// policy), with the pass number they were fetched in (`None`: the fetch failed that pass,
+/// so the other device is not asked again until the next). Fetching per pass rather than per
+/// partition costs a device one call per other device and policy instead of one per
+/// partition and slot (thousands per pass on a small cluster). A digest up to a pass old is
+/// only a hint: a difference is checked against fresh listings.
+static PEER_DIGESTS: LazyLock<Mutex<HashMap<DigestsKey, CachedDigests>>> =
+    LazyLock::new(Mutex::default);
+
+/// Returns `device`'s objects digest of fragment index `index` in a partition (hex), from
+/// its digests of the whole policy, fetched once per pass.
 async fn peer_digest(
     ctx: &Ctx,
     device: &DeviceKey,
@@ -161,14 +181,46 @@ async fn peer_digest(
     index: usize,
     epoch: u64,
 ) -> Result<String, WorkerError> {
-    let path = listing_path(
-        device,
-        policy,
-        partition,
-        &format!("?digest=objects&index={index}"),
-    );
-    let digest: ObjectsDigest = listing_call(ctx, device, path, epoch).await?;
-    Ok(digest.objects_digest)
+    let pass = ctx.stats.passes.load(Ordering::Relaxed);
+    let key = (ctx.device.clone(), device.clone(), policy.to_owned());
+    let cached = PEER_DIGESTS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&key)
+        .filter(|(p, _)| *p == pass)
+        .map(|(_, d)| d.clone());
+    let digests = match cached {
+        Some(Some(digests)) => digests,
+        Some(None) => {
+            return Err(WorkerError::Peer(format!(
+                "{}/{}: digests unavailable this pass",
+                device.node, device.device
+            )));
+        }
+        None => {
+            let path = format!(
+                "/v1/partitions/{}/{}?digest=objects",
+                encode_query(&device.device),
+                encode_query(policy)
+            );
+            let fetched = listing_call::<PolicyDigestsAnswer>(ctx, device, path, epoch)
+                .await
+                .map(|a| Arc::new(a.partitions));
+            PEER_DIGESTS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key, (pass, fetched.as_ref().ok().cloned()));
+            fetched?
+        }
+    };
+    let Ok(index) = u8::try_from(index) else {
+        return Ok(String::new());
+    };
+    Ok(digests
+        .get(&partition.0)
+        .and_then(|m| m.get(&index))
+        .cloned()
+        .unwrap_or_else(|| hex::encode(objects_digest(&[], Some(index)))))
 }
 
 /// One fragment to rebuild here.
