@@ -3,15 +3,18 @@
 //! version committed at `k` or more of them but with no fragment `i` here.
 //!
 //! The comparison costs one 32-byte digest per other slot when nothing differs: each side
-//! hashes the (object hash, version) pairs its slot holds committed (`?digest=objects&index=`
-//! on the partition listing). Only the slots whose digest differs are listed in full, with
-//! the object paths (`?paths=1`), which a rebuild needs to name the fragments it reads.
+//! hashes the (object hash, version) pairs its slot holds committed. The other devices'
+//! digests come for a whole policy in one call per device and pass
+//! (`GET /v1/partitions/{device}/{policy}?digest=objects`, kept in [`PEER_DIGESTS`]). Only
+//! the slots whose digest differs are listed in full, fresh, with the object paths
+//! (`?paths=1`), which a rebuild needs to name the fragments it reads.
 //!
 //! A fragment is rebuilt from `k` others, segment by segment: for erasure coding, the
-//! segment's `k` fragment pieces are read and fragment `i`'s piece is computed from them
-//! (`Codec::reconstruct_all`; the object is never decoded whole); for replication one other
-//! copy is read. The result is written through the local store's two phases, like a PUT's
-//! fragment, with the same header fields.
+//! segment's `k` fragment pieces are read (data fragments first) and fragment `i`'s piece is
+//! computed from them (`Codec::reconstruct` for a data fragment, `Codec::reconstruct_all`
+//! for a parity one; the object is never decoded whole); for replication one other copy is
+//! read. The result is written through the local store's two phases, like a PUT's fragment,
+//! with the same header fields.
 //!
 //! **Invariant:** a rebuilt fragment is committed only after all its bytes are written and
 //! durable; a version with a `.pending` fragment `i` here (a PUT under way) is left to its
@@ -273,7 +276,11 @@ fn plan(
             let entry = wanted.entry(pair).or_default();
             match (entry.as_mut(), &row.path, row.segment_bytes) {
                 (Some(r), _, _) => r.sources.push((device.clone(), *j)),
-                (None, Some(path), Some(segment_bytes)) => {
+                // The path must be the one the listed hash names, or the rebuilt file
+                // would land in another object's directory.
+                (None, Some(path), Some(segment_bytes))
+                    if blake3::hash(path.as_bytes()).to_hex().as_str() == row.object_hash =>
+                {
                     *entry = Some(Rebuild {
                         path: path.clone(),
                         version,
@@ -689,21 +696,25 @@ mod tests {
         }
     }
 
-    fn row(hash: &str, version: u64, index: u8, durable: bool) -> PeerFragment {
+    /// A listing row of object `a/c/{name}`.
+    fn row(name: &str, version: u64, index: u8, durable: bool) -> PeerFragment {
+        let path = format!("a/c/{name}");
         PeerFragment {
-            object_hash: hash.into(),
+            object_hash: blake3::hash(path.as_bytes()).to_hex().to_string(),
             version: VersionId(version).to_string(),
             index,
             durable,
-            path: Some(format!("a/c/{hash}")),
+            path: Some(path),
             object_bytes: Some(10),
             segment_bytes: Some(4),
         }
     }
 
-    fn listed(hash: &str, version: u64, index: u8, durable: bool) -> ListedFragment {
+    fn listed(name: &str, version: u64, index: u8, durable: bool) -> ListedFragment {
         ListedFragment {
-            object_hash: hash.into(),
+            object_hash: blake3::hash(format!("a/c/{name}").as_bytes())
+                .to_hex()
+                .to_string(),
             version: VersionId(version),
             index,
             durable,
@@ -741,5 +752,10 @@ mod tests {
         ];
         let plan3 = plan(0, &[], &peers, 1);
         assert!(!plan3.degraded && plan3.rebuilds.is_empty());
+        // A path that does not hash to the listed object: degraded, never written.
+        let mut wrong = row("aaa1", 7, 1, true);
+        wrong.path = Some("a/c/other".into());
+        let plan4 = plan(0, &[], &[(1, dev(1), vec![wrong])], 1);
+        assert!(plan4.degraded && plan4.rebuilds.is_empty());
     }
 }
