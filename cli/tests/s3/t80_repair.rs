@@ -279,8 +279,16 @@ fn a_flipped_byte_is_quarantined_and_rebuilt_identical() {
         s3.create_bucket().bucket(BUCKET).send().await.unwrap();
         load(&s3, "flip", 4, 400_000).await
     });
-    let files = committed_under(&objects_dir(&cluster, 3, "d1"));
-    let victim = files.first().expect("node3/d1 holds fragments").clone();
+    // The first device holding a fragment, from node 3 on (4 objects leave a device empty
+    // one time in 16).
+    let (node, device, victim) = [3, 4, 5, 6, 2]
+        .into_iter()
+        .flat_map(|i| ["d1", "d0"].map(|d| (i, d)))
+        .find_map(|(i, d)| {
+            let files = committed_under(&objects_dir(&cluster, i, d));
+            files.first().map(|f| (i, d, f.clone()))
+        })
+        .expect("a device holds fragments");
     let original = std::fs::read(&victim).unwrap();
     let mut flipped = original.clone();
     flipped[4096 + 1000] ^= 0x01; // inside the first data block
@@ -288,18 +296,18 @@ fn a_flipped_byte_is_quarantined_and_rebuilt_identical() {
 
     // The auditor reads every fragment once when the node starts.
     cluster.detach_supervisor();
-    cluster.kill_node(3);
-    cluster.restart_node(3);
+    cluster.kill_node(node);
+    cluster.restart_node(node);
     wait_for(Duration::from_secs(45), "the flip quarantined", || {
-        device_reports(&cluster, 3, "audit")
-            .get("d1")
+        device_reports(&cluster, node, "audit")
+            .get(device)
             .is_some_and(|a| a["corrupt"] == 1)
     });
     wait_for(Duration::from_secs(45), "the fragment rebuilt", || {
         std::fs::read(&victim).is_ok_and(|now| now == original)
     });
     assert!(
-        workers(&cluster, 3)["d1"]["rebuilt_fragments"]
+        workers(&cluster, node)[device]["rebuilt_fragments"]
             .as_u64()
             .unwrap()
             >= 1
