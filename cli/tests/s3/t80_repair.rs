@@ -1,7 +1,7 @@
 //! The mover and the reconstructor on a live cluster: a wiped device gets every fragment
-//! back, fragments written to handoffs while a node was down go home once it is back, and a
-//! fragment the auditor quarantined is rebuilt byte for byte; objects read back identical
-//! throughout.
+//! back (erasure-coded ones reconstructed, replicated ones copied), fragments written to
+//! handoffs while a node was down go home once it is back, and a fragment the auditor
+//! quarantined is rebuilt byte for byte; objects read back identical throughout.
 //!
 //! `NIMBUS_T80_LOAD_MIB` (default 24) sets how many MiB the wiped-device test loads; it
 //! prints the rebuild rate it saw (the figure in `storage-node/README.md`).
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::primitives::ByteStream;
 
 use crate::cluster::{Cluster, bytes, runtime};
-use crate::swift_http::curl;
+use crate::swift_http::{Swift, curl};
 
 const BUCKET: &str = "repair";
 /// Fragments per object (the dev cluster's default policy, ec4+2).
@@ -98,6 +98,11 @@ fn all_fragments(cluster: &Cluster) -> Vec<(usize, String, String)> {
 
 /// Checks that every object version has each of its fragments exactly once in the cluster.
 fn assert_each_fragment_once(cluster: &Cluster, versions: usize) {
+    assert_each_fragment_once_of(cluster, versions, FRAGMENTS);
+}
+
+/// As [`assert_each_fragment_once`], for a policy of `fragments` per version.
+fn assert_each_fragment_once_of(cluster: &Cluster, versions: usize, fragments: usize) {
     let all = all_fragments(cluster);
     let mut seen: BTreeMap<&str, Vec<(usize, &str)>> = BTreeMap::new();
     for (node, device, rel) in &all {
@@ -105,7 +110,7 @@ fn assert_each_fragment_once(cluster: &Cluster, versions: usize) {
     }
     let doubles: Vec<_> = seen.iter().filter(|(_, at)| at.len() > 1).collect();
     assert!(doubles.is_empty(), "fragments held twice: {doubles:?}");
-    assert_eq!(all.len(), versions * FRAGMENTS, "fragments in the cluster");
+    assert_eq!(all.len(), versions * fragments, "fragments in the cluster");
 }
 
 /// Polls `done` every 100 ms until it holds, failing after `limit` with `what`.
@@ -314,4 +319,45 @@ fn a_flipped_byte_is_quarantined_and_rebuilt_identical() {
     );
     assert_each_fragment_once(&cluster, objects.len());
     rt.block_on(check_all(&s3, &objects));
+}
+
+#[test]
+fn a_wiped_device_gets_its_replicated_fragments_back() {
+    let cluster = Cluster::start_with(&["--gc-grace-secs", "3600"]);
+    let swift = Swift::login(&cluster);
+    let (status, _, _) = swift.call("PUT", "rep", &["-H", "X-Storage-Policy: rep3"]);
+    assert!(matches!(status, 201 | 202), "container: {status}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut objects = Vec::new();
+    for n in 0..12 {
+        let data = bytes(200_000 + n * 4099, 700 + n as u64);
+        let file = dir.path().join(format!("o{n}"));
+        std::fs::write(&file, &data).unwrap();
+        let body = format!("@{}", file.display());
+        let (status, _, _) = swift.call("PUT", &format!("rep/o{n}"), &["--data-binary", &body]);
+        assert_eq!(status, 201, "PUT rep/o{n}");
+        objects.push((format!("rep/o{n}"), data));
+    }
+    let (node, device) = (1..=6)
+        .flat_map(|i| ["d0", "d1"].map(|d| (i, d)))
+        .find(|(i, d)| !committed_under(&objects_dir(&cluster, *i, d).join("rep3")).is_empty())
+        .expect("a device holds rep3 fragments");
+    let victim = objects_dir(&cluster, node, device);
+    let before = committed_under(&victim);
+    std::fs::remove_dir_all(&victim).unwrap();
+    wait_for(Duration::from_secs(45), "every copy rebuilt", || {
+        committed_under(&victim) == before
+    });
+    assert!(
+        workers(&cluster, node)[device]["rebuilt_fragments"]
+            .as_u64()
+            .unwrap()
+            >= before.len() as u64
+    );
+    assert_each_fragment_once_of(&cluster, objects.len(), 3);
+    for (path, data) in &objects {
+        let (status, _, body) = swift.call("GET", path, &[]);
+        assert_eq!(status, 200, "GET {path}");
+        assert!(body == *data, "{path} differs");
+    }
 }
