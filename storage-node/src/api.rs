@@ -12,7 +12,9 @@
 //! | POST | `…/commit?path=` | make it durable (phase 2) → 204 |
 //! | GET | `…?path=[&offset=&length=]` | read (a range of) its data → 200 |
 //! | DELETE | `…?path=` | remove it → 204 |
-//! | GET | `/v1/partitions/{device}/{policy}/{partition}` | list a partition's fragments and digest |
+//! | GET | `/v1/partitions/{device}/{policy}/{partition}[?paths=1]` | list a partition's fragments and digests (with object paths) |
+//! | GET | `/v1/partitions/{device}/{policy}/{partition}?digest=objects[&index=]` | the digest of its committed object versions only |
+//! | GET | `/v1/partitions/{device}/{policy}?digest=objects` | those digests for every partition of the policy, per fragment index |
 //! | PUT, GET | `/v1/index/{device}/{account}/{container}/{shard}[/…]` | index entries (see `api::index`) |
 //!
 //! **Boundary:** this is the wire contract with proxies; `docs/internal-api.md` documents it.

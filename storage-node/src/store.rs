@@ -424,6 +424,44 @@ impl FragmentStore {
         FragmentReader::open(self.clone(), path, 0..u64::MAX).await
     }
 
+    /// Returns, for every partition of `policy` with committed fragments on this device, the
+    /// [`objects_digest`] of each fragment index found there: what another device compares
+    /// its slots with, in one call per pass rather than one per partition.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`].
+    pub async fn policy_objects_digests(
+        &self,
+        policy: &str,
+    ) -> Result<Vec<(PartitionId, Vec<(u8, [u8; 32])>)>, StoreError> {
+        Self::check_policy(policy)?;
+        let dir = self.root.join("objects").join(policy);
+        let mut out = Vec::new();
+        for name in self.list(&dir).await? {
+            let Ok(p) = name.parse::<u32>() else {
+                continue;
+            };
+            let partition = PartitionId(p);
+            let fragments = self.list_partition(policy, partition).await?;
+            let mut indexes: Vec<u8> = fragments
+                .iter()
+                .filter(|f| f.durable)
+                .map(|f| f.index)
+                .collect();
+            indexes.sort_unstable();
+            indexes.dedup();
+            if indexes.is_empty() {
+                continue;
+            }
+            let digests = indexes
+                .into_iter()
+                .map(|i| (i, objects_digest(&fragments, Some(i))))
+                .collect();
+            out.push((partition, digests));
+        }
+        Ok(out)
+    }
+
     /// Lists the (policy, partition) pairs that have a directory on this device.
     ///
     /// # Errors
@@ -516,4 +554,47 @@ pub(crate) fn parse_fragment_name(object_hash: &str, name: &str) -> Option<Liste
         index: index.parse().ok()?,
         durable,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(hash: &str, version: u64, index: u8, durable: bool) -> ListedFragment {
+        ListedFragment {
+            object_hash: hash.into(),
+            version: VersionId(version),
+            index,
+            durable,
+        }
+    }
+
+    #[test]
+    fn the_objects_digest_ignores_the_index_and_pending_fragments() {
+        let slot0 = [listed("aa", 1, 0, true), listed("bb", 2, 0, true)];
+        let slot3 = [
+            listed("aa", 1, 3, true),
+            listed("bb", 2, 3, true),
+            listed("cc", 3, 3, false), // a PUT under way
+        ];
+        assert_eq!(objects_digest(&slot0, None), objects_digest(&slot3, None));
+        assert_eq!(
+            objects_digest(&slot0, Some(0)),
+            objects_digest(&slot3, Some(3))
+        );
+        assert_ne!(
+            objects_digest(&slot0, Some(0)),
+            objects_digest(&slot3, Some(0))
+        );
+        // A handoff holding two fragments of one version counts the version once.
+        let both = [listed("aa", 1, 0, true), listed("aa", 1, 3, true)];
+        assert_eq!(
+            objects_digest(&both, None),
+            objects_digest(&slot0[..1], None)
+        );
+        assert_ne!(
+            objects_digest(&slot0[..1], None),
+            objects_digest(&slot0, None)
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! The mover and the reconstructor on a live cluster: a wiped device gets every fragment
-//! back, fragments written to handoffs while a node was down go home once it is back, and a
-//! fragment the auditor quarantined is rebuilt byte for byte; objects read back identical
-//! throughout.
+//! back (erasure-coded ones reconstructed, replicated ones copied), fragments written to
+//! handoffs while a node was down go home once it is back, and a fragment the auditor
+//! quarantined is rebuilt byte for byte; objects read back identical throughout.
 //!
 //! `NIMBUS_T80_LOAD_MIB` (default 24) sets how many MiB the wiped-device test loads; it
 //! prints the rebuild rate it saw (the figure in `storage-node/README.md`).
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::primitives::ByteStream;
 
 use crate::cluster::{Cluster, bytes, runtime};
-use crate::swift_http::curl;
+use crate::swift_http::{Swift, curl};
 
 const BUCKET: &str = "repair";
 /// Fragments per object (the dev cluster's default policy, ec4+2).
@@ -98,6 +98,11 @@ fn all_fragments(cluster: &Cluster) -> Vec<(usize, String, String)> {
 
 /// Checks that every object version has each of its fragments exactly once in the cluster.
 fn assert_each_fragment_once(cluster: &Cluster, versions: usize) {
+    assert_each_fragment_once_of(cluster, versions, FRAGMENTS);
+}
+
+/// As [`assert_each_fragment_once`], for a policy of `fragments` per version.
+fn assert_each_fragment_once_of(cluster: &Cluster, versions: usize, fragments: usize) {
     let all = all_fragments(cluster);
     let mut seen: BTreeMap<&str, Vec<(usize, &str)>> = BTreeMap::new();
     for (node, device, rel) in &all {
@@ -105,7 +110,7 @@ fn assert_each_fragment_once(cluster: &Cluster, versions: usize) {
     }
     let doubles: Vec<_> = seen.iter().filter(|(_, at)| at.len() > 1).collect();
     assert!(doubles.is_empty(), "fragments held twice: {doubles:?}");
-    assert_eq!(all.len(), versions * FRAGMENTS, "fragments in the cluster");
+    assert_eq!(all.len(), versions * fragments, "fragments in the cluster");
 }
 
 /// Polls `done` every 100 ms until it holds, failing after `limit` with `what`.
@@ -116,6 +121,17 @@ fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Dura
         std::thread::sleep(Duration::from_millis(100));
     }
     started.elapsed()
+}
+
+/// Kills storage node `i` and waits until it is dead (a zombie at most: `nimbus dev` is
+/// stopped and does not reap it), so that a restart does not meet its files still locked.
+fn kill_node_and_wait(cluster: &Cluster, i: usize) {
+    let pid = cluster.node_pid(i);
+    cluster.kill_node(i);
+    wait_for(Duration::from_secs(10), "the killed node gone", || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_or(true, |status| status.contains("State:\tZ"))
+    });
 }
 
 /// PUTs `count` objects named `prefix-N` of about `size` bytes; returns (key, bytes).
@@ -173,15 +189,19 @@ fn a_wiped_device_gets_every_fragment_back() {
     assert!(!before.is_empty(), "node1/d0 holds fragments");
     let held = all_fragments(&cluster).len();
     assert_eq!(held, objects.len() * FRAGMENTS);
-    let rebuilt_before = workers(&cluster, 1)["d0"]["rebuilt_bytes"]
-        .as_u64()
-        .unwrap();
+    let idle = workers(&cluster, 1)["d0"].clone();
+    let rebuilt_before = idle["rebuilt_bytes"].as_u64().unwrap();
+    println!(
+        "node1/d0 before the wipe: {} passes, the last of {} s",
+        idle["passes"], idle["last_pass_secs"]
+    );
 
     // A replaced disk: the objects tree is gone while the node runs.
     std::fs::remove_dir_all(&victim).unwrap();
     let wiped = Instant::now();
     let mut first_byte = None;
-    let took = wait_for(Duration::from_secs(45), "every fragment rebuilt", || {
+    let limit = Duration::from_secs(45 + mib as u64 / 2);
+    let took = wait_for(limit, "every fragment rebuilt", || {
         let rebuilt = workers(&cluster, 1)
             .get("d0")
             .and_then(|w| w["rebuilt_bytes"].as_u64())
@@ -221,7 +241,7 @@ fn fragments_written_to_handoffs_go_home() {
         load(&s3, "before", 4, 300_000).await
     });
     cluster.detach_supervisor();
-    cluster.kill_node(6);
+    kill_node_and_wait(&cluster, 6);
     // Node 6's slots fail at once (the map still has it up): its fragments go to handoffs.
     objects.extend(rt.block_on(load(&s3, "during", 12, 300_000)));
     let on_node6 = |c: &Cluster| {
@@ -275,8 +295,16 @@ fn a_flipped_byte_is_quarantined_and_rebuilt_identical() {
         s3.create_bucket().bucket(BUCKET).send().await.unwrap();
         load(&s3, "flip", 4, 400_000).await
     });
-    let files = committed_under(&objects_dir(&cluster, 3, "d1"));
-    let victim = files.first().expect("node3/d1 holds fragments").clone();
+    // The first device holding a fragment, from node 3 on (4 objects leave a device empty
+    // one time in 16).
+    let (node, device, victim) = [3, 4, 5, 6, 2]
+        .into_iter()
+        .flat_map(|i| ["d1", "d0"].map(|d| (i, d)))
+        .find_map(|(i, d)| {
+            let files = committed_under(&objects_dir(&cluster, i, d));
+            files.first().map(|f| (i, d, f.clone()))
+        })
+        .expect("a device holds fragments");
     let original = std::fs::read(&victim).unwrap();
     let mut flipped = original.clone();
     flipped[4096 + 1000] ^= 0x01; // inside the first data block
@@ -284,22 +312,63 @@ fn a_flipped_byte_is_quarantined_and_rebuilt_identical() {
 
     // The auditor reads every fragment once when the node starts.
     cluster.detach_supervisor();
-    cluster.kill_node(3);
-    cluster.restart_node(3);
+    kill_node_and_wait(&cluster, node);
+    cluster.restart_node(node);
     wait_for(Duration::from_secs(45), "the flip quarantined", || {
-        device_reports(&cluster, 3, "audit")
-            .get("d1")
+        device_reports(&cluster, node, "audit")
+            .get(device)
             .is_some_and(|a| a["corrupt"] == 1)
     });
     wait_for(Duration::from_secs(45), "the fragment rebuilt", || {
         std::fs::read(&victim).is_ok_and(|now| now == original)
     });
     assert!(
-        workers(&cluster, 3)["d1"]["rebuilt_fragments"]
+        workers(&cluster, node)[device]["rebuilt_fragments"]
             .as_u64()
             .unwrap()
             >= 1
     );
     assert_each_fragment_once(&cluster, objects.len());
     rt.block_on(check_all(&s3, &objects));
+}
+
+#[test]
+fn a_wiped_device_gets_its_replicated_fragments_back() {
+    let cluster = Cluster::start_with(&["--gc-grace-secs", "3600"]);
+    let swift = Swift::login(&cluster);
+    let (status, _, _) = swift.call("PUT", "rep", &["-H", "X-Storage-Policy: rep3"]);
+    assert!(matches!(status, 201 | 202), "container: {status}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut objects = Vec::new();
+    for n in 0..12 {
+        let data = bytes(200_000 + n * 4099, 700 + n as u64);
+        let file = dir.path().join(format!("o{n}"));
+        std::fs::write(&file, &data).unwrap();
+        let body = format!("@{}", file.display());
+        let (status, _, _) = swift.call("PUT", &format!("rep/o{n}"), &["--data-binary", &body]);
+        assert_eq!(status, 201, "PUT rep/o{n}");
+        objects.push((format!("rep/o{n}"), data));
+    }
+    let (node, device) = (1..=6)
+        .flat_map(|i| ["d0", "d1"].map(|d| (i, d)))
+        .find(|(i, d)| !committed_under(&objects_dir(&cluster, *i, d).join("rep3")).is_empty())
+        .expect("a device holds rep3 fragments");
+    let victim = objects_dir(&cluster, node, device);
+    let before = committed_under(&victim);
+    std::fs::remove_dir_all(&victim).unwrap();
+    wait_for(Duration::from_secs(45), "every copy rebuilt", || {
+        committed_under(&victim) == before
+    });
+    assert!(
+        workers(&cluster, node)[device]["rebuilt_fragments"]
+            .as_u64()
+            .unwrap()
+            >= before.len() as u64
+    );
+    assert_each_fragment_once_of(&cluster, objects.len(), 3);
+    for (path, data) in &objects {
+        let (status, _, body) = swift.call("GET", path, &[]);
+        assert_eq!(status, 200, "GET {path}");
+        assert!(body == *data, "{path} differs");
+    }
 }

@@ -31,6 +31,38 @@ pub(super) fn routes() -> Router<Arc<NodeState>> {
             post(commit),
         )
         .route("/v1/partitions/{device}/{policy}/{partition}", get(list))
+        .route("/v1/partitions/{device}/{policy}", get(policy_digests))
+}
+
+/// What a policy-wide digest call asks for.
+#[derive(Deserialize)]
+struct PolicyQuery {
+    /// Must be `objects`.
+    digest: String,
+}
+
+/// The objects digests of every partition of a policy on a device, per fragment index.
+async fn policy_digests(
+    State(state): State<Arc<NodeState>>,
+    Path((device, policy)): Path<(String, String)>,
+    Query(query): Query<PolicyQuery>,
+) -> Result<Response, ApiError> {
+    if query.digest != "objects" {
+        return Err(ApiError::BadRequest(format!(
+            "digest={:?}: the only digest is \"objects\"",
+            query.digest
+        )));
+    }
+    let store = &state.device(&device)?.fragments;
+    let mut partitions = serde_json::Map::new();
+    for (partition, digests) in store.policy_objects_digests(&policy).await? {
+        let per_index: serde_json::Map<String, serde_json::Value> = digests
+            .into_iter()
+            .map(|(index, d)| (index.to_string(), json!(hex::encode(d))))
+            .collect();
+        partitions.insert(partition.0.to_string(), per_index.into());
+    }
+    Ok(axum::Json(json!({ "partitions": partitions })).into_response())
 }
 
 type FragmentPath = Path<(String, String, u32, String, u8)>;

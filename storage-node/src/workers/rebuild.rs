@@ -3,171 +3,45 @@
 //! version committed at `k` or more of them but with no fragment `i` here.
 //!
 //! The comparison costs one 32-byte digest per other slot when nothing differs: each side
-//! hashes the (object hash, version) pairs its slot holds committed (`?digest=objects&index=`
-//! on the partition listing). Only the slots whose digest differs are listed in full, with
-//! the object paths (`?paths=1`), which a rebuild needs to name the fragments it reads.
+//! hashes the (object hash, version) pairs its slot holds committed. The other devices'
+//! digests come for a whole policy in one call per device and pass
+//! (`GET /v1/partitions/{device}/{policy}?digest=objects`, kept in `peers::PEER_DIGESTS`).
+//! Only the slots whose digest differs are listed in full, fresh, with the object paths
+//! (`?paths=1`), which a rebuild needs to name the fragments it reads ([`peers`]); the
+//! fragments are then rebuilt ([`fragment`]).
 //!
 //! A fragment is rebuilt from `k` others, segment by segment: for erasure coding, the
-//! segment's `k` fragment pieces are read and fragment `i`'s piece is computed from them
-//! (`Codec::reconstruct_all`; the object is never decoded whole); for replication one other
-//! copy is read. The result is written through the local store's two phases, like a PUT's
-//! fragment, with the same header fields.
+//! segment's `k` fragment pieces are read (data fragments first) and fragment `i`'s piece is
+//! computed from them (`Codec::reconstruct` for a data fragment, `Codec::reconstruct_all`
+//! for a parity one; the object is never decoded whole); for replication one other copy is
+//! read. The result is written through the local store's two phases, like a PUT's fragment,
+//! with the same header fields.
 //!
 //! **Invariant:** a rebuilt fragment is committed only after all its bytes are written and
 //! durable; a version with a `.pending` fragment `i` here (a PUT under way) is left to its
 //! PUT.
 
+mod fragment;
+mod peers;
+
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::body::{Bytes, HttpBody};
-use axum::http::{Method, StatusCode};
-use bytes_buf::BytesBuf;
 use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
-use nimbus_core::codec::Codec;
-use nimbus_core::fragment::{DEFAULT_BLOCK_RECORD_BYTES, FragmentHeader};
 use nimbus_core::ids::{PartitionId, VersionId};
-use nimbus_proxy::data::{FragmentName, Shape};
-use nimbus_proxy::node_client::{SmallCall, empty_body, encode_query};
+use nimbus_proxy::data::Shape;
 use nimbus_ring::map::{ClusterMap, DeviceKey};
-use serde::Deserialize;
+
+pub(super) use fragment::transfer_timeout;
+use fragment::{copy_fragment, reconstruct_fragment};
+use peers::{PeerFragment, peer_digest};
+pub(super) use peers::{key, peer_listing};
 
 use super::{Ctx, WorkerError, owned_slot};
-use crate::api::headers;
 use crate::store::{FragmentId, ListedFragment, objects_digest};
 
-/// How long a partition digest or listing may take.
-const LIST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long opening a fragment to read may take.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-/// The least rate a rebuild or move may run at before it is given up (bytes per second),
-/// beyond a fixed minute.
-const SLOWEST_BYTES_PER_SEC: u64 = 1 << 20;
-
-/// A fragment as another device's partition listing shows it.
-#[derive(Clone, Debug, Deserialize)]
-pub(super) struct PeerFragment {
-    /// Hex blake3 of the object path.
-    pub object_hash: String,
-    /// The version, 16 hex digits.
-    pub version: String,
-    /// The fragment index.
-    pub index: u8,
-    /// Committed, or only written.
-    pub durable: bool,
-    /// The object path (with `?paths=1`, committed fragments only).
-    #[serde(default)]
-    pub path: Option<String>,
-    /// The object's bytes, if the fragment's header has them (with `?paths=1`).
-    #[serde(default)]
-    pub object_bytes: Option<u64>,
-    /// Bytes per segment (with `?paths=1`).
-    #[serde(default)]
-    pub segment_bytes: Option<u32>,
-}
-
-impl PeerFragment {
-    /// The version, if well formed.
-    pub(super) fn version_id(&self) -> Option<VersionId> {
-        (self.version.len() == 16)
-            .then(|| u64::from_str_radix(&self.version, 16).ok())
-            .flatten()
-            .map(VersionId)
-    }
-}
-
-#[derive(Deserialize)]
-struct Listing {
-    fragments: Vec<PeerFragment>,
-}
-
-#[derive(Deserialize)]
-struct ObjectsDigest {
-    objects_digest: String,
-}
-
-/// Returns the device key of a ring device.
-pub(super) fn key(d: &nimbus_ring::device::Device) -> DeviceKey {
-    DeviceKey {
-        node: d.location.node,
-        device: d.location.name.clone(),
-    }
-}
-
-/// The internal API path of a partition's listing on `device`, with `query`.
-fn listing_path(device: &DeviceKey, policy: &str, partition: PartitionId, query: &str) -> String {
-    format!(
-        "/v1/partitions/{}/{}/{}{query}",
-        encode_query(&device.device),
-        encode_query(policy),
-        partition.0
-    )
-}
-
-/// Sends a listing call and reads its JSON answer.
-async fn listing_call<T: serde::de::DeserializeOwned>(
-    ctx: &Ctx,
-    device: &DeviceKey,
-    path: String,
-    epoch: u64,
-) -> Result<T, WorkerError> {
-    let peer =
-        |what: String| WorkerError::Peer(format!("{}/{}: {what}", device.node, device.device));
-    let answer = ctx
-        .nodes
-        .call(
-            device,
-            SmallCall::new(Method::GET, path, epoch, LIST_TIMEOUT),
-        )
-        .await
-        .map_err(|e| WorkerError::Peer(e.to_string()))?;
-    if answer.status != StatusCode::OK {
-        return Err(peer(format!(
-            "partition listing answered {}",
-            answer.status
-        )));
-    }
-    serde_json::from_slice(&answer.body).map_err(|e| peer(format!("partition listing: {e}")))
-}
-
-/// Returns `device`'s listing of a partition (with object paths when `paths`).
-///
-/// # Errors
-/// [`WorkerError::Peer`] when the device does not answer 200 with a listing.
-pub(super) async fn peer_listing(
-    ctx: &Ctx,
-    device: &DeviceKey,
-    policy: &str,
-    partition: PartitionId,
-    epoch: u64,
-    paths: bool,
-) -> Result<Vec<PeerFragment>, WorkerError> {
-    let query = if paths { "?paths=1" } else { "" };
-    let path = listing_path(device, policy, partition, query);
-    let listing: Listing = listing_call(ctx, device, path, epoch).await?;
-    Ok(listing.fragments)
-}
-
-/// Returns `device`'s objects digest of fragment index `index` in a partition (hex).
-async fn peer_digest(
-    ctx: &Ctx,
-    device: &DeviceKey,
-    policy: &str,
-    partition: PartitionId,
-    index: usize,
-    epoch: u64,
-) -> Result<String, WorkerError> {
-    let path = listing_path(
-        device,
-        policy,
-        partition,
-        &format!("?digest=objects&index={index}"),
-    );
-    let digest: ObjectsDigest = listing_call(ctx, device, path, epoch).await?;
-    Ok(digest.objects_digest)
-}
+/// Fragments of one partition rebuilt at once.
+const REBUILDS_AT_ONCE: usize = 4;
 
 /// One fragment to rebuild here.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -219,7 +93,11 @@ fn plan(
             let entry = wanted.entry(pair).or_default();
             match (entry.as_mut(), &row.path, row.segment_bytes) {
                 (Some(r), _, _) => r.sources.push((device.clone(), *j)),
-                (None, Some(path), Some(segment_bytes)) => {
+                // The path must be the one the listed hash names, or the rebuilt file
+                // would land in another object's directory.
+                (None, Some(path), Some(segment_bytes))
+                    if blake3::hash(path.as_bytes()).to_hex().as_str() == row.object_hash =>
+                {
                     *entry = Some(Rebuild {
                         path: path.clone(),
                         version,
@@ -310,19 +188,29 @@ pub(super) async fn partition(
         ctx.stats.found_degraded();
     }
     let codec = Arc::new(shape.codec.clone());
-    for r in &plan.rebuilds {
-        let id = FragmentId {
-            policy: policy.to_owned(),
-            partition,
-            object_path: r.path.clone(),
-            version: r.version,
-            index,
-        };
-        let result = if shape.copies {
-            copy_fragment(ctx, epoch, &id, r).await
-        } else {
-            reconstruct_fragment(ctx, epoch, &id, r, &codec).await
-        };
+    // A few fragments at once: one rebuild mostly waits on fsyncs and on other nodes.
+    let results: Vec<_> = futures_util::stream::iter(plan.rebuilds.iter().cloned())
+        .map(|r: Rebuild| {
+            let id = FragmentId {
+                policy: policy.to_owned(),
+                partition,
+                object_path: r.path.clone(),
+                version: r.version,
+                index,
+            };
+            let codec = &codec;
+            async move {
+                if shape.copies {
+                    copy_fragment(ctx, epoch, &id, &r).await
+                } else {
+                    reconstruct_fragment(ctx, epoch, &id, &r, codec).await
+                }
+            }
+        })
+        .buffered(REBUILDS_AT_ONCE)
+        .collect()
+        .await;
+    for (r, result) in plan.rebuilds.iter().zip(results) {
         match result {
             Ok(bytes) => {
                 tracing::debug!(%policy, partition = partition.0, version = %r.version, fragment_index = slot, bytes, "fragment rebuilt");
@@ -337,275 +225,6 @@ pub(super) async fn partition(
     first_error.map_or(Ok(()), Err)
 }
 
-/// How long moving or rebuilding `bytes` may take at most.
-pub(super) fn transfer_timeout(bytes: u64) -> Duration {
-    Duration::from_secs(60 + bytes / SLOWEST_BYTES_PER_SEC)
-}
-
-/// A fragment's data arriving from another device.
-type DataStream = BoxStream<'static, Result<Bytes, String>>;
-
-/// Opens fragment `index` on `device` for reading all of it; returns its data bytes (as
-/// the device declares them) and its stream.
-async fn open_source(
-    ctx: &Ctx,
-    epoch: u64,
-    name: &FragmentName,
-    device: &DeviceKey,
-    index: usize,
-) -> Result<(u64, DataStream), WorkerError> {
-    let peer =
-        |what: String| WorkerError::Peer(format!("{}/{}: {what}", device.node, device.device));
-    let path = name.api_path(device, index, "");
-    let answer = tokio::time::timeout(
-        OPEN_TIMEOUT,
-        ctx.nodes
-            .send(device.node, Method::GET, &path, epoch, &[], empty_body()),
-    )
-    .await
-    .map_err(|_| peer(format!("no answer within {OPEN_TIMEOUT:?}")))?
-    .map_err(|e| WorkerError::Peer(e.to_string()))?;
-    if answer.status() != StatusCode::OK {
-        return Err(peer(format!("fragment read answered {}", answer.status())));
-    }
-    let data_bytes = answer
-        .headers()
-        .get(headers::DATA_BYTES)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .ok_or_else(|| peer(format!("no {} on a fragment read", headers::DATA_BYTES)))?;
-    let body = answer.into_body();
-    let stream = futures_util::stream::unfold(body, |mut body| async move {
-        loop {
-            match futures_util::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx))
-                .await
-            {
-                None => return None,
-                Some(Err(e)) => return Some((Err(e.to_string()), body)),
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        return Some((Ok(data), body));
-                    }
-                }
-            }
-        }
-    });
-    Ok((data_bytes, stream.boxed()))
-}
-
-/// The header of a fragment rebuilt here.
-fn rebuilt_header(id: &FragmentId, r: &Rebuild) -> FragmentHeader {
-    FragmentHeader {
-        version: id.version,
-        fragment_index: id.index,
-        policy: id.policy.clone(),
-        object_path: id.object_path.clone(),
-        object_bytes: r.object_bytes,
-        segment_bytes: r.segment_bytes,
-        block_record_bytes: DEFAULT_BLOCK_RECORD_BYTES,
-        metadata: Vec::new(),
-    }
-}
-
-fn name_of(id: &FragmentId) -> FragmentName {
-    FragmentName {
-        policy: id.policy.clone(),
-        partition: id.partition,
-        version: id.version,
-        path: id.object_path.clone(),
-    }
-}
-
-/// Copies another slot's copy (replication); returns the data bytes.
-async fn copy_fragment(
-    ctx: &Ctx,
-    epoch: u64,
-    id: &FragmentId,
-    r: &Rebuild,
-) -> Result<u64, WorkerError> {
-    let name = name_of(id);
-    let mut last = None;
-    for (device, index) in &r.sources {
-        let (data_bytes, mut stream) = match open_source(ctx, epoch, &name, device, *index).await {
-            Ok(opened) => opened,
-            Err(e) => {
-                last = Some(e);
-                continue;
-            }
-        };
-        if let Some(expected) = r.object_bytes
-            && expected != data_bytes
-        {
-            return Err(WorkerError::Peer(format!(
-                "{}/{}: a copy of {data_bytes} bytes of an object of {expected}",
-                device.node, device.device
-            )));
-        }
-        let copy = async {
-            let mut writer = ctx
-                .store
-                .begin_write(id.clone(), rebuilt_header(id, r))
-                .await?;
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(WorkerError::Peer)?;
-                ctx.throttle.take(chunk.len() as u64).await;
-                writer.write(&chunk).await?;
-            }
-            writer.finish(Some(data_bytes)).await?;
-            ctx.store.commit(id).await?;
-            Ok::<_, WorkerError>(data_bytes)
-        };
-        return tokio::time::timeout(transfer_timeout(data_bytes), copy)
-            .await
-            .map_err(|_| WorkerError::Peer("copy timed out".into()))?;
-    }
-    Err(last.unwrap_or_else(|| WorkerError::Peer("no copy to read".into())))
-}
-
-/// One source fragment read piece by piece.
-struct Source {
-    index: usize,
-    stream: DataStream,
-    buf: BytesBuf,
-}
-
-impl Source {
-    async fn read_exact(&mut self, n: usize) -> Result<Vec<u8>, WorkerError> {
-        while self.buf.len() < n {
-            match self.stream.next().await {
-                Some(Ok(data)) => self.buf.extend(&data),
-                Some(Err(e)) => return Err(WorkerError::Peer(e)),
-                None => {
-                    return Err(WorkerError::Peer(format!(
-                        "fragment {} ended early",
-                        self.index
-                    )));
-                }
-            }
-        }
-        Ok(self.buf.take(n))
-    }
-}
-
-/// Rebuilds an erasure-coded fragment from `k` others, segment by segment; returns the data
-/// bytes.
-async fn reconstruct_fragment(
-    ctx: &Ctx,
-    epoch: u64,
-    id: &FragmentId,
-    r: &Rebuild,
-    codec: &Arc<Codec>,
-) -> Result<u64, WorkerError> {
-    let internal = |e: nimbus_core::codec::CodecError| {
-        WorkerError::Data(nimbus_proxy::error::DataError::Internal(e.to_string()))
-    };
-    let Some(object_bytes) = r.object_bytes else {
-        return Err(WorkerError::Peer(format!(
-            "fragment of {} {} without its object's size",
-            id.object_path, id.version
-        )));
-    };
-    let data_bytes = codec
-        .fragment_bytes(object_bytes, r.segment_bytes)
-        .map_err(internal)?;
-    let spans = codec
-        .segment_spans(object_bytes, r.segment_bytes, 0..object_bytes)
-        .map_err(internal)?;
-    let k = codec.data();
-    let name = name_of(id);
-    let work = async {
-        let mut sources: Vec<Source> = Vec::with_capacity(k);
-        let mut last = None;
-        if data_bytes > 0 {
-            for (device, index) in &r.sources {
-                if sources.len() == k {
-                    break;
-                }
-                match open_source(ctx, epoch, &name, device, *index).await {
-                    Ok((bytes, stream)) if bytes == data_bytes => sources.push(Source {
-                        index: *index,
-                        stream,
-                        buf: BytesBuf::default(),
-                    }),
-                    Ok((bytes, _)) => {
-                        last = Some(WorkerError::Peer(format!(
-                            "{}/{}: fragment {index} of {bytes} bytes, {data_bytes} expected",
-                            device.node, device.device
-                        )));
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            if sources.len() < k {
-                return Err(last.unwrap_or_else(|| {
-                    WorkerError::Peer(format!("{} of {k} fragments readable", sources.len()))
-                }));
-            }
-        }
-        let mut writer = ctx
-            .store
-            .begin_write(id.clone(), rebuilt_header(id, r))
-            .await?;
-        let target = usize::from(id.index);
-        for span in spans {
-            let len = (span.fragment_range.end - span.fragment_range.start) as usize;
-            ctx.throttle.take((len * k) as u64).await;
-            let pieces =
-                futures_util::future::join_all(sources.iter_mut().map(|s| s.read_exact(len))).await;
-            let mut fragments: Vec<Option<Vec<u8>>> = vec![None; codec.total()];
-            for (source, piece) in sources.iter().zip(pieces) {
-                fragments[source.index] = Some(piece?);
-            }
-            let codec = Arc::clone(codec);
-            let segment_len = span.segment_len;
-            let piece = tokio::task::spawn_blocking(move || {
-                codec.reconstruct_all(&mut fragments, segment_len)?;
-                Ok::<_, nimbus_core::codec::CodecError>(fragments.swap_remove(target))
-            })
-            .await
-            .map_err(|e| {
-                WorkerError::Data(nimbus_proxy::error::DataError::Internal(e.to_string()))
-            })?
-            .map_err(internal)?;
-            let piece = piece.ok_or_else(|| {
-                WorkerError::Data(nimbus_proxy::error::DataError::Internal(
-                    "reconstruction left the fragment out".into(),
-                ))
-            })?;
-            writer.write(&piece).await?;
-        }
-        writer.finish(Some(data_bytes)).await?;
-        ctx.store.commit(id).await?;
-        Ok(data_bytes)
-    };
-    tokio::time::timeout(transfer_timeout(data_bytes), work)
-        .await
-        .map_err(|_| WorkerError::Peer("reconstruction timed out".into()))?
-}
-
-/// Bytes received and not yet used.
-mod bytes_buf {
-    /// A growable byte queue.
-    #[derive(Debug, Default)]
-    pub(super) struct BytesBuf(Vec<u8>);
-
-    impl BytesBuf {
-        pub(super) fn len(&self) -> usize {
-            self.0.len()
-        }
-
-        pub(super) fn extend(&mut self, data: &[u8]) {
-            self.0.extend_from_slice(data);
-        }
-
-        /// Removes and returns the first `n` bytes (`n <= len`).
-        pub(super) fn take(&mut self, n: usize) -> Vec<u8> {
-            let rest = self.0.split_off(n);
-            std::mem::replace(&mut self.0, rest)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,21 +236,25 @@ mod tests {
         }
     }
 
-    fn row(hash: &str, version: u64, index: u8, durable: bool) -> PeerFragment {
+    /// A listing row of object `a/c/{name}`.
+    fn row(name: &str, version: u64, index: u8, durable: bool) -> PeerFragment {
+        let path = format!("a/c/{name}");
         PeerFragment {
-            object_hash: hash.into(),
+            object_hash: blake3::hash(path.as_bytes()).to_hex().to_string(),
             version: VersionId(version).to_string(),
             index,
             durable,
-            path: Some(format!("a/c/{hash}")),
+            path: Some(path),
             object_bytes: Some(10),
             segment_bytes: Some(4),
         }
     }
 
-    fn listed(hash: &str, version: u64, index: u8, durable: bool) -> ListedFragment {
+    fn listed(name: &str, version: u64, index: u8, durable: bool) -> ListedFragment {
         ListedFragment {
-            object_hash: hash.into(),
+            object_hash: blake3::hash(format!("a/c/{name}").as_bytes())
+                .to_hex()
+                .to_string(),
             version: VersionId(version),
             index,
             durable,
@@ -669,5 +292,10 @@ mod tests {
         ];
         let plan3 = plan(0, &[], &peers, 1);
         assert!(!plan3.degraded && plan3.rebuilds.is_empty());
+        // A path that does not hash to the listed object: degraded, never written.
+        let mut wrong = row("aaa1", 7, 1, true);
+        wrong.path = Some("a/c/other".into());
+        let plan4 = plan(0, &[], &[(1, dev(1), vec![wrong])], 1);
+        assert!(plan4.degraded && plan4.rebuilds.is_empty());
     }
 }
