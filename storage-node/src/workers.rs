@@ -1,12 +1,12 @@
 //! The background workers of a device (DESIGN.md, "Background workers"): pass after pass over
 //! the device's partitions, each partition is
 //!
-//! 1. **moved** ([`mover`]): a fragment whose slot belongs to another device (a handoff kept
+//! 1. **moved** (`mover`): a fragment whose slot belongs to another device (a handoff kept
 //!    while the owner was down, or a slot the ring gave away) is copied to the owner and
 //!    deleted here only once the owner has committed it;
-//! 2. **rebuilt** ([`rebuild`]): where this device owns a slot, the other slots are compared
+//! 2. **rebuilt** (`rebuild`): where this device owns a slot, the other slots are compared
 //!    (digests, then listings) and fragments missing here are rebuilt from any `k` others;
-//! 3. **collected** ([`gc`]): fragment files no index entry references (overwritten and
+//! 3. **collected** (`gc`): fragment files no index entry references (overwritten and
 //!    deleted versions, PUTs that never committed) are removed once older than the grace
 //!    period.
 //!

@@ -286,5 +286,9 @@ fn metadata_acls_listings_bulk_delete_and_temp_urls() {
     // Two lines per device: its auditor, its workers.
     let text = cluster.admin(&["status"]);
     assert_eq!(text.lines().count(), 24, "{text}");
-    assert_eq!(text.lines().filter(|l| l.contains(": workers ")).count(), 12, "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains(": workers ")).count(),
+        12,
+        "{text}"
+    );
 }

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use nimbus_core::ids::{PartitionId, VersionId};
 use nimbus_proxy::data::Shape;
+use nimbus_proxy::references::is_referenced;
 use nimbus_ring::map::{ClusterMap, DeviceKey};
 
 pub(super) use fragment::transfer_timeout;
@@ -183,10 +184,24 @@ pub(super) async fn partition(
             }
         }
     }
-    let plan = plan(slot, &local, &peers, shape.codec.data());
+    let mut plan = plan(slot, &local, &peers, shape.codec.data());
     if plan.degraded {
         ctx.stats.found_degraded();
     }
+    // Only what the index still references: a version the collectors are removing slot by
+    // slot (or a PUT whose entry is not written yet) is not rebuilt; the next pass sees
+    // the entry if it comes.
+    let mut referenced = Vec::with_capacity(plan.rebuilds.len());
+    for r in plan.rebuilds.drain(..) {
+        match is_referenced(&ctx.index, map, &r.path, r.version).await {
+            Ok(true) => referenced.push(r),
+            Ok(false) => {}
+            Err(e) => {
+                first_error.get_or_insert(e.into());
+            }
+        }
+    }
+    plan.rebuilds = referenced;
     let codec = Arc::new(shape.codec.clone());
     // A few fragments at once: one rebuild mostly waits on fsyncs and on other nodes.
     let results: Vec<_> = futures_util::stream::iter(plan.rebuilds.iter().cloned())
