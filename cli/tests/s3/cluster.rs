@@ -81,6 +81,60 @@ impl Cluster {
         )
     }
 
+    /// `nimbus admin placement`: (fragments misplaced, partitions below full redundancy);
+    /// `u64::MAX` for a figure it did not report (a device that did not answer).
+    pub fn placement(&self) -> (u64, u64) {
+        let (_, out) = self.admin_status(&["--json", "placement"]);
+        let report: Option<serde_json::Value> = serde_json::from_str(&out).ok();
+        let figure = |k: &str| {
+            report
+                .as_ref()
+                .and_then(|r| r[k].as_u64())
+                .unwrap_or(u64::MAX)
+        };
+        (figure("misplaced"), figure("below_full_redundancy"))
+    }
+
+    /// Waits until `nimbus admin placement` reports nothing misplaced and no partition
+    /// below full redundancy; panics after `limit`.
+    pub fn wait_full_redundancy(&self, limit: Duration) {
+        let started = std::time::Instant::now();
+        loop {
+            let now = self.placement();
+            if now == (0, 0) {
+                return;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "not at full redundancy after {limit:?}: {now:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// A storage node metric (`/metrics`), summed over the devices of every node that
+    /// answers among the first eight.
+    pub fn metric(&self, name: &str) -> u64 {
+        (1..=8u16)
+            .map(|i| {
+                let Ok(out) = Command::new("curl")
+                    .args([
+                        "-sf",
+                        &format!("http://127.0.0.1:{}/metrics", self.base_port + i),
+                    ])
+                    .output()
+                else {
+                    return 0;
+                };
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| l.starts_with(&format!("{name}{{")))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
     /// The data directory.
     pub fn path(&self) -> &Path {
         self.dev.data.path()

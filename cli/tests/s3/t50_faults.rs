@@ -1,5 +1,5 @@
-//! Storage nodes die: with 2 of 6 down every object still reads and PUTs succeed through
-//! handoffs; with 3 down requests fail with 503, never with wrong bytes; once they are back
+//! Storage nodes die: with 2 of 6 down every object at full redundancy still reads and PUTs
+//! succeed through handoffs; with 3 down requests fail with 503, never with wrong bytes; once they are back
 //! everything reads.
 
 use std::time::Duration;
@@ -46,6 +46,10 @@ fn objects_survive_two_nodes_down_and_fail_cleanly_with_three() {
             }
         }
 
+        // A PUT is acknowledged once k+1 of its k+m fragments are committed: the objects
+        // survive any two nodes only once the reconstructors have brought every one to
+        // full redundancy.
+        cluster.wait_full_redundancy(Duration::from_secs(90));
         cluster.detach_supervisor();
         cluster.kill_node(2);
         cluster.kill_node(5);

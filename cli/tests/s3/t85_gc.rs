@@ -40,26 +40,6 @@ fn fragment_files(dir: &Path) -> (usize, u64) {
     found
 }
 
-/// Tombstones forgotten by anti-entropy, over every node.
-fn purged_tombstones(cluster: &Cluster) -> u64 {
-    (1..=6u16)
-        .map(|i| {
-            let out = std::process::Command::new("curl")
-                .args([
-                    "-sf",
-                    &format!("http://127.0.0.1:{}/metrics", cluster.base_port + i),
-                ])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| l.starts_with("nimbus_index_tombstones_purged_total{"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum::<u64>()
-        })
-        .sum()
-}
-
 async fn put(s3: &Client, bucket: &str, key: &str, body: &[u8]) -> Option<String> {
     s3.put_object()
         .bucket(bucket)
@@ -236,7 +216,7 @@ fn space_of_dead_versions_orphans_and_abandoned_uploads_is_reclaimed() {
         // The deletes' tombstones are forgotten too, once every replica holds them; the
         // deleted keys stay deleted.
         let started = Instant::now();
-        while purged_tombstones(&cluster) == 0 {
+        while cluster.metric("nimbus_index_tombstones_purged_total") == 0 {
             assert!(
                 started.elapsed() < Duration::from_secs(60),
                 "no tombstone purged after {:?}",

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
-use serde_json::Value;
 
 use crate::cluster::{Cluster, bytes, runtime};
 
@@ -28,26 +27,6 @@ fn fragment_paths(dir: &Path, out: &mut Vec<PathBuf>) {
             out.push(path);
         }
     }
-}
-
-fn placement(cluster: &Cluster) -> (u64, u64) {
-    let out: Value = serde_json::from_str(&cluster.admin(&["--json", "placement"])).unwrap();
-    (
-        out["misplaced"].as_u64().unwrap(),
-        out["below_full_redundancy"].as_u64().unwrap(),
-    )
-}
-
-/// One metric of node `i`, summed over its devices.
-fn metric(cluster: &Cluster, node: u16, name: &str) -> u64 {
-    let text = ureq_get(&format!(
-        "http://127.0.0.1:{}/metrics",
-        cluster.base_port + node
-    ));
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
 }
 
 fn ureq_get(url: &str) -> String {
@@ -75,7 +54,7 @@ fn placement_reports_a_misplaced_fragment_until_the_workers_move_it_home() {
             .await
             .unwrap();
     });
-    assert_eq!(placement(&cluster), (0, 0), "a healthy cluster");
+    assert_eq!(cluster.placement(), (0, 0), "a healthy cluster");
     let help = ureq_get(&format!(
         "http://127.0.0.1:{}/metrics",
         cluster.base_port + 1
@@ -113,7 +92,7 @@ fn placement_reports_a_misplaced_fragment_until_the_workers_move_it_home() {
     let to = stranger.join(&relative);
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
     std::fs::rename(from, &to).unwrap();
-    let (misplaced, degraded) = placement(&cluster);
+    let (misplaced, degraded) = cluster.placement();
     assert!(
         misplaced >= 1 && degraded >= 1,
         "after moving {from:?} to {to:?}: {misplaced} misplaced, {degraded} degraded"
@@ -122,7 +101,7 @@ fn placement_reports_a_misplaced_fragment_until_the_workers_move_it_home() {
     // The workers (a pass every 3 s) move it home.
     let started = Instant::now();
     loop {
-        let now = placement(&cluster);
+        let now = cluster.placement();
         if now == (0, 0) {
             break;
         }
@@ -135,9 +114,7 @@ fn placement_reports_a_misplaced_fragment_until_the_workers_move_it_home() {
     }
     assert!(from.exists(), "the fragment is back at {from:?}");
     assert!(!to.exists(), "and gone from {to:?}");
-    let moved: u64 = (1..=6)
-        .map(|i| metric(&cluster, i, "nimbus_worker_moved_fragments_total"))
-        .sum();
+    let moved = cluster.metric("nimbus_worker_moved_fragments_total");
     assert_eq!(moved, 1, "one fragment moved, by the metrics");
     rt.block_on(async {
         let got = cluster

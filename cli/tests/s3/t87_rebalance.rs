@@ -77,17 +77,6 @@ fn device_ids(cluster: &Cluster, i: u16) -> Vec<String> {
         .collect()
 }
 
-fn placement(cluster: &Cluster) -> (u64, u64) {
-    let (_, out) = cluster.admin_status(&["--json", "placement"]);
-    let Ok(out) = serde_json::from_str::<Value>(&out) else {
-        return (u64::MAX, u64::MAX);
-    };
-    (
-        out["misplaced"].as_u64().unwrap_or(u64::MAX),
-        out["below_full_redundancy"].as_u64().unwrap_or(u64::MAX),
-    )
-}
-
 /// Waits until the placement report shows nothing misplaced — and, when no client is
 /// writing (`quiet`), no partition below full redundancy (under load, a PUT under way
 /// leaves its partition's slots briefly different) — rebalancing again if `rebalance` (a
@@ -98,7 +87,7 @@ fn settle(cluster: &Cluster, rebalance: bool, quiet: bool, what: &str) {
         if rebalance {
             let _ = cluster.admin_status(&["ring", "rebalance", "ec4+2"]);
         }
-        let now = placement(cluster);
+        let now = cluster.placement();
         if now.0 == 0 && (now.1 == 0 || !quiet) {
             eprintln!("{what}: placement settled in {:?}", started.elapsed());
             return;
