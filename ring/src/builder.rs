@@ -193,6 +193,16 @@ impl RingBuilder {
         self.seed
     }
 
+    /// Returns when a slot of partition `p` last moved (to the minute), or `None` if none
+    /// ever did (filling the slots of a new ring is not a move).
+    #[must_use]
+    pub fn last_moved(&self, p: PartitionId) -> Option<std::time::SystemTime> {
+        let minutes = *self.last_moved.get(p.0 as usize)?;
+        (minutes > 0).then(|| {
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(minutes) * 60)
+        })
+    }
+
     /// Returns the epoch of the newest ring built, 0 before the first rebalance.
     #[must_use]
     pub fn epoch(&self) -> Epoch {

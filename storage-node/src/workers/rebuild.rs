@@ -188,6 +188,17 @@ pub(super) async fn partition(
     if plan.degraded {
         ctx.stats.found_degraded();
     }
+    // Not what another device holds as fragment `index`: a handoff, or the slot's previous
+    // owner, whose mover hands it over whole (cheaper than rebuilding it from `k`).
+    if !plan.rebuilds.is_empty() {
+        let entry = map.policy(policy);
+        let moved = entry.and_then(|e| e.builder.last_moved(partition));
+        let held = held_elsewhere(ctx, map, ring, moved, (policy, partition), slot, epoch).await;
+        plan.rebuilds.retain(|r| {
+            let hash = blake3::hash(r.path.as_bytes()).to_hex().to_string();
+            !held.contains(&(hash, r.version))
+        });
+    }
     // Only what the index still references: a version the collectors are removing slot by
     // slot (or a PUT whose entry is not written yet) is not rebuilt; the next pass sees
     // the entry if it comes.
@@ -238,6 +249,54 @@ pub(super) async fn partition(
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// For how long after a partition moved its previous owners may still hold its fragments,
+/// as far as the reconstructor looks: then it asks every device of the ring, not only the
+/// handoffs.
+const MOVED_RECENTLY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Handoffs asked otherwise (the proxies write to the first ones).
+const HANDOFFS_ASKED: usize = 8;
+
+/// The (object hash, version) pairs whose fragment `slot` a device other than the
+/// partition's slots holds committed. Devices that do not answer are passed over: their
+/// fragments are then rebuilt, which costs work, not correctness.
+async fn held_elsewhere(
+    ctx: &Ctx,
+    map: &ClusterMap,
+    ring: &nimbus_ring::Ring,
+    moved: Option<std::time::SystemTime>,
+    (policy, partition): (&str, PartitionId),
+    slot: usize,
+    epoch: u64,
+) -> HashSet<(String, VersionId)> {
+    let slots: HashSet<DeviceKey> = ring.primaries(partition).map(key).collect();
+    let recently = moved.is_some_and(|t| t.elapsed().is_ok_and(|age| age < MOVED_RECENTLY));
+    let candidates: Vec<DeviceKey> = if recently {
+        ring.devices().iter().map(key).collect()
+    } else {
+        ring.handoffs(partition)
+            .take(HANDOFFS_ASKED)
+            .map(key)
+            .collect()
+    };
+    let asked: Vec<DeviceKey> = candidates
+        .into_iter()
+        .filter(|d| !slots.contains(d) && *d != ctx.device && map.is_up(d))
+        .collect();
+    let listings = futures_util::future::join_all(
+        asked
+            .iter()
+            .map(|d| peer_listing(ctx, d, policy, partition, epoch, false)),
+    )
+    .await;
+    listings
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|row| row.durable && usize::from(row.index) == slot)
+        .filter_map(|row| Some((row.object_hash.clone(), row.version_id()?)))
+        .collect()
 }
 
 #[cfg(test)]
