@@ -53,7 +53,7 @@ pub struct WorkersSection {
     /// Seconds between the end of one pass over a device's partitions and the start of the
     /// next. Default 30.
     pub pass_pause_secs: u64,
-    /// Partitions of one device worked on at once. Default 2.
+    /// Partitions of one device worked on at once. Default 1.
     pub concurrent_partitions: usize,
     /// Seconds a fragment file must be unchanged before the collector may remove it as
     /// garbage (no index entry references its version) or as an orphan (never committed).
@@ -72,7 +72,7 @@ impl Default for WorkersSection {
         WorkersSection {
             bytes_per_sec: 64 << 20,
             pass_pause_secs: 30,
-            concurrent_partitions: 2,
+            concurrent_partitions: 1,
             gc_grace_secs: 3600,
             index_sync_secs: 600,
             tombstone_grace_secs: 7 * 24 * 3600,
