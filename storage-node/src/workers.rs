@@ -390,3 +390,12 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+/// A device on 127.0.0.1:`port` named `d0`, for the workers' unit tests.
+#[cfg(test)]
+fn test_device(port: u16) -> DeviceKey {
+    DeviceKey {
+        node: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        device: "d0".into(),
+    }
+}

@@ -248,6 +248,44 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Completes upload `upload_id` of `bucket/key` with its one part, of ETag `etag`.
+pub async fn complete_one_part(
+    s3: &Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    etag: &str,
+) -> aws_sdk_s3::operation::complete_multipart_upload::CompleteMultipartUploadOutput {
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    s3.complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .parts(CompletedPart::builder().part_number(1).e_tag(etag).build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("complete {bucket}/{key}: {e:?}"))
+}
+
+/// Reads every `(key, bytes)` of `objects` back from `bucket` and checks the bytes.
+pub async fn check_all(s3: &Client, bucket: &str, objects: &[(String, Vec<u8>)]) {
+    for (key, data) in objects {
+        let got = s3
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {key}: {e:?}"));
+        let body = got.body.collect().await.unwrap().into_bytes();
+        assert!(body.as_ref() == data.as_slice(), "{key} differs");
+    }
+}
+
 /// Deterministic bytes: `len` of them from `seed`.
 pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

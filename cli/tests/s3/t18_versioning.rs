@@ -4,11 +4,9 @@
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{
-    BucketVersioningStatus, CompletedMultipartUpload, CompletedPart, VersioningConfiguration,
-};
+use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
 
-use crate::cluster::{Cluster, bytes, runtime};
+use crate::cluster::{Cluster, bytes, complete_one_part, runtime};
 
 async fn put(s3: &Client, key: &str, body: &[u8]) -> Option<String> {
     s3.put_object()
@@ -307,24 +305,14 @@ fn versions_are_kept_read_listed_and_deleted_by_id() {
             .send()
             .await
             .unwrap();
-        let done = s3
-            .complete_multipart_upload()
-            .bucket("ver")
-            .key("k")
-            .upload_id(up.upload_id().unwrap())
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .parts(
-                        CompletedPart::builder()
-                            .part_number(1)
-                            .e_tag(part.e_tag().unwrap())
-                            .build(),
-                    )
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
+        let done = complete_one_part(
+            &s3,
+            "ver",
+            "k",
+            up.upload_id().unwrap(),
+            part.e_tag().unwrap(),
+        )
+        .await;
         let v3 = done.version_id().unwrap().to_owned();
         assert_eq!(get(&s3, "k", Some(&v3)).await.unwrap().0, big);
         assert_eq!(get(&s3, "k", Some(&v1)).await.unwrap().0, b"one");

@@ -6,23 +6,9 @@ use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 
-use crate::cluster::{Cluster, bytes, runtime};
+use crate::cluster::{Cluster, bytes, check_all, runtime};
 
 const SIZES: [usize; 4] = [100, 5000, 1 << 20, (3 << 20) + 7];
-
-async fn check_all(s3: &aws_sdk_s3::Client, objects: &[(String, Vec<u8>)]) {
-    for (key, data) in objects {
-        let got = s3
-            .get_object()
-            .bucket("faults")
-            .key(key)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {key}: {e:?}"));
-        let body = got.body.collect().await.unwrap().into_bytes();
-        assert!(body.as_ref() == data.as_slice(), "{key} differs");
-    }
-}
 
 #[test]
 fn objects_survive_two_nodes_down_and_fail_cleanly_with_three() {
@@ -53,7 +39,7 @@ fn objects_survive_two_nodes_down_and_fail_cleanly_with_three() {
         cluster.detach_supervisor();
         cluster.kill_node(2);
         cluster.kill_node(5);
-        check_all(&s3, &objects).await;
+        check_all(&s3, "faults", &objects).await;
         for (i, size) in SIZES.into_iter().enumerate() {
             let key = format!("during-{size}");
             let data = bytes(size, 500 + i as u64);
@@ -66,7 +52,7 @@ fn objects_survive_two_nodes_down_and_fail_cleanly_with_three() {
                 .unwrap_or_else(|e| panic!("PUT {key} with 2 nodes down: {e:?}"));
             objects.push((key, data));
         }
-        check_all(&s3, &objects).await;
+        check_all(&s3, "faults", &objects).await;
 
         // A third node down: more than the policy tolerates. Requests fail with a clear
         // 503 (or succeed where enough survives), never with wrong bytes.
@@ -93,6 +79,6 @@ fn objects_survive_two_nodes_down_and_fail_cleanly_with_three() {
             cluster.restart_node(node);
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        check_all(&s3, &objects).await;
+        check_all(&s3, "faults", &objects).await;
     });
 }

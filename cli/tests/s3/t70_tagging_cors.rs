@@ -7,7 +7,7 @@ use aws_sdk_s3::types::{
     TaggingDirective,
 };
 
-use crate::cluster::{Cluster, bytes, etag, runtime};
+use crate::cluster::{Cluster, bytes, complete_one_part, etag, runtime};
 
 /// Runs curl; returns (status, headers, body). With `signed`, the request carries SigV4.
 fn curl(cluster: &Cluster, signed: bool, args: &[&str]) -> (u16, String, String) {
@@ -477,23 +477,7 @@ fn tags_live_with_the_object_and_the_bucket_and_parts_copy_ranges() {
             .send()
             .await
             .unwrap();
-        s3.complete_multipart_upload()
-            .bucket("tags")
-            .key("mp")
-            .upload_id(id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .parts(
-                        CompletedPart::builder()
-                            .part_number(1)
-                            .e_tag(part.e_tag().unwrap())
-                            .build(),
-                    )
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
+        complete_one_part(&s3, "tags", "mp", id, part.e_tag().unwrap()).await;
         let got = s3
             .get_object_tagging()
             .bucket("tags")

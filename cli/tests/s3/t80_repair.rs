@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 
-use crate::cluster::{Cluster, bytes, runtime};
+use crate::cluster::{Cluster, bytes, check_all, runtime};
 use crate::swift_http::{Swift, curl};
 
 const BUCKET: &str = "repair";
@@ -157,20 +157,6 @@ async fn load(
     objects
 }
 
-async fn check_all(s3: &aws_sdk_s3::Client, objects: &[(String, Vec<u8>)]) {
-    for (key, data) in objects {
-        let got = s3
-            .get_object()
-            .bucket(BUCKET)
-            .key(key)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {key}: {e:?}"));
-        let body = got.body.collect().await.unwrap().into_bytes();
-        assert!(body.as_ref() == data.as_slice(), "{key} differs");
-    }
-}
-
 #[test]
 fn a_wiped_device_gets_every_fragment_back() {
     let mib: usize = std::env::var("NIMBUS_T80_LOAD_MIB")
@@ -228,7 +214,7 @@ fn a_wiped_device_gets_every_fragment_back() {
         rebuilt_bytes as f64 / f64::from(1 << 20) / busy.max(0.1)
     );
     assert_each_fragment_once(&cluster, objects.len());
-    rt.block_on(check_all(&s3, &objects));
+    rt.block_on(check_all(&s3, BUCKET, &objects));
 }
 
 #[test]
@@ -283,7 +269,7 @@ fn fragments_written_to_handoffs_go_home() {
         "handoff fragments counted as moved"
     );
     assert_each_fragment_once(&cluster, objects.len());
-    rt.block_on(check_all(&s3, &objects));
+    rt.block_on(check_all(&s3, BUCKET, &objects));
 }
 
 #[test]
@@ -329,7 +315,7 @@ fn a_flipped_byte_is_quarantined_and_rebuilt_identical() {
             >= 1
     );
     assert_each_fragment_once(&cluster, objects.len());
-    rt.block_on(check_all(&s3, &objects));
+    rt.block_on(check_all(&s3, BUCKET, &objects));
 }
 
 #[test]

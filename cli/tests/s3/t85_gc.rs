@@ -8,11 +8,9 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{
-    BucketVersioningStatus, CompletedMultipartUpload, CompletedPart, VersioningConfiguration,
-};
+use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
 
-use crate::cluster::{Cluster, bytes, runtime};
+use crate::cluster::{Cluster, bytes, complete_one_part, runtime};
 
 /// Committed fragment files (`<16 hex>.<index>`) under `dir`, and their bytes.
 fn fragment_files(dir: &Path) -> (usize, u64) {
@@ -155,23 +153,7 @@ fn space_of_dead_versions_orphans_and_abandoned_uploads_is_reclaimed() {
             .send()
             .await
             .unwrap();
-        s3.complete_multipart_upload()
-            .bucket("gcb")
-            .key("big-done")
-            .upload_id(&done)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .parts(
-                        CompletedPart::builder()
-                            .part_number(1)
-                            .e_tag(part.e_tag().unwrap())
-                            .build(),
-                    )
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
+        complete_one_part(&s3, "gcb", "big-done", &done, part.e_tag().unwrap()).await;
         live.push(("big-done".into(), bytes(5 << 20, 14)));
 
         let (files_before, bytes_before) = fragment_files(cluster.path());

@@ -242,12 +242,7 @@ async fn feed(
 mod tests {
     use super::*;
 
-    fn dev(port: u16) -> DeviceKey {
-        DeviceKey {
-            node: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            device: "d0".into(),
-        }
-    }
+    use crate::workers::test_device as dev;
 
     fn listed(index: u8, durable: bool) -> ListedFragment {
         ListedFragment {

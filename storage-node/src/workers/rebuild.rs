@@ -303,12 +303,7 @@ async fn held_elsewhere(
 mod tests {
     use super::*;
 
-    fn dev(port: u16) -> DeviceKey {
-        DeviceKey {
-            node: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            device: "d0".into(),
-        }
-    }
+    use crate::workers::test_device as dev;
 
     /// A listing row of object `a/c/{name}`.
     fn row(name: &str, version: u64, index: u8, durable: bool) -> PeerFragment {
