@@ -770,6 +770,10 @@ struct Found {
     entry: IndexEntry,
     version_id: Option<String>,
     large: Option<crate::swift::large::Large>,
+    /// The bytes a client reads: the large object's, else the entry's.
+    size: u64,
+    /// The ETag a client sees: the large object's, else the entry's.
+    etag: String,
 }
 
 async fn found(
@@ -782,10 +786,16 @@ async fn found(
     let (entry, version_id) =
         super::versions::read(state, account, bucket, key, version, conditions).await?;
     let large = large_object(state, account, (bucket, key), &entry).await?;
+    let (size, etag) = match &large {
+        Some(l) => (l.size, l.etag.clone()),
+        None => (entry.size, entry.etag.clone()),
+    };
     Ok(Found {
         entry,
         version_id,
         large,
+        size,
+        etag,
     })
 }
 
@@ -806,6 +816,8 @@ pub async fn get(
         entry,
         version_id,
         large,
+        size,
+        etag,
     } = found(
         state,
         account,
@@ -814,10 +826,6 @@ pub async fn get(
         &conditions,
     )
     .await?;
-    let size = large.as_ref().map_or(entry.size, |l| l.size);
-    let etag = large
-        .as_ref()
-        .map_or(entry.etag.as_str(), |l| l.etag.as_str());
     let range = byte_range(input.range.as_ref(), size)?;
     let wanted = range.clone().unwrap_or(0..size);
     let body = match &large {
@@ -880,7 +888,7 @@ pub async fn get(
             .or(d.content_language),
         expires: input.response_expires.clone().or(d.expires),
         tag_count: d.tag_count,
-        e_tag: Some(etag_value(etag)),
+        e_tag: Some(etag_value(&etag)),
         last_modified: Some(last_modified(entry.version)),
         metadata: Some(d.metadata).filter(|m| !m.is_empty()),
         version_id,
@@ -1007,7 +1015,9 @@ pub async fn head(
     let Found {
         entry,
         version_id,
-        large,
+        large: _,
+        size,
+        etag,
     } = found(
         state,
         account,
@@ -1016,10 +1026,6 @@ pub async fn head(
         &conditions,
     )
     .await?;
-    let size = large.as_ref().map_or(entry.size, |l| l.size);
-    let etag = large
-        .as_ref()
-        .map_or(entry.etag.as_str(), |l| l.etag.as_str());
     let range = byte_range(input.range.as_ref(), size)?;
     let d = describe(&entry);
     let tag_count = d.tag_count;
@@ -1045,7 +1051,7 @@ pub async fn head(
         content_encoding: d.content_encoding,
         content_language: d.content_language,
         expires: d.expires,
-        e_tag: Some(etag_value(etag)),
+        e_tag: Some(etag_value(&etag)),
         last_modified: Some(last_modified(entry.version)),
         metadata: Some(d.metadata).filter(|m| !m.is_empty()),
         version_id,
