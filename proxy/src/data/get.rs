@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
@@ -28,6 +29,10 @@ pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> +
 
 /// Segments decoded ahead of the client.
 const AHEAD: usize = 2;
+
+/// How long a device may take to answer a fragment GET, or to send the next piece of one,
+/// before the read goes elsewhere: a hung node must not hang the client's read.
+const STALL: Duration = Duration::from_secs(5);
 
 /// Where a fragment may be: a device and the fragment file's index there.
 type Source = (DeviceKey, usize);
@@ -57,31 +62,34 @@ struct Opener {
 
 impl Opener {
     fn new(data: &DataPath, place: &Place, name: &FragmentName, shape: &Shape, end: u64) -> Self {
-        let up: Vec<(usize, &DeviceKey)> = place
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, up))| *up)
-            .map(|(i, (d, _))| (i, d))
-            .collect();
+        // Slots the map has up come first, then the handoffs, then the slots the map has
+        // down: the map lags a node that has just come back, and a slot it still calls
+        // down may well answer.
+        let slots = |up: bool| {
+            place
+                .slots
+                .iter()
+                .enumerate()
+                .filter(move |(_, (_, is_up))| *is_up == up)
+                .map(|(i, (d, _))| (d.clone(), i))
+        };
         let sources = if shape.copies {
             // Any replica is "fragment 0"; each is stored under its slot's index.
-            let mut all: VecDeque<Source> = up.iter().map(|(i, d)| ((*d).clone(), *i)).collect();
+            let mut all: VecDeque<Source> = slots(true).collect();
             for h in &place.handoffs {
                 for i in 0..shape.slots {
                     all.push_back((h.clone(), i));
                 }
             }
+            all.extend(slots(false));
             vec![all]
         } else {
             (0..shape.slots)
                 .map(|i| {
-                    let mut s: VecDeque<Source> = up
-                        .iter()
-                        .filter(|(slot, _)| *slot == i)
-                        .map(|(_, d)| ((*d).clone(), i))
-                        .collect();
+                    let mut s: VecDeque<Source> =
+                        slots(true).filter(|(_, slot)| *slot == i).collect();
                     s.extend(place.handoffs.iter().map(|h| (h.clone(), i)));
+                    s.extend(slots(false).filter(|(_, slot)| *slot == i));
                     s
                 })
                 .collect()
@@ -109,20 +117,22 @@ impl Opener {
                 self.name.api_path(&device, index, ""),
                 self.end - offset
             );
-            match self
-                .data
-                .nodes
-                .send(
-                    device.node,
-                    Method::GET,
-                    &path,
-                    self.epoch,
-                    &[],
-                    empty_body(),
-                )
-                .await
-            {
-                Ok(answer) if answer.status() == StatusCode::OK => {
+            let answer = self.data.nodes.send(
+                device.node,
+                Method::GET,
+                &path,
+                self.epoch,
+                &[],
+                empty_body(),
+            );
+            match tokio::time::timeout(STALL, answer).await {
+                Err(_) => {
+                    last = format!(
+                        "{}/{}: no answer within {STALL:?}",
+                        device.node, device.device
+                    )
+                }
+                Ok(Ok(answer)) if answer.status() == StatusCode::OK => {
                     return Ok(FragmentStream {
                         fragment,
                         sources,
@@ -131,10 +141,10 @@ impl Opener {
                         offset,
                     });
                 }
-                Ok(answer) => {
+                Ok(Ok(answer)) => {
                     last = format!("{}/{}: {}", device.node, device.device, answer.status())
                 }
-                Err(e) => last = e.to_string(),
+                Ok(Err(e)) => last = e.to_string(),
             }
         }
         Err(last)
@@ -145,7 +155,10 @@ impl FragmentStream {
     /// Reads the next `n` bytes.
     async fn read_exact(&mut self, n: usize) -> Result<Bytes, String> {
         while self.buf.len() < n {
-            match self.body.frame().await {
+            let frame = tokio::time::timeout(STALL, self.body.frame())
+                .await
+                .map_err(|_| format!("no fragment bytes within {STALL:?}"))?;
+            match frame {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         self.buf.extend_from_slice(&data);
