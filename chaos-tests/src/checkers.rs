@@ -1,0 +1,1 @@
+//! The checkers: one property of a history per module.

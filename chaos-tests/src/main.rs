@@ -1,0 +1,3 @@
+//! `nimbus-chaos`.
+
+fn main() {}
