@@ -341,6 +341,11 @@ async fn commit(
     stored: &[(usize, DeviceKey)],
     quorum: usize,
 ) -> Result<(), DataError> {
+    let (stored, quorum) = if injected_ack_before_quorum() {
+        (&stored[..stored.len().min(1)], 1)
+    } else {
+        (stored, quorum)
+    };
     let calls = stored.iter().map(|(slot, device)| {
         let path = name.api_path(device, *slot, "/commit");
         async move {
@@ -368,6 +373,23 @@ async fn commit(
         )));
     }
     Ok(())
+}
+
+/// A deliberate bug for the chaos harness's own test, in debug builds only: with
+/// `NIMBUS_INJECT_BUG=ack-before-quorum`, a PUT commits one fragment and is acknowledged.
+/// `nimbus-chaos run --inject-bug ack-before-quorum --expect-violations` must catch it.
+fn injected_ack_before_quorum() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    cfg!(debug_assertions)
+        && *ON.get_or_init(|| {
+            let on = std::env::var("NIMBUS_INJECT_BUG").is_ok_and(|v| v == "ack-before-quorum");
+            if on {
+                tracing::error!(
+                    "NIMBUS_INJECT_BUG=ack-before-quorum: PUTs are acknowledged after one commit"
+                );
+            }
+            on
+        })
 }
 
 /// Handoff devices shared by a PUT's slots.
