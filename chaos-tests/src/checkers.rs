@@ -1,18 +1,18 @@
 //! The checkers: one property of a history per module, each adding its violations and counts
 //! to one [`Verdict`].
 //!
-//! Every (bucket, key) is judged as a linearizable register ([`registers`]): the system
+//! Every (bucket, key) is judged as a linearizable register (`registers`): the system
 //! promises read-after-write consistency through quorum index reads.
 //!
-//! - [`reads`]: no load GET returns bytes no one wrote on its key, bytes that differ from the
+//! - `reads`: no load GET returns bytes no one wrote on its key, bytes that differ from the
 //!   write it names, a write not yet sent, or a state superseded before it was sent. A write
 //!   with an unknown outcome must be there whole or not at all: a read of one that is not
 //!   intact counts among the corrupt reads.
-//! - [`durability`]: once the cluster healed, every key that was written reads back, and
+//! - `durability`: once the cluster healed, every key that was written reads back, and
 //!   reads back a legal state; an acknowledged write that is gone is lost.
-//! - [`listing`]: the final listings agree with the final GETs; no listing shows a key no one
+//! - `listing`: the final listings agree with the final GETs; no listing shows a key no one
 //!   wrote.
-//! - [`availability`]: how long and how often the load saw requests end unknown. It finds no
+//! - `availability`: how long and how often the load saw requests end unknown. It finds no
 //!   violations: faults are expected to make requests fail.
 
 mod availability;
