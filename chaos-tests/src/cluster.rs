@@ -1,10 +1,10 @@
-//! The cluster under test: storage nodes (the first five also metadata members), each in a
-//! network namespace of its own ([`Net`]), and proxies beside the harness on loopback, all
-//! separate `nimbus` processes with their data and logs under one directory. Set up through
-//! `nimbus admin`, as an operator would.
+//! The cluster under test: storage nodes (the first five also metadata members) and proxies,
+//! all separate `nimbus` processes with their data and logs under one directory, on a
+//! [`Network`] that can cut and slow each node off. Set up through `nimbus admin`, as an
+//! operator would.
 //!
-//! Node `i` listens on `10.77.S.i:6000` (its metadata member on `:6100`); nodes past
-//! [`ClusterSpec::nodes`] are spares, started and added to the rings only by a ring change.
+//! Nodes past [`ClusterSpec::nodes`] are spares, started and added to the rings only by a
+//! ring change.
 
 use std::fs::OpenOptions;
 use std::net::{SocketAddr, TcpStream};
@@ -16,12 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 
-use crate::net::Net;
+use crate::net::namespaces::Namespaces;
+use crate::net::proxied::Proxied;
+use crate::net::{Network, is_root};
 
-/// The storage nodes' port in their namespaces.
-const NODE_PORT: u16 = 6000;
-/// The metadata members' port in their namespaces.
-const META_PORT: u16 = 6100;
 /// Metadata members: hosted by nodes `1..=META_MEMBERS`.
 pub const META_MEMBERS: u16 = 5;
 /// Devices per node.
@@ -56,13 +54,27 @@ pub struct ClusterSpec {
     pub seed: u64,
     /// Passed to every proxy (`NIMBUS_INJECT_BUG`), for the harness's own test.
     pub inject_bug: Option<String>,
+    /// The network's shape.
+    pub network: NetworkKind,
+    /// Put [`SMALL_DEVICE`] on a small tmpfs of its own, so that it can be filled (needs
+    /// root).
+    pub small_device: bool,
+}
+
+/// How the nodes are connected (see [`crate::net`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkKind {
+    /// A network namespace per node (needs root).
+    Namespaces,
+    /// Loopback behind the harness's fault-injecting TCP proxies.
+    Proxied,
 }
 
 /// One process and how it was started.
 struct Process {
     name: String,
-    /// `ip netns exec NS` when it runs in a namespace.
-    namespace: Option<String>,
+    /// What its command line starts with (`ip netns exec NS`), if anything.
+    prefix: Vec<String>,
     args: Vec<String>,
     /// Where it answers when ready.
     ready_at: Vec<SocketAddr>,
@@ -75,7 +87,7 @@ pub struct Cluster {
     /// The spec it was started with.
     pub spec: ClusterSpec,
     /// Its network.
-    pub net: Net,
+    pub net: Box<dyn Network>,
     nodes: Vec<Process>,
     proxies: Vec<Process>,
     /// The proxies' S3 endpoints.
@@ -121,7 +133,16 @@ impl Cluster {
     /// # Errors
     /// A process that does not start, a setup step that fails.
     pub fn start(spec: ClusterSpec) -> Result<Cluster> {
-        let net = Net::create(spec.nodes + spec.spares)?;
+        let nodes = spec.nodes + spec.spares;
+        let net: Box<dyn Network> = match spec.network {
+            NetworkKind::Namespaces => {
+                if !is_root() {
+                    bail!("--network namespaces needs root; --network proxied runs without");
+                }
+                Box::new(Namespaces::create(nodes)?)
+            }
+            NetworkKind::Proxied => Box::new(Proxied::create(nodes)?),
+        };
         std::fs::create_dir_all(spec.dir.join("logs"))?;
         let secret = format!("{:016x}", spec.seed).repeat(4);
         std::fs::write(spec.dir.join("cluster-secret"), format!("{secret}\n"))?;
@@ -137,7 +158,6 @@ impl Cluster {
         };
         for i in 1..=spec.nodes + spec.spares {
             cluster.write_node_config(i)?;
-            let ns = cluster.net.namespace(i);
             let config = spec.dir.join(format!("node{i}/storage.toml"));
             let mut ready_at = vec![cluster.node_addr(i)];
             if i <= META_MEMBERS {
@@ -145,7 +165,7 @@ impl Cluster {
             }
             cluster.nodes.push(Process {
                 name: format!("node{i}"),
-                namespace: Some(ns),
+                prefix: cluster.net.command_prefix(i),
                 args: vec![
                     "storage".into(),
                     "--config".into(),
@@ -182,7 +202,7 @@ impl Cluster {
             )?;
             cluster.proxies.push(Process {
                 name: format!("proxy{j}"),
-                namespace: None,
+                prefix: Vec::new(),
                 args: vec![
                     "proxy".into(),
                     "--config".into(),
@@ -201,11 +221,11 @@ impl Cluster {
     /// Node `i`'s storage address.
     #[must_use]
     pub fn node_addr(&self, i: u16) -> SocketAddr {
-        SocketAddr::from((self.net.node_ip(i), NODE_PORT))
+        self.net.node_addr(i)
     }
 
     fn meta_addr(&self, i: u16) -> SocketAddr {
-        SocketAddr::from((self.net.node_ip(i), META_PORT))
+        self.net.meta_addr(i)
     }
 
     fn meta_list(&self) -> String {
@@ -232,13 +252,13 @@ impl Cluster {
         let mut text = format!(
             "listen = \"{}\"\ncluster_secret_file = \"{}\"\nio_engine = \"auto\"\n\n\
              [engine]\nbuffers = 16\nbuffer_bytes = 262144\n",
-            self.node_addr(i),
+            self.net.node_listen(i),
             self.spec.dir.join("cluster-secret").display()
         );
         for device in DEVICES {
             let path = dir.join(device);
             std::fs::create_dir_all(&path)?;
-            if (i, device) == SMALL_DEVICE {
+            if (i, device) == SMALL_DEVICE && self.spec.small_device {
                 self.mount_small(&path)?;
             }
             text.push_str(&format!(
@@ -250,18 +270,19 @@ impl Cluster {
             text.push_str(&format!(
                 "\n[meta]\nid = {i}\ndir = \"{}\"\nlisten = \"{}\"\n",
                 dir.join("meta").display(),
-                self.meta_addr(i)
+                self.net.meta_listen(i)
             ));
         }
         // Quick passes and a short collector grace, so that each scenario heals within
         // seconds; 15 s still outlasts every PUT's commit-to-index window (the proxy's index
         // calls time out after 5 s).
         text.push_str(&format!(
-            "\n[heartbeat]\nmembers = [{}]\ninterval_ms = 500\n\n\
+            "\n[heartbeat]\nmembers = [{}]\nnode = \"{}\"\ninterval_ms = 500\n\n\
              [audit]\nbytes_per_sec = 67108864\ncycle_pause_secs = 5\n\n\
              [workers]\nbytes_per_sec = 67108864\npass_pause_secs = 2\ngc_grace_secs = 15\n\
              index_sync_secs = 5\ntombstone_grace_secs = 60\n",
-            self.meta_list()
+            self.meta_list(),
+            self.node_addr(i)
         ));
         std::fs::write(dir.join("storage.toml"), text)?;
         Ok(())
@@ -445,10 +466,10 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(self.spec.dir.join("logs").join(format!("{}.log", p.name)))?;
-        let mut command = match &p.namespace {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&self.spec.nimbus);
+        let mut command = match p.prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.spec.nimbus);
                 c
             }
             None => Command::new(&self.spec.nimbus),

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use nimbus_chaos::cluster::ClusterSpec;
+use nimbus_chaos::cluster::{ClusterSpec, NetworkKind};
+use nimbus_chaos::net::is_root;
 use nimbus_chaos::report::{self, Report};
 use nimbus_chaos::run::{self, RunSpec};
 use nimbus_chaos::scenarios::SCENARIOS;
@@ -77,6 +78,9 @@ struct RunArgs {
     /// Succeed only if a check fails (with `--inject-bug`: the harness's own test).
     #[arg(long)]
     expect_violations: bool,
+    /// How the nodes are connected [default: namespaces as root, proxied otherwise].
+    #[arg(long, value_enum)]
+    network: Option<NetworkKind>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -115,11 +119,19 @@ fn main() -> ExitCode {
 }
 
 fn run_command(args: RunArgs) -> Result<ExitCode> {
-    let scenarios: Vec<String> = if args.scenario == "all" {
+    let root = is_root();
+    let mut scenarios: Vec<String> = if args.scenario == "all" {
         SCENARIOS.iter().map(|s| (*s).to_owned()).collect()
     } else {
         args.scenario.split(',').map(str::to_owned).collect()
     };
+    if !root && scenarios.iter().any(|s| s == "full-device") {
+        if args.scenario != "all" {
+            bail!("full-device needs root (a small filesystem of its own to fill)");
+        }
+        eprintln!("nimbus-chaos: not root: full-device is left out (it fills a tmpfs of its own)");
+        scenarios.retain(|s| s != "full-device");
+    }
     for name in &scenarios {
         if !SCENARIOS.contains(&name.as_str()) {
             bail!(
@@ -159,6 +171,12 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
         dir: dir.clone(),
         seed: args.seed,
         inject_bug: args.inject_bug.clone(),
+        network: args.network.unwrap_or(if root {
+            NetworkKind::Namespaces
+        } else {
+            NetworkKind::Proxied
+        }),
+        small_device: root,
     };
     nimbus_chaos::interrupt::watch().context("watch for Ctrl-C")?;
     let reports = run::run(&spec, cluster)?;

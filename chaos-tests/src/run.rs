@@ -80,8 +80,9 @@ pub fn run(spec: &RunSpec, cluster_spec: ClusterSpec) -> Result<Vec<ScenarioRepo
     let started = Instant::now();
     let mut cluster = Cluster::start(cluster_spec).context("start the cluster")?;
     eprintln!(
-        "nimbus-chaos: cluster up in {:.1}s; proxies {}; data and logs in {}",
+        "nimbus-chaos: cluster up in {:.1}s ({}); proxies {}; data and logs in {}",
         started.elapsed().as_secs_f64(),
+        cluster.net.describe(),
         cluster.endpoints.join(", "),
         cluster.spec.dir.display()
     );
