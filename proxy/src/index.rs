@@ -311,12 +311,40 @@ impl IndexClient {
         shard: &Shard<'_>,
         key: &str,
     ) -> Result<Option<IndexRecord>, DataError> {
+        self.read_from(shard, key, false).await
+    }
+
+    /// Reads `key`'s newest record from *every* replica of the shard: the collector's
+    /// question. A write that was never acknowledged may have left its record on a single
+    /// replica, which read repair or anti-entropy may later copy to all; a majority read can
+    /// miss it, this one cannot.
+    ///
+    /// # Errors
+    /// [`DataError::Unavailable`] when a replica did not answer before the deadline.
+    pub async fn read_every_replica(
+        &self,
+        shard: &Shard<'_>,
+        key: &str,
+    ) -> Result<Option<IndexRecord>, DataError> {
+        self.read_from(shard, key, true).await
+    }
+
+    async fn read_from(
+        &self,
+        shard: &Shard<'_>,
+        key: &str,
+        every_replica: bool,
+    ) -> Result<Option<IndexRecord>, DataError> {
         let query = format!("?key={}", encode_query(key));
         let started = Instant::now();
         loop {
             let map = self.cluster.map();
             let place = Self::place(&map, shard)?;
-            let majority = place.slots.len() / 2 + 1;
+            let needed = if every_replica {
+                place.slots.len()
+            } else {
+                place.slots.len() / 2 + 1
+            };
             let mut calls: FuturesUnordered<_> = place
                 .slots
                 .iter()
@@ -358,7 +386,7 @@ impl IndexClient {
                     Ok(a) => last = format!("{} {}", a.status, answer_text(&a)),
                     Err(e) => last = e.to_string(),
                 }
-                if held.len() >= majority {
+                if held.len() >= needed {
                     if let Some(n) = &newest {
                         self.repair(&place, shard, n, &held);
                     }
@@ -368,7 +396,7 @@ impl IndexClient {
             let answers = held.len();
             if started.elapsed() > READ_DEADLINE {
                 return Err(DataError::Unavailable(format!(
-                    "index shard {}: {answers} of {majority} replicas answered ({last})",
+                    "index shard {}: {answers} of {needed} replicas answered ({last})",
                     shard.name()
                 )));
             }

@@ -8,7 +8,11 @@
 //! - the parts of the key's multipart uploads in progress (`#uploads`, key `object key NUL
 //!   upload id`; `#parts`, key `upload id/part number`).
 //!
-//! Every read is a majority read, so a reference that a write acknowledged is seen.
+//! Before removing fragments, the current entry is read from every replica, not a majority
+//! ([`Asked::EveryReplica`]): a write that was never acknowledged may have left its record
+//! on one replica only, and read repair or anti-entropy may later copy it to all. Its
+//! fragments must then still be there, or the object would be listed and never readable. (The listings below are answered by the
+//! shard's primary after it peers with the other replicas.)
 //! **Invariant:** any doubt (a bucket this map does not know, an index that does not answer)
 //! answers "referenced": the collector keeps what it cannot prove dead.
 
@@ -24,17 +28,29 @@ use crate::s3::versions::versions_container;
 /// The most version records or uploads of one key read per page.
 const PAGE: usize = 1000;
 
+/// Which replicas of the key's shard answer the question about its current entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Asked {
+    /// Every replica: before removing fragments, where a reference that only one replica
+    /// holds must count.
+    EveryReplica,
+    /// A majority: before rebuilding fragments, which must not wait for every replica (a
+    /// reference that only one replica holds is rebuilt once it has spread).
+    Majority,
+}
+
 /// Tells whether `version`'s fragments under `object_path` (`account/container/key`) are
 /// referenced by an index entry.
 ///
 /// # Errors
-/// [`DataError::Unavailable`] when the index could not be read from a majority; the caller
-/// keeps the fragments.
+/// [`DataError::Unavailable`] when a replica of the key's shard did not answer, or the
+/// listings could not be read; the caller keeps the fragments.
 pub async fn is_referenced(
     index: &IndexClient,
     map: &ClusterMap,
     object_path: &str,
     version: VersionId,
+    asked: Asked,
 ) -> Result<bool, DataError> {
     let mut parts = object_path.splitn(3, '/');
     let (Some(account), Some(container), Some(key)) = (parts.next(), parts.next(), parts.next())
@@ -46,7 +62,11 @@ pub async fn is_referenced(
         return Ok(true);
     };
     let shard = IndexClient::shard_of(account, container, key, bucket.shards);
-    if let Some(current) = index.read(&shard, key).await?
+    let current = match asked {
+        Asked::EveryReplica => index.read_every_replica(&shard, key).await?,
+        Asked::Majority => index.read(&shard, key).await?,
+    };
+    if let Some(current) = current
         && references(&current.entry, version)
     {
         return Ok(true);

@@ -197,6 +197,51 @@ impl Drop for Cluster {
     }
 }
 
+/// A signed call to the internal API of storage node `i` (`method`, `path` with its query,
+/// `body`), as the proxies make them; the answer's body when it is a 2xx.
+pub fn internal(
+    cluster: &Cluster,
+    method: &str,
+    i: u16,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Option<Vec<u8>> {
+    use std::io::Write as _;
+    let secret = nimbus_core::auth::ClusterSecret::from_hex(
+        &std::fs::read_to_string(cluster.path().join("cluster-secret")).unwrap(),
+    )
+    .unwrap();
+    let map: serde_json::Value =
+        serde_json::from_str(&cluster.admin(&["--json", "map", "show"])).unwrap();
+    let epoch = map["epoch"].as_u64().unwrap();
+    let date = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut child = Command::new("curl")
+        .args(["-sf", "--max-time", "10", "-X", method])
+        .arg("-H")
+        .arg(format!(
+            "authorization: {}",
+            secret.sign(method, path, date, epoch)
+        ))
+        .arg("-H")
+        .arg(format!("{}: {date}", nimbus_core::auth::DATE_HEADER))
+        .arg("-H")
+        .arg(format!("{}: {epoch}", nimbus_core::auth::EPOCH_HEADER))
+        .args(body.map(|_| ["--data-binary", "@-"]).into_iter().flatten())
+        .arg(format!("http://127.0.0.1:{}{path}", cluster.base_port + i))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(body.unwrap_or_default()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    out.status.success().then_some(out.stdout)
+}
+
 /// An SDK client for `endpoint`, path style, making at most `attempts` attempts per call.
 pub fn client(endpoint: &str, access_key: &str, secret_key: &str, attempts: u32) -> Client {
     let http = aws_smithy_http_client::Builder::new().build_http();

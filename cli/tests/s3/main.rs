@@ -25,3 +25,4 @@ mod t85_gc;
 mod t86_placement;
 mod t87_rebalance;
 mod t88_index_sync;
+mod t89_gc_lone_reference;

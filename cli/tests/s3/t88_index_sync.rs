@@ -3,61 +3,22 @@
 //! every replica of every shard ends with the same digest.
 
 use std::collections::BTreeMap;
-use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
-use nimbus_core::auth::{ClusterSecret, DATE_HEADER, EPOCH_HEADER};
 use serde_json::Value;
 
-use crate::cluster::{Cluster, runtime};
-
-/// A signed GET of the internal API of node `i`; `None` if it did not answer 200.
-fn signed_get(
-    cluster: &Cluster,
-    secret: &ClusterSecret,
-    epoch: u64,
-    i: u16,
-    path: &str,
-) -> Option<Value> {
-    let date = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let out = Command::new("curl")
-        .args(["-sf", "--max-time", "10"])
-        .arg("-H")
-        .arg(format!(
-            "authorization: {}",
-            secret.sign("GET", path, date, epoch)
-        ))
-        .arg("-H")
-        .arg(format!("{DATE_HEADER}: {date}"))
-        .arg("-H")
-        .arg(format!("{EPOCH_HEADER}: {epoch}"))
-        .arg(format!("http://127.0.0.1:{}{path}", cluster.base_port + i))
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
+use crate::cluster::{Cluster, internal, runtime};
 
 /// For every shard of `container`, the digest each device holding it reports.
-fn digests(
-    cluster: &Cluster,
-    secret: &ClusterSecret,
-    container: &str,
-) -> BTreeMap<u64, Vec<String>> {
-    let map: Value = serde_json::from_str(&cluster.admin(&["--json", "map", "show"])).unwrap();
-    let epoch = map["epoch"].as_u64().unwrap();
+fn digests(cluster: &Cluster, container: &str) -> BTreeMap<u64, Vec<String>> {
+    let get = |node: u16, path: &str| -> Option<Value> {
+        serde_json::from_slice(&internal(cluster, "GET", node, path, None)?).ok()
+    };
     let mut out: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     for node in 1..=6u16 {
         for device in ["d0", "d1"] {
-            let Some(listed) =
-                signed_get(cluster, secret, epoch, node, &format!("/v1/index/{device}"))
-            else {
+            let Some(listed) = get(node, &format!("/v1/index/{device}")) else {
                 continue;
             };
             for shard in listed["shards"].as_array().unwrap() {
@@ -69,7 +30,7 @@ fn digests(
                     shard["shard"].as_u64().unwrap(),
                 );
                 let path = format!("/v1/index/{device}/{account}/{container}/{n}/digest");
-                if let Some(d) = signed_get(cluster, secret, epoch, node, &path) {
+                if let Some(d) = get(node, &path) {
                     out.entry(n)
                         .or_default()
                         .push(d["digest"].as_str().unwrap().to_owned());
@@ -90,10 +51,6 @@ fn converged(digests: &BTreeMap<u64, Vec<String>>) -> bool {
 #[test]
 fn index_replicas_that_missed_writes_converge_without_reads() {
     let cluster = Cluster::start();
-    let secret = ClusterSecret::from_hex(
-        &std::fs::read_to_string(cluster.path().join("cluster-secret")).unwrap(),
-    )
-    .unwrap();
     let rt = runtime();
     let s3 = cluster.client();
     rt.block_on(async {
@@ -115,7 +72,7 @@ fn index_replicas_that_missed_writes_converge_without_reads() {
     cluster.restart_node(6);
     let started = Instant::now();
     loop {
-        let now = digests(&cluster, &secret, "sync");
+        let now = digests(&cluster, "sync");
         if converged(&now) {
             eprintln!("index replicas converged in {:?}", started.elapsed());
             break;

@@ -11,8 +11,9 @@
 //! young unreferenced fragment may be one whose entry is on its way. A partition is
 //! collected at most once per grace period: each check costs index reads.
 //!
-//! **Invariant:** a committed fragment is removed only after a majority read of the index
-//! said no entry references it; any error keeps it.
+//! **Invariant:** a committed fragment is removed only after every replica of its key's
+//! index shard answered and none references it (and the listings of versions and uploads
+//! name none); any error, any replica silent, keeps it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,7 +21,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use nimbus_core::ids::{PartitionId, VersionId};
-use nimbus_proxy::references::is_referenced;
+use nimbus_proxy::references::{Asked, is_referenced};
 use nimbus_ring::map::ClusterMap;
 use tokio::time::Instant;
 
@@ -149,7 +150,14 @@ async fn object_dir(
         let referenced = match checked.get(&fragment.version) {
             Some(r) => *r,
             None => {
-                let r = is_referenced(&ctx.index, map, &object_path, fragment.version).await?;
+                let r = is_referenced(
+                    &ctx.index,
+                    map,
+                    &object_path,
+                    fragment.version,
+                    Asked::EveryReplica,
+                )
+                .await?;
                 checked.insert(fragment.version, r);
                 r
             }

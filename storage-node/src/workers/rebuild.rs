@@ -30,7 +30,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use nimbus_core::ids::{PartitionId, VersionId};
 use nimbus_proxy::data::Shape;
-use nimbus_proxy::references::is_referenced;
+use nimbus_proxy::references::{Asked, is_referenced};
 use nimbus_ring::map::{ClusterMap, DeviceKey};
 
 pub(super) use fragment::transfer_timeout;
@@ -204,7 +204,7 @@ pub(super) async fn partition(
     // the entry if it comes.
     let mut referenced = Vec::with_capacity(plan.rebuilds.len());
     for r in plan.rebuilds.drain(..) {
-        match is_referenced(&ctx.index, map, &r.path, r.version).await {
+        match is_referenced(&ctx.index, map, &r.path, r.version, Asked::Majority).await {
             Ok(true) => referenced.push(r),
             Ok(false) => {}
             Err(e) => {
