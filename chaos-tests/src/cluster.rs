@@ -54,10 +54,11 @@ pub struct ClusterSpec {
     pub seed: u64,
     /// Passed to every proxy (`NIMBUS_INJECT_BUG`), for the harness's own test.
     pub inject_bug: Option<String>,
-    /// The network's shape.
-    pub network: NetworkKind,
+    /// The network's shape; `None`: namespaces as root (proxies should they fail), proxies
+    /// otherwise.
+    pub network: Option<NetworkKind>,
     /// Put [`SMALL_DEVICE`] on a small tmpfs of its own, so that it can be filled (needs
-    /// root).
+    /// root); left `false` by [`Cluster::start`] when the mount fails.
     pub small_device: bool,
 }
 
@@ -135,13 +136,21 @@ impl Cluster {
     pub fn start(spec: ClusterSpec) -> Result<Cluster> {
         let nodes = spec.nodes + spec.spares;
         let net: Box<dyn Network> = match spec.network {
-            NetworkKind::Namespaces => {
+            Some(NetworkKind::Namespaces) => {
                 if !is_root() {
                     bail!("--network namespaces needs root; --network proxied runs without");
                 }
                 Box::new(Namespaces::create(nodes)?)
             }
-            NetworkKind::Proxied => Box::new(Proxied::create(nodes)?),
+            Some(NetworkKind::Proxied) => Box::new(Proxied::create(nodes)?),
+            None if is_root() => match Namespaces::create(nodes) {
+                Ok(net) => Box::new(net),
+                Err(e) => {
+                    eprintln!("nimbus-chaos: no network namespaces ({e:#}); using proxies");
+                    Box::new(Proxied::create(nodes)?)
+                }
+            },
+            None => Box::new(Proxied::create(nodes)?),
         };
         std::fs::create_dir_all(spec.dir.join("logs"))?;
         let secret = format!("{:016x}", spec.seed).repeat(4);
@@ -258,8 +267,12 @@ impl Cluster {
         for device in DEVICES {
             let path = dir.join(device);
             std::fs::create_dir_all(&path)?;
-            if (i, device) == SMALL_DEVICE && self.spec.small_device {
-                self.mount_small(&path)?;
+            if (i, device) == SMALL_DEVICE
+                && self.spec.small_device
+                && let Err(e) = self.mount_small(&path)
+            {
+                eprintln!("nimbus-chaos: {e:#}: full-device will be skipped");
+                self.spec.small_device = false;
             }
             text.push_str(&format!(
                 "\n[[device]]\nname = \"{device}\"\npath = \"{}\"\nreserve_bytes = {RESERVE_BYTES}\n",

@@ -55,8 +55,8 @@ struct RunArgs {
     /// Keys per bucket (few keys: many overwrites and deletes of the same key).
     #[arg(long, default_value_t = 16)]
     keys: u32,
-    /// The largest single PUT, in MiB (multipart uploads are 5 to 12 MiB).
-    #[arg(long, default_value_t = 8)]
+    /// The largest single PUT, in MiB (multipart uploads are 5 to 16 MiB).
+    #[arg(long, default_value_t = 32)]
     max_object_mib: u64,
     /// How long the cluster may take to return to full redundancy after the faults.
     #[arg(long, default_value = "180s", value_parser = parse_duration)]
@@ -171,11 +171,7 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
         dir: dir.clone(),
         seed: args.seed,
         inject_bug: args.inject_bug.clone(),
-        network: args.network.unwrap_or(if root {
-            NetworkKind::Namespaces
-        } else {
-            NetworkKind::Proxied
-        }),
+        network: args.network,
         small_device: root,
     };
     nimbus_chaos::interrupt::watch().context("watch for Ctrl-C")?;

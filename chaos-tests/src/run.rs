@@ -94,6 +94,10 @@ pub fn run(spec: &RunSpec, cluster_spec: ClusterSpec) -> Result<Vec<ScenarioRepo
     let mut next_write = 1;
     for (n, name) in spec.scenarios.iter().enumerate() {
         let seed = spec.seed.wrapping_add(n as u64);
+        if name == "full-device" && !cluster.spec.small_device {
+            eprintln!("nimbus-chaos: full-device skipped: no small device to fill");
+            continue;
+        }
         let report = scenario(spec, &mut cluster, &runtime, name, seed, &mut next_write)?;
         if interrupted() {
             anyhow::bail!("interrupted during {name}");

@@ -224,11 +224,8 @@ impl Worker {
         let bucket = self.buckets[self.rng.random_range(0..self.buckets.len())].clone();
         let key = format!("k{:03}", self.rng.random_range(0..self.spec.keys));
         match self.rng.random_range(0..100) {
-            0..35 => {
-                let size = self.draw_size();
-                self.put(&bucket, &key, size).await;
-            }
-            35..42 => self.multipart(&bucket, &key).await,
+            0..35 => self.put(&bucket, &key, false).await,
+            35..42 => self.put(&bucket, &key, true).await,
             42..70 => self.get(&bucket, &key, None).await,
             70..82 => {
                 let size = self
@@ -256,30 +253,28 @@ impl Worker {
         }
     }
 
-    async fn put(&mut self, bucket: &str, key: &str, size: u64) {
+    /// A PUT, or an upload of two to four parts (only its completion can make it visible).
+    async fn put(&mut self, bucket: &str, key: &str, multipart: bool) {
+        let size = if multipart {
+            let parts = self.rng.random_range(2..=4u64);
+            (parts - 1) * PART_BYTES + self.rng.random_range(1..=PART_BYTES / 4)
+        } else {
+            self.draw_size()
+        };
         let write = self.recorder.new_write(size);
         let start = self.recorder.now_us();
-        let body = payload::bytes(write, size);
-        let result = self
-            .s3
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .metadata(WRITE_META, write.to_string())
-            .body(ByteStream::from(body))
-            .send()
-            .await;
-        let outcome = match result {
-            Ok(_) => {
-                self.sizes.insert((bucket.to_owned(), key.to_owned()), size);
-                Outcome::Ok
-            }
-            Err(e) => failure(&e),
+        let outcome = if multipart {
+            self.multipart_upload(bucket, key, write, size).await
+        } else {
+            self.single_put(bucket, key, write, size).await
         };
+        if outcome == Outcome::Ok {
+            self.sizes.insert((bucket.to_owned(), key.to_owned()), size);
+        }
         let op = Op::Put {
             write,
             size,
-            multipart: false,
+            multipart,
         };
         self.recorder.record(
             self.id,
@@ -293,32 +288,20 @@ impl Worker {
         );
     }
 
-    /// A two- or three-part upload; only the completion can make it visible.
-    async fn multipart(&mut self, bucket: &str, key: &str) {
-        let parts = self.rng.random_range(2..=3u64);
-        let tail = self.rng.random_range(1..=PART_BYTES / 4);
-        let size = (parts - 1) * PART_BYTES + tail;
-        let write = self.recorder.new_write(size);
-        let start = self.recorder.now_us();
-        let outcome = self.multipart_upload(bucket, key, write, size).await;
-        if outcome == Outcome::Ok {
-            self.sizes.insert((bucket.to_owned(), key.to_owned()), size);
+    async fn single_put(&self, bucket: &str, key: &str, write: WriteId, size: u64) -> Outcome {
+        let result = self
+            .s3
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .metadata(WRITE_META, write.to_string())
+            .body(ByteStream::from(payload::bytes(write, size)))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Outcome::Ok,
+            Err(e) => failure(&e),
         }
-        let op = Op::Put {
-            write,
-            size,
-            multipart: true,
-        };
-        self.recorder.record(
-            self.id,
-            Phase::Load,
-            bucket,
-            key,
-            op,
-            start,
-            outcome,
-            Observed::Nothing,
-        );
     }
 
     async fn multipart_upload(
