@@ -192,14 +192,6 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("write {}", path.display()))?;
     }
-    if passed && temporary {
-        let _ = std::fs::remove_dir_all(&dir);
-    } else {
-        eprintln!(
-            "nimbus-chaos: data, logs and histories kept in {}",
-            dir.display()
-        );
-    }
     let ok = if args.expect_violations {
         !passed
     } else {
@@ -209,6 +201,14 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
         eprintln!(
             "nimbus-chaos: violations were expected (--expect-violations): {}",
             if ok { "found" } else { "NONE FOUND" }
+        );
+    }
+    if ok && temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!(
+            "nimbus-chaos: data, logs and histories kept in {}",
+            dir.display()
         );
     }
     Ok(if ok {
