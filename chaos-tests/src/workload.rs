@@ -581,45 +581,42 @@ pub async fn final_reads(
         .filter(|r| r.is_mutation())
         .map(|r| (r.bucket.clone(), r.key.clone()))
         .collect();
-    let client_id = u32::MAX;
     for (bucket, key) in keys {
-        for attempt in 0..3 {
-            let start = recorder.now_us();
-            let (outcome, observed) = read(&s3, recorder, &bucket, &key, None).await;
-            if outcome == Outcome::Ok || attempt == 2 {
-                recorder.record(
-                    client_id,
-                    Phase::Final,
-                    &bucket,
-                    &key,
-                    Op::Get { range: None },
-                    start,
-                    outcome,
-                    observed,
-                );
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        let get = Op::Get { range: None };
+        final_request(recorder, &bucket, &key, get, || {
+            read(&s3, recorder, &bucket, &key, None)
+        })
+        .await;
     }
     for bucket in buckets {
-        for attempt in 0..3 {
-            let start = recorder.now_us();
-            let (outcome, observed) = list(&s3, bucket).await;
-            if outcome == Outcome::Ok || attempt == 2 {
-                recorder.record(
-                    client_id,
-                    Phase::Final,
-                    bucket,
-                    "",
-                    Op::List,
-                    start,
-                    outcome,
-                    observed,
-                );
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        final_request(recorder, bucket, "", Op::List, || list(&s3, bucket)).await;
+    }
+}
+
+/// One final-phase request, tried up to three times a second apart until it succeeds; only
+/// the last try is recorded.
+async fn final_request<F, Fut>(recorder: &Recorder, bucket: &str, key: &str, op: Op, mut send: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (Outcome, Observed)>,
+{
+    for attempt in 0..3 {
+        let start = recorder.now_us();
+        let (outcome, observed) = send().await;
+        if outcome == Outcome::Ok || attempt == 2 {
+            let op = op.clone();
+            recorder.record(
+                u32::MAX,
+                Phase::Final,
+                bucket,
+                key,
+                op,
+                start,
+                outcome,
+                observed,
+            );
+            return;
         }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -242,6 +242,19 @@ pub fn internal(
     out.status.success().then_some(out.stdout)
 }
 
+/// Creates `bucket` in storage policy `policy` (the policy header S3 clients of Nimbus send).
+pub async fn create_bucket_in(s3: &Client, bucket: &str, policy: &'static str) {
+    s3.create_bucket()
+        .bucket(bucket)
+        .customize()
+        .mutate_request(move |r| {
+            r.headers_mut().insert("x-nimbus-storage-policy", policy);
+        })
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create bucket {bucket} in {policy}: {e:?}"));
+}
+
 /// An SDK client for `endpoint`, path style, making at most `attempts` attempts per call.
 pub fn client(endpoint: &str, access_key: &str, secret_key: &str, attempts: u32) -> Client {
     let http = aws_smithy_http_client::Builder::new().build_http();

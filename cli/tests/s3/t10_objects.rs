@@ -2,7 +2,7 @@
 
 use aws_sdk_s3::primitives::ByteStream;
 
-use crate::cluster::{Cluster, bytes, etag, runtime};
+use crate::cluster::{Cluster, bytes, create_bucket_in, etag, runtime};
 
 /// The proxy's default inline_max and segment size.
 const INLINE_MAX: usize = 4096;
@@ -134,15 +134,7 @@ fn objects_round_trip_at_every_size_range_and_policy() {
         assert!(body.as_ref() == &data[size - 10..]);
 
         // The replicated policy, through the bucket's policy header.
-        s3.create_bucket()
-            .bucket("replicated")
-            .customize()
-            .mutate_request(|r| {
-                r.headers_mut().insert("x-nimbus-storage-policy", "rep3");
-            })
-            .send()
-            .await
-            .unwrap();
+        create_bucket_in(&s3, "replicated", "rep3").await;
         for (i, size) in [INLINE_MAX + 1, 2 * MIB + 3].into_iter().enumerate() {
             let data = bytes(size, 1000 + i as u64);
             s3.put_object()

@@ -15,7 +15,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use nimbus_core::index::decode_records;
 use serde_json::Value;
 
-use crate::cluster::{Cluster, bytes, internal, runtime};
+use crate::cluster::{Cluster, bytes, create_bucket_in, internal, runtime};
 
 /// Whether node `i` holds any `rep3` fragment file.
 fn holds_rep3(cluster: &Cluster, i: u16) -> bool {
@@ -64,15 +64,7 @@ fn fragments_that_only_a_downed_replica_references_are_kept() {
     let first = bytes(1 << 20, 1);
     let second = bytes(1 << 20, 2);
     rt.block_on(async {
-        s3.create_bucket()
-            .bucket("lone")
-            .customize()
-            .mutate_request(|r| {
-                r.headers_mut().insert("x-nimbus-storage-policy", "rep3");
-            })
-            .send()
-            .await
-            .unwrap();
+        create_bucket_in(&s3, "lone", "rep3").await;
         s3.put_object()
             .bucket("lone")
             .key("a")
