@@ -35,9 +35,11 @@ pub enum Fault {
     WipeDevice(u16, &'static str),
     /// Fill the small device until less than its reserve is free; free it at the end.
     FillDevice,
-    /// Add a spare node's devices to the `ec4+2` and `rep3` rings and rebalance.
+    /// Add a spare node's devices to the `ec4+2`, `rep3` and index (`rep5`) rings and
+    /// rebalance.
     AddNode(u16),
-    /// Remove a node's devices from the `ec4+2` and `rep3` rings and rebalance.
+    /// Remove a node's devices from the `ec4+2`, `rep3` and index (`rep5`) rings and
+    /// rebalance.
     RemoveNode(u16),
 }
 
@@ -59,8 +61,8 @@ impl fmt::Display for Fault {
     }
 }
 
-/// The rings a ring change touches (the index's `rep5` stays: see the README).
-const CHANGING_POLICIES: [&str; 2] = ["ec4+2", "rep3"];
+/// The rings a ring change touches: both data policies and the index's.
+const CHANGING_POLICIES: [&str; 3] = ["ec4+2", "rep3", "rep5"];
 
 /// What an applied fault needs to be undone.
 #[derive(Debug)]

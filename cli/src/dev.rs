@@ -48,6 +48,10 @@ pub struct DevArgs {
     /// default: 7 days).
     #[arg(long, value_name = "SECS", default_value_t = 7 * 24 * 3600)]
     abandoned_upload_secs: u64,
+    /// Seconds between index anti-entropy passes, in which each shard's replicas compare
+    /// and converge (production default 600).
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    index_sync_secs: u64,
 }
 
 /// Runs the dev cluster until SIGINT or SIGTERM (exit 0) or until one of its processes
@@ -62,7 +66,11 @@ pub fn run(args: DevArgs) -> Result<ExitCode> {
     let _lock = layout.lock()?;
     layout.save_ports()?;
     layout.ensure_secret()?;
-    layout.write_configs(args.gc_grace_secs, args.abandoned_upload_secs)?;
+    layout.write_configs(&layout::Timings {
+        gc_grace_secs: args.gc_grace_secs,
+        abandoned_upload_secs: args.abandoned_upload_secs,
+        index_sync_secs: args.index_sync_secs,
+    })?;
     let secret = crate::admin::load_secret(Some(&layout.secret_file()))?;
     let client = MetaClient::new(layout.meta_members(), secret)?;
     // One thread: children must be started from the main thread (see `supervisor`).

@@ -42,14 +42,32 @@ const PRECONDITION: &str = "x-nimbus-precondition";
 /// first in each new epoch (storage node's `api::peering::REPLICAS`).
 const REPLICAS: &str = "x-nimbus-replicas";
 
-/// The [`REPLICAS`] header's value: every slot device, in slot order.
-fn replicas_header(place: &Place) -> String {
-    place
-        .slots
-        .iter()
+/// The header naming, during a transition of the index ring, the shard's replicas in each
+/// ring a rebalance replaced (storage node's `api::peering::PREVIOUS_REPLICAS`).
+const PREVIOUS_REPLICAS: &str = "x-nimbus-previous-replicas";
+
+/// Devices as the replica headers name them.
+fn device_list(set: &[(DeviceKey, bool)]) -> String {
+    set.iter()
         .map(|(d, _)| format!("{}/{}", d.node, d.device))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Names a shard's replicas to the device asked to act as its primary, which peers with
+/// them first: every slot device in slot order and, during a transition, every previous set.
+fn with_replicas<'a>(call: SmallCall<'a>, place: &Place) -> SmallCall<'a> {
+    let call = call.header(REPLICAS, device_list(&place.slots));
+    if place.previous.is_empty() {
+        return call;
+    }
+    let previous = place
+        .previous
+        .iter()
+        .map(|set| device_list(set))
+        .collect::<Vec<_>>()
+        .join(";");
+    call.header(PREVIOUS_REPLICAS, previous)
 }
 
 /// A write's condition, checked by the shard's primary atomically with the write.
@@ -168,14 +186,16 @@ impl IndexClient {
                     .nodes
                     .call(
                         primary,
-                        SmallCall::new(
-                            Method::PUT,
-                            shard.path(primary, &query),
-                            place.epoch,
-                            CALL_TIMEOUT,
+                        with_replicas(
+                            SmallCall::new(
+                                Method::PUT,
+                                shard.path(primary, &query),
+                                place.epoch,
+                                CALL_TIMEOUT,
+                            )
+                            .header(PRECONDITION, condition.header()),
+                            &place,
                         )
-                        .header(PRECONDITION, condition.header())
-                        .header(REPLICAS, replicas_header(&place))
                         .body(body.clone()),
                     )
                     .await;
@@ -242,7 +262,8 @@ impl IndexClient {
     }
 
     /// Copies the primary's record to the other replicas; returns once a majority of all
-    /// `r` (the primary included) hold it. The copies still under way go on in the
+    /// `r` (the primary included) hold it, and, during a transition of the index ring, a
+    /// majority of each previous set too. The copies still under way go on in the
     /// background.
     async fn replicate(
         &self,
@@ -253,15 +274,15 @@ impl IndexClient {
         seq: u64,
         body: &Bytes,
     ) -> Result<(), DataError> {
-        let majority = place.slots.len() / 2 + 1;
-        let mut held = 1usize;
-        if held >= majority {
+        let mut held: Vec<DeviceKey> = vec![primary.clone()];
+        if place.majorities(|d| held.contains(d)) {
             return Ok(());
         }
         let query = format!("/replicated?key={}&seq={seq}", encode_query(key));
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<bool>(place.slots.len());
+        let replicas = place.replicas();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<DeviceKey>>(replicas.len());
         let mut sent = 0usize;
-        for (device, up) in &place.slots {
+        for (device, up) in replicas {
             if device == primary || !*up {
                 continue;
             }
@@ -279,15 +300,15 @@ impl IndexClient {
                         .await,
                     Ok(a) if a.status == StatusCode::OK
                 );
-                let _ = tx.send(ok).await;
+                let _ = tx.send(ok.then_some(device)).await;
             });
         }
         drop(tx);
         let mut answered = 0usize;
         while let Some(ok) = rx.recv().await {
             answered += 1;
-            held += usize::from(ok);
-            if held >= majority {
+            held.extend(ok);
+            if place.majorities(|d| held.contains(d)) {
                 return Ok(());
             }
             if answered == sent {
@@ -295,9 +316,15 @@ impl IndexClient {
             }
         }
         Err(DataError::Unavailable(format!(
-            "index shard {}: the write reached {held} of {} replicas, {majority} needed",
+            "index shard {}: the write reached {} of {} replicas, short of a majority{}",
             shard.name(),
-            place.slots.len()
+            held.len(),
+            place.slots.len(),
+            if place.previous.is_empty() {
+                ""
+            } else {
+                " of the current and previous rings"
+            }
         )))
     }
 
@@ -340,16 +367,20 @@ impl IndexClient {
         loop {
             let map = self.cluster.map();
             let place = Self::place(&map, shard)?;
-            let needed = if every_replica {
-                place.slots.len()
-            } else {
-                place.slots.len() / 2 + 1
+            let replicas = place.replicas();
+            let enough = |held: &[(&DeviceKey, u64)]| {
+                let answered = |d: &DeviceKey| held.iter().any(|(h, _)| *h == d);
+                if every_replica {
+                    replicas.iter().all(|(d, _)| answered(d))
+                } else {
+                    place.majorities(answered)
+                }
             };
-            let mut calls: FuturesUnordered<_> = place
-                .slots
+            let mut calls: FuturesUnordered<_> = replicas
                 .iter()
                 // Every replica, those the map has down too: a device marked down may well
-                // answer (a late heartbeat), and any majority of the `r` meets every write's.
+                // answer (a late heartbeat), and any majority of the `r` meets every write's
+                // (of each ring, during a transition).
                 .map(|(device, _)| {
                     let path = shard.path(device, &query);
                     let nodes = &self.nodes;
@@ -386,7 +417,7 @@ impl IndexClient {
                     Ok(a) => last = format!("{} {}", a.status, answer_text(&a)),
                     Err(e) => last = e.to_string(),
                 }
-                if held.len() >= needed {
+                if enough(&held) {
                     if let Some(n) = &newest {
                         self.repair(&place, shard, n, &held);
                     }
@@ -396,8 +427,10 @@ impl IndexClient {
             let answers = held.len();
             if started.elapsed() > READ_DEADLINE {
                 return Err(DataError::Unavailable(format!(
-                    "index shard {}: {answers} of {needed} replicas answered ({last})",
-                    shard.name()
+                    "index shard {}: {answers} of {} replicas answered, short of {} ({last})",
+                    shard.name(),
+                    replicas.len(),
+                    if every_replica { "all" } else { "a majority" }
                 )));
             }
             self.cluster.newer_than(map.version(), MAP_WAIT).await;
@@ -460,7 +493,6 @@ impl IndexClient {
             let map = self.cluster.map();
             let place = Self::place(&map, shard)?;
             let mut last = String::from("no replica up");
-            let replicas = replicas_header(&place);
             // The primary, peering first; should it fail, the next replica up becomes the
             // one asked (and peers in turn).
             // Replicas the map has up first, then the others (a device marked down may
@@ -476,8 +508,10 @@ impl IndexClient {
                     .nodes
                     .call(
                         device,
-                        SmallCall::new(Method::GET, path, place.epoch, CALL_TIMEOUT)
-                            .header(REPLICAS, replicas.clone()),
+                        with_replicas(
+                            SmallCall::new(Method::GET, path, place.epoch, CALL_TIMEOUT),
+                            &place,
+                        ),
                     )
                     .await
                 {

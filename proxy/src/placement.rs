@@ -18,6 +18,11 @@ pub struct Place {
     pub slots: Vec<(DeviceKey, bool)>,
     /// Devices to stand in for slots that are down or fail, best first, only those up.
     pub handoffs: Vec<DeviceKey>,
+    /// The index policy only: the partition's slot devices in each ring a rebalance
+    /// replaced less than [`nimbus_ring::map::RING_TRANSITION_MS`] ago, where they differ
+    /// from `slots` (oldest first; each with whether the map has it up). An index read or
+    /// write needs a majority of each of these as well as of `slots`.
+    pub previous: Vec<Vec<(DeviceKey, bool)>>,
     /// The map epoch this placement is from.
     pub epoch: u64,
 }
@@ -43,14 +48,29 @@ impl Place {
             node: d.location.node,
             device: d.location.name.clone(),
         };
-        let slots = ring
-            .primaries(partition)
-            .map(|d| {
-                let k = key(d);
-                let up = map.is_up(&k);
-                (k, up)
-            })
-            .collect();
+        let slots_of = |ring: &nimbus_ring::placement::Ring| -> Vec<(DeviceKey, bool)> {
+            ring.primaries(partition)
+                .map(|d| {
+                    let k = key(d);
+                    let up = map.is_up(&k);
+                    (k, up)
+                })
+                .collect()
+        };
+        let slots = slots_of(ring);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut previous: Vec<Vec<(DeviceKey, bool)>> = Vec::new();
+        for old in map.previous_rings(policy, now_ms) {
+            let set = slots_of(old);
+            let same = |a: &[(DeviceKey, bool)], b: &[(DeviceKey, bool)]| {
+                a.len() == b.len() && a.iter().all(|(d, _)| b.iter().any(|(e, _)| d == e))
+            };
+            if !same(&set, &slots) && !previous.iter().any(|p| same(p, &set)) {
+                previous.push(set);
+            }
+        }
         let handoffs = ring
             .handoffs(partition)
             .map(key)
@@ -62,7 +82,82 @@ impl Place {
             partition,
             slots,
             handoffs,
+            previous,
             epoch: map.epoch().0,
         })
+    }
+
+    /// The replicas of an index shard: the slot devices, then those of the previous sets
+    /// not among them, each once.
+    #[must_use]
+    pub fn replicas(&self) -> Vec<&(DeviceKey, bool)> {
+        let mut out: Vec<&(DeviceKey, bool)> = Vec::with_capacity(self.slots.len());
+        for slot in self.slots.iter().chain(self.previous.iter().flatten()) {
+            if !out.iter().any(|(d, _)| *d == slot.0) {
+                out.push(slot);
+            }
+        }
+        out
+    }
+
+    /// Tells whether the devices `holds` accepts make a majority of the slots and of each
+    /// previous set: what an index write must reach and a read must hear from.
+    pub fn majorities(&self, holds: impl Fn(&DeviceKey) -> bool) -> bool {
+        std::iter::once(&self.slots)
+            .chain(&self.previous)
+            .all(|set| set.iter().filter(|(d, _)| holds(d)).count() > set.len() / 2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(name: &str) -> (DeviceKey, bool) {
+        let key = DeviceKey {
+            node: "127.0.0.1:6200".parse().expect("an address"),
+            device: name.to_owned(),
+        };
+        (key, true)
+    }
+
+    fn place(slots: &str, previous: &[&str]) -> Place {
+        let set = |names: &str| names.split(',').map(device).collect::<Vec<_>>();
+        Place {
+            policy: "rep5".parse().expect("a policy"),
+            partition: PartitionId(0),
+            slots: set(slots),
+            handoffs: Vec::new(),
+            previous: previous.iter().map(|p| set(p)).collect(),
+            epoch: 1,
+        }
+    }
+
+    fn holding(place: &Place, names: &str) -> bool {
+        let names: Vec<&str> = names.split(',').collect();
+        place.majorities(|d| names.contains(&d.device.as_str()))
+    }
+
+    #[test]
+    fn a_transition_needs_a_majority_of_every_ring() {
+        let steady = place("a,b,c,d,e", &[]);
+        assert!(holding(&steady, "a,b,c"));
+        assert!(!holding(&steady, "a,b,x"));
+        assert_eq!(steady.replicas().len(), 5);
+
+        let moving = place("a,b,f,g,h", &["a,b,c,d,e"]);
+        let replicas: Vec<&str> = moving
+            .replicas()
+            .iter()
+            .map(|(d, _)| d.device.as_str())
+            .collect();
+        assert_eq!(replicas, ["a", "b", "f", "g", "h", "c", "d", "e"]);
+        // A majority of the new ring alone (what a read of the empty new devices would be)
+        // is not enough, nor of the old one alone.
+        assert!(!holding(&moving, "f,g,h"));
+        assert!(!holding(&moving, "c,d,e"));
+        assert!(!holding(&moving, "a,b,f"));
+        assert!(holding(&moving, "a,b,c,f"));
+        assert!(holding(&moving, "c,d,e,f,g,h"));
     }
 }

@@ -98,6 +98,10 @@ pub enum MapCommand {
         policy: String,
         /// When, as the proposer's clock said.
         now_ms: Millis,
+        /// For the index policy: how long the replaced ring's replicas still count (see
+        /// [`PreviousRing`]); [`RING_TRANSITION_MS`] when not given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transition_ms: Option<Millis>,
     },
     /// Creates an account.
     CreateAccount {
@@ -317,7 +321,33 @@ pub struct PolicyEntry {
     pub builder: RingBuilder,
     /// The ring built at the last rebalance.
     pub ring: Option<Ring>,
+    /// The index policy only: the rings its rebalances replaced whose transition may not
+    /// be over, oldest first (see [`ClusterMap::previous_rings`]).
+    pub previous: Vec<PreviousRing>,
 }
+
+/// A ring a rebalance of the index policy replaced, and until when its replicas still
+/// count: an index shard's reads and writes need a majority of its previous replicas as well
+/// as of its new ones (joint quorums, as in Raft's joint consensus), and a new primary peers
+/// from both (DESIGN.md: from the previous acting set), until index anti-entropy has handed
+/// every record over to the new replicas.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreviousRing {
+    /// The ring.
+    pub ring: Ring,
+    /// When the rebalance that replaced it was proposed.
+    pub replaced_ms: Millis,
+    /// When its replicas stop counting.
+    pub until_ms: Millis,
+}
+
+/// How long a replaced index ring's replicas count by default: several index anti-entropy
+/// periods (600 s by default), so that every record has been handed over by then.
+pub const RING_TRANSITION_MS: Millis = 60 * 60 * 1000;
+
+/// The most previous rings kept: a rebalance beyond that many transitions forgets the
+/// oldest.
+pub const MAX_PREVIOUS_RINGS: usize = 8;
 
 /// An account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -465,6 +495,17 @@ impl ClusterMap {
         self.index_policy.as_deref()
     }
 
+    /// Returns the rings of `name` that rebalances replaced and whose replicas still count at
+    /// `now_ms` (see [`PreviousRing`]), oldest first: kept for the index policy only.
+    pub fn previous_rings(&self, name: &str, now_ms: Millis) -> impl Iterator<Item = &Ring> {
+        self.policies
+            .get(name)
+            .into_iter()
+            .flat_map(|entry| &entry.previous)
+            .filter(move |p| p.until_ms > now_ms)
+            .map(|p| &p.ring)
+    }
+
     /// Returns a policy and its ring.
     #[must_use]
     pub fn policy(&self, name: &str) -> Option<&PolicyEntry> {
@@ -595,6 +636,7 @@ impl ClusterMap {
                     PolicyEntry {
                         builder,
                         ring: None,
+                        previous: Vec::new(),
                     },
                 );
                 if *make_default || self.default_policy.is_none() {
@@ -626,7 +668,12 @@ impl ClusterMap {
                     .map_err(|e| ring_error(policy, &e))?;
                 Ok(MapOutcome::Done)
             }
-            MapCommand::Rebalance { policy, now_ms } => {
+            MapCommand::Rebalance {
+                policy,
+                now_ms,
+                transition_ms,
+            } => {
+                let is_index = self.index_policy.as_deref() == Some(policy.as_str());
                 let entry = self.policy_mut(policy)?;
                 let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(*now_ms);
                 // On a copy, so that nothing changes unless everything succeeds.
@@ -635,7 +682,18 @@ impl ClusterMap {
                 let ring = builder.ring().map_err(|e| ring_error(policy, &e))?;
                 entry.builder = builder;
                 if report.new_epoch {
-                    entry.ring = Some(ring);
+                    let replaced = entry.ring.replace(ring);
+                    if is_index {
+                        entry.previous.retain(|p| p.until_ms > *now_ms);
+                        let transition = transition_ms.unwrap_or(RING_TRANSITION_MS);
+                        entry.previous.extend(replaced.map(|ring| PreviousRing {
+                            ring,
+                            replaced_ms: *now_ms,
+                            until_ms: now_ms.saturating_add(transition),
+                        }));
+                        let excess = entry.previous.len().saturating_sub(MAX_PREVIOUS_RINGS);
+                        entry.previous.drain(..excess);
+                    }
                     self.epoch = self.epoch.next();
                 }
                 Ok(MapOutcome::Rebalanced {

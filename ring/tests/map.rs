@@ -79,7 +79,8 @@ fn command() -> impl Strategy<Value = MapCommand> {
         }),
         (policy.clone(), 0u64..10_000_000).prop_map(|(p, t)| MapCommand::Rebalance {
             policy: p.into(),
-            now_ms: t
+            now_ms: t,
+            transition_ms: None,
         }),
         policy.prop_map(|p| MapCommand::SetIndexPolicy { policy: p.into() }),
         acct.clone().prop_map(account),
@@ -239,6 +240,7 @@ fn bad_requests_are_refused_and_change_nothing() {
         MapCommand::Rebalance {
             policy: "rep3".into(),
             now_ms: 0,
+            transition_ms: None,
         }, // no devices
     ];
     for c in &refused {
@@ -303,6 +305,7 @@ fn ring_changes_through_the_map_build_rings_and_raise_the_epoch() {
         .apply(&MapCommand::Rebalance {
             policy: "ec2+1".into(),
             now_ms: 1_000,
+            transition_ms: None,
         })
         .unwrap();
     assert!(matches!(r, MapOutcome::Rebalanced { slots_moved: 0, .. }));
@@ -313,12 +316,80 @@ fn ring_changes_through_the_map_build_rings_and_raise_the_epoch() {
     m.apply(&MapCommand::Rebalance {
         policy: "ec2+1".into(),
         now_ms: 2_000,
+        transition_ms: None,
     })
     .unwrap();
     assert_eq!(m.epoch().0, 1);
     // a snapshot restores the ring too
     let restored = ClusterMap::decode(&m.encode()).unwrap();
     assert_eq!(restored.policy("ec2+1").unwrap().ring.as_ref(), Some(&ring));
+}
+
+#[test]
+fn the_index_policy_keeps_the_rings_its_rebalances_replace_for_the_transition() {
+    let mut m = ClusterMap::new();
+    m.apply(&create_policy("rep3")).unwrap();
+    m.apply(&create_policy("ec2+1")).unwrap();
+    m.apply(&set_index("rep3")).unwrap();
+    let add = |m: &mut ClusterMap, policy: &str, z: u32, n: u8| {
+        m.apply(&MapCommand::AddDevice {
+            policy: policy.into(),
+            device: device(z, n),
+            id: None,
+        })
+        .unwrap();
+    };
+    let rebalance = |m: &mut ClusterMap, policy: &str, now_ms: u64| {
+        m.apply(&MapCommand::Rebalance {
+            policy: policy.into(),
+            now_ms,
+            transition_ms: None,
+        })
+        .unwrap();
+    };
+    for policy in ["rep3", "ec2+1"] {
+        for z in 0..3 {
+            add(&mut m, policy, z, 0);
+        }
+        rebalance(&mut m, policy, 1_000);
+    }
+    // The first ring replaced nothing.
+    assert_eq!(m.previous_rings("rep3", 1_000).count(), 0);
+    let first = m.policy("rep3").unwrap().ring.clone().unwrap();
+    for policy in ["rep3", "ec2+1"] {
+        for z in 0..3 {
+            add(&mut m, policy, z, 1);
+        }
+        rebalance(&mut m, policy, 2_000);
+    }
+    let previous: Vec<_> = m.previous_rings("rep3", 2_000).cloned().collect();
+    assert_eq!(previous, std::slice::from_ref(&first));
+    // Only the index policy keeps them.
+    assert_eq!(m.previous_rings("ec2+1", 2_000).count(), 0);
+    // A snapshot keeps them.
+    let restored = ClusterMap::decode(&m.encode()).unwrap();
+    assert_eq!(restored, m);
+    // They stop counting once the transition is over, and the next rebalance forgets them.
+    let over = 2_000 + nimbus_ring::map::RING_TRANSITION_MS;
+    assert_eq!(m.previous_rings("rep3", over - 1).count(), 1);
+    assert_eq!(m.previous_rings("rep3", over).count(), 0);
+    let second = m.policy("rep3").unwrap().ring.clone().unwrap();
+    add(&mut m, "rep3", 0, 2);
+    rebalance(&mut m, "rep3", over);
+    let previous: Vec<_> = m.previous_rings("rep3", over).cloned().collect();
+    assert_eq!(previous, [second]);
+    assert_eq!(m.policy("rep3").unwrap().previous.len(), 1);
+    // A rebalance may name a shorter transition.
+    add(&mut m, "rep3", 1, 2);
+    m.apply(&MapCommand::Rebalance {
+        policy: "rep3".into(),
+        now_ms: over + 10,
+        transition_ms: Some(5_000),
+    })
+    .unwrap();
+    assert_eq!(m.previous_rings("rep3", over + 10).count(), 2);
+    assert_eq!(m.previous_rings("rep3", over + 5_009).count(), 2);
+    assert_eq!(m.previous_rings("rep3", over + 5_010).count(), 1);
 }
 
 #[test]

@@ -53,7 +53,7 @@ pub use error::{
 };
 
 use layout::ShardPrefix;
-use writer::{ApplyWrite, Counters, Job, PurgeWrite, ReplicatedWrite, Request};
+use writer::{ApplyWrite, Counters, DropWrite, Job, PurgeWrite, ReplicatedWrite, Request};
 
 /// The most records one read returns, whatever limit is asked for.
 pub const MAX_RECORDS_PER_READ: usize = 10_000;
@@ -419,6 +419,30 @@ impl IndexStore {
         };
         let (reply, answer) = oneshot::channel();
         self.send(Request::Purge(Job::new(write, reply))).await?;
+        answer.await.map_err(|_| IndexError::Closed)?
+    }
+
+    /// Forgets this store's copy of `shard` if its digest (as [`IndexStore::digest`] gives
+    /// it) is still `digest`; returns whether it did. Index anti-entropy calls it for a copy
+    /// the index ring no longer places here once every replica holds its records.
+    ///
+    /// # Errors
+    /// [`IndexError`] when the shard id is invalid, the store failed or an entry is corrupt.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe, as [`IndexStore::apply`].
+    pub async fn drop_copy(&self, shard: &ShardId, digest: [u8; 32]) -> Result<bool, IndexError> {
+        let prefix = ShardPrefix::new(shard).map_err(|source| IndexError::InvalidShard {
+            shard: shard.clone(),
+            source,
+        })?;
+        let write = DropWrite {
+            shard: shard.clone(),
+            prefix,
+            digest,
+        };
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Drop(Job::new(write, reply))).await?;
         answer.await.map_err(|_| IndexError::Closed)?
     }
 

@@ -95,6 +95,7 @@ pub struct WorkerStats {
     index_records_repaired: AtomicU64,
     index_syncs: AtomicU64,
     index_tombstones_purged: AtomicU64,
+    index_copies_dropped: AtomicU64,
     /// Counted during the running pass; published into `misplaced` and
     /// `degraded_partitions` when the pass ends.
     counting_misplaced: AtomicU64,
@@ -140,6 +141,9 @@ pub struct WorkerReport {
     pub index_syncs: u64,
     /// Tombstones forgotten (on every replica) after the grace period.
     pub index_tombstones_purged: u64,
+    /// Copies of shards the index ring no longer places here, forgotten once every replica
+    /// held their records.
+    pub index_copies_dropped: u64,
 }
 
 impl WorkerStats {
@@ -165,6 +169,7 @@ impl WorkerStats {
             index_records_repaired: get(&self.index_records_repaired),
             index_syncs: get(&self.index_syncs),
             index_tombstones_purged: get(&self.index_tombstones_purged),
+            index_copies_dropped: get(&self.index_copies_dropped),
         }
     }
 

@@ -106,6 +106,12 @@ pub(super) enum RingCommand {
     Rebalance {
         /// The policy.
         policy: String,
+        /// For the index policy: seconds during which the replaced ring's replicas still
+        /// count for every shard's reads and writes, while index anti-entropy hands their
+        /// records to the new replicas (keep it several `index_sync_secs`; stop a device
+        /// removed from the index ring only after it) [default: 3600].
+        #[arg(long, value_name = "SECS")]
+        transition_secs: Option<u64>,
     },
     /// Show the policy's devices, their slots and the ring's epoch.
     Show {
@@ -226,10 +232,14 @@ pub(super) async fn policy(client: &MetaClient, command: PolicyCommand) -> Resul
 /// Runs `ring …`.
 pub(super) async fn ring(client: &MetaClient, command: RingCommand) -> Result<Report> {
     match command {
-        RingCommand::Rebalance { policy } => {
+        RingCommand::Rebalance {
+            policy,
+            transition_secs,
+        } => {
             let command = MapCommand::Rebalance {
                 policy: policy.clone(),
                 now_ms: now_ms(),
+                transition_ms: transition_secs.map(|s| s.saturating_mul(1000)),
             };
             let MapOutcome::Rebalanced {
                 ring_epoch,

@@ -130,7 +130,15 @@ async fn attempt_setup(client: &MetaClient, layout: &Layout) -> Result<Credentia
         if needed {
             let policy = spec.to_owned();
             let now_ms = now_ms();
-            apply(client, MapCommand::Rebalance { policy, now_ms }).await?;
+            apply(
+                client,
+                MapCommand::Rebalance {
+                    policy,
+                    now_ms,
+                    transition_ms: None,
+                },
+            )
+            .await?;
         }
     }
     if map.account(ACCOUNT).is_none() {

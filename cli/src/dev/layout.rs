@@ -66,6 +66,17 @@ pub struct Credentials {
     pub swift_key: String,
 }
 
+/// How soon the dev cluster's workers and expirer act.
+#[derive(Clone, Copy, Debug)]
+pub struct Timings {
+    /// Seconds an unreferenced fragment, and a delete's tombstone, wait to be collected.
+    pub gc_grace_secs: u64,
+    /// Seconds after which the proxy aborts a multipart upload never completed.
+    pub abandoned_upload_secs: u64,
+    /// Seconds between passes of index anti-entropy.
+    pub index_sync_secs: u64,
+}
+
 /// The data directory of a dev cluster and what lives in it.
 pub struct Layout {
     /// The data directory, absolute.
@@ -242,13 +253,17 @@ impl Layout {
         write_file(&file, &format!("{hex}\n"), true)
     }
 
-    /// Writes every process's configuration, and creates the directories they use; the
-    /// nodes' collectors wait `gc_grace_secs` before removing unreferenced fragments; the
-    /// proxy aborts uploads older than `abandoned_upload_secs`.
+    /// Writes every process's configuration, and creates the directories they use, with
+    /// the workers' and the expirer's timings.
     ///
     /// # Errors
     /// I/O errors.
-    pub fn write_configs(&self, gc_grace_secs: u64, abandoned_upload_secs: u64) -> Result<()> {
+    pub fn write_configs(&self, timings: &Timings) -> Result<()> {
+        let Timings {
+            gc_grace_secs,
+            abandoned_upload_secs,
+            index_sync_secs,
+        } = *timings;
         let dir = self.logs_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let secret = toml_str(&self.secret_file());
@@ -291,7 +306,7 @@ impl Layout {
                 text,
                 "\n[heartbeat]\nmembers = [{members}]\ninterval_ms = 1000\n\n\
                  # Passes every few seconds: a dev cluster heals while you watch.\n\
-                 [workers]\npass_pause_secs = 3\ngc_grace_secs = {gc_grace_secs}\nindex_sync_secs = 5\n\
+                 [workers]\npass_pause_secs = 3\ngc_grace_secs = {gc_grace_secs}\nindex_sync_secs = {index_sync_secs}\n\
                  tombstone_grace_secs = {gc_grace_secs}\n"
             );
             write_file(&self.node_config(i), &text, false)?;
@@ -429,7 +444,13 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let data = dir.path().join("with \"quotes\" and \\");
         let layout = Layout::open(&data, Some(9100), Some(16000)).unwrap();
-        layout.write_configs(60, 3600).unwrap();
+        layout
+            .write_configs(&Timings {
+                gc_grace_secs: 60,
+                abandoned_upload_secs: 3600,
+                index_sync_secs: 5,
+            })
+            .unwrap();
         for i in 1..=NODES {
             let text = std::fs::read_to_string(layout.node_config(i)).unwrap();
             let config = nimbus_storage_node::config::Config::from_toml(&text).unwrap();

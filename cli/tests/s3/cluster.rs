@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Credentials, Region};
@@ -361,4 +361,64 @@ pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
 pub fn etag(data: &[u8]) -> String {
     use md5::Digest as _;
     format!("\"{}\"", hex::encode(md5::Md5::digest(data)))
+}
+/// A storage node the test added, stopped when dropped.
+pub struct ExtraNode(Child);
+
+impl Drop for ExtraNode {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts storage node `i` (7, 8, …) beside the dev cluster's six, configured as node 6
+/// is (node 6 hosts no metadata member), and waits until it listens.
+pub fn start_node(cluster: &Cluster, i: u16) -> ExtraNode {
+    let template = std::fs::read_to_string(cluster.path().join("node6/storage.toml")).unwrap();
+    let dir = cluster.path().join(format!("node{i}"));
+    for device in ["d0", "d1"] {
+        std::fs::create_dir_all(dir.join(device)).unwrap();
+    }
+    let text = template.replace("node6", &format!("node{i}")).replace(
+        &format!("127.0.0.1:{}", cluster.base_port + 6),
+        &format!("127.0.0.1:{}", cluster.base_port + i),
+    );
+    let config = dir.join("storage.toml");
+    std::fs::write(&config, text).unwrap();
+    let log = std::fs::File::create(dir.join("storage.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
+        .arg("storage")
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let node = ExtraNode(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", cluster.base_port + i)).is_err() {
+        assert!(Instant::now() < deadline, "node {i} did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node
+}
+
+pub fn location(cluster: &Cluster, i: u16, device: &str) -> String {
+    format!("r1z{i}-127.0.0.1:{}/{device}", cluster.base_port + i)
+}
+
+/// The ids of `policy`'s ring's devices on node `i`.
+pub fn device_ids(cluster: &Cluster, policy: &str, i: u16) -> Vec<String> {
+    let ring: serde_json::Value =
+        serde_json::from_str(&cluster.admin(&["--json", "ring", "show", policy])).unwrap();
+    let needle = format!("127.0.0.1:{}/", cluster.base_port + i);
+    ring["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["location"].as_str().unwrap_or_default().contains(&needle))
+        .map(|d| d["id"].to_string())
+        .collect()
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods)] // test threads may block
 
 mod cluster;
+mod load;
 mod swift_http;
 mod t10_objects;
 mod t15_multipart;
@@ -26,3 +27,4 @@ mod t86_placement;
 mod t87_rebalance;
 mod t88_index_sync;
 mod t89_gc_lone_reference;
+mod t90_index_rebalance;

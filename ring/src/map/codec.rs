@@ -3,7 +3,8 @@
 //! encoding. Decoding validates everything and rebuilds each policy's ring.
 //!
 //! The frame's version is shared with ring and builder files, so the map's payload grows
-//! only at its end: a field added later (so far: the index policy) follows every older one,
+//! only at its end: a field added later (so far: the index policy, attributes, the index
+//! policy's previous rings) follows every older one,
 //! and a payload that ends exactly where such a field would start was written before it
 //! existed and decodes as its absence. Anything else left over, or missing, is refused.
 
@@ -14,7 +15,8 @@ use nimbus_core::ids::Epoch;
 use nimbus_core::policy::PolicyKind;
 
 use super::{
-    Account, Bucket, ClusterMap, Credential, CredentialKind, DeviceKey, PolicyEntry, Versioning,
+    Account, Bucket, ClusterMap, Credential, CredentialKind, DeviceKey, PolicyEntry, PreviousRing,
+    Versioning,
 };
 use crate::builder::RingBuilder;
 use crate::error::FormatError;
@@ -168,6 +170,23 @@ impl ClusterMap {
             self.accounts.iter().map(|(n, a)| (n, &a.attributes)),
         );
         put_attributes(&mut w, self.buckets.iter().map(|(n, b)| (n, &b.attributes)));
+        let with_previous: Vec<_> = self
+            .policies
+            .iter()
+            .filter(|(_, p)| !p.previous.is_empty())
+            .collect();
+        w.put_u32(with_previous.len() as u32);
+        for (name, p) in with_previous {
+            w.put_str(name);
+            w.put_u32(p.previous.len() as u32);
+            for previous in &p.previous {
+                w.put_u64(previous.replaced_ms);
+                w.put_u64(previous.until_ms);
+                let ring = previous.ring.encode();
+                w.put_u64(ring.len() as u64);
+                w.put_bytes(&ring);
+            }
+        }
         frame(MAGIC, w.as_slice())
     }
 
@@ -197,7 +216,14 @@ impl ClusterMap {
                 [] => None,
                 bytes => Some(crate::placement::Ring::decode(bytes)?),
             };
-            policies.insert(name, PolicyEntry { builder, ring });
+            policies.insert(
+                name,
+                PolicyEntry {
+                    builder,
+                    ring,
+                    previous: Vec::new(),
+                },
+            );
         }
         let mut accounts = BTreeMap::new();
         for _ in 0..count(&mut r, "account count")? {
@@ -296,6 +322,27 @@ impl ClusterMap {
                     .attributes = attributes;
             }
         }
+        // And one encoded before previous rings were kept here.
+        if r.remaining() > 0 {
+            for _ in 0..count(&mut r, "policies with previous rings")? {
+                let name = r.str("policy with previous rings")?;
+                let entry = policies
+                    .get_mut(name)
+                    .ok_or_else(|| invalid(format!("previous rings of unknown policy {name}")))?;
+                for _ in 0..count(&mut r, "previous ring count")? {
+                    let replaced_ms = r.u64("previous ring replaced")?;
+                    let until_ms = r.u64("previous ring until")?;
+                    let len = usize::try_from(r.u64("previous ring length")?)
+                        .map_err(|_| invalid("previous ring length"))?;
+                    let ring = crate::placement::Ring::decode(r.bytes(len, "previous ring")?)?;
+                    entry.previous.push(PreviousRing {
+                        ring,
+                        replaced_ms,
+                        until_ms,
+                    });
+                }
+            }
+        }
         r.finish()?;
         if let Some(p) = &default_policy
             && !policies.contains_key(p)
@@ -361,9 +408,9 @@ mod tests {
     fn a_map_encoded_before_the_index_policy_existed_decodes_without_one() {
         let m = map_with_index_policy();
         let mut old = payload(&m.encode());
-        // Drop the trailing fields: no attributes (two empty counts), then the index policy
-        // (flag 1, length 4, "rep3").
-        old.truncate(old.len() - 8 - (1 + 4 + 4));
+        // Drop the trailing fields: no previous rings (an empty count), no attributes (two
+        // empty counts), then the index policy (flag 1, length 4, "rep3").
+        old.truncate(old.len() - 4 - 8 - (1 + 4 + 4));
         let decoded = ClusterMap::decode(&frame(MAGIC, &old)).unwrap();
         assert_eq!(decoded.index_policy(), None);
         assert_eq!(decoded.policy_names().collect::<Vec<_>>(), ["rep3"]);
@@ -373,7 +420,7 @@ mod tests {
     fn a_cut_or_padded_index_policy_is_refused() {
         let m = map_with_index_policy();
         let mut full = payload(&m.encode());
-        full.truncate(full.len() - 8);
+        full.truncate(full.len() - 4 - 8);
         for cut in 1..(1 + 4 + 4) {
             let bytes = frame(MAGIC, &full[..full.len() - cut]);
             assert!(ClusterMap::decode(&bytes).is_err(), "cut {cut}");
@@ -421,14 +468,18 @@ mod tests {
             decoded.bucket("photos").unwrap().attributes["read-acl"],
             ".r:*"
         );
+        // A map encoded before previous rings were kept: the payload without their count.
+        let mut old = payload(&m.encode());
+        old.truncate(old.len() - 4);
+        assert_eq!(ClusterMap::decode(&frame(MAGIC, &old)).unwrap(), m);
         // A map encoded before attributes existed: the payload without the two counts.
         let mut old = payload(&before);
-        old.truncate(old.len() - 8);
+        old.truncate(old.len() - 4 - 8);
         let decoded = ClusterMap::decode(&frame(MAGIC, &old)).unwrap();
         assert!(decoded.bucket("photos").unwrap().attributes.is_empty());
         // Attributes of a bucket the map does not have.
         let mut orphan = payload(&before);
-        orphan.truncate(orphan.len() - 4);
+        orphan.truncate(orphan.len() - 8);
         let mut w = Writer::default();
         w.put_u32(1);
         w.put_str("nope");

@@ -22,7 +22,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{delete, get, put};
 use nimbus_core::ids::VersionId;
 use nimbus_core::index::{IndexEntry, IndexRecord, ShardId, encode_records};
 use serde::Deserialize;
@@ -45,6 +45,7 @@ pub(super) fn routes() -> Router<Arc<NodeState>> {
         .route(&format!("{SHARD}/since"), get(since))
         .route(&format!("{SHARD}/last-seq"), get(last_seq))
         .route(&format!("{SHARD}/digest"), get(digest))
+        .route(&format!("{SHARD}/copy"), delete(drop_copy))
         .route("/v1/index/{device}", get(shards))
 }
 
@@ -126,9 +127,17 @@ async fn peer_if_primary(
     let Some(replicas) = peering::parse_replicas(headers)? else {
         return Ok(false);
     };
+    let previous = peering::parse_previous(headers)?;
     state
         .peering
-        .ensure(index, device, id, request_epoch(headers), &replicas)
+        .ensure(
+            index,
+            device,
+            id,
+            request_epoch(headers),
+            &replicas,
+            &previous,
+        )
         .await?;
     Ok(true)
 }
@@ -287,6 +296,29 @@ async fn digest(
         .await
         .map_err(|e| ApiError::Index(e.to_string()))?;
     Ok(axum::Json(json!({ "digest": hex::encode(digest), "keys": keys })).into_response())
+}
+
+#[derive(Deserialize)]
+struct DigestQuery {
+    digest: String,
+}
+
+/// Forgets this device's copy of the shard if its digest is still the one given.
+async fn drop_copy(
+    State(state): State<Arc<NodeState>>,
+    Path(path): ShardPath,
+    Query(q): Query<DigestQuery>,
+) -> Result<Response, ApiError> {
+    let (index, id) = shard(&state, path)?;
+    let digest: [u8; 32] = hex::decode(&q.digest)
+        .ok()
+        .and_then(|d| d.try_into().ok())
+        .ok_or_else(|| ApiError::BadRequest("digest: not 64 hex digits".into()))?;
+    let dropped = index
+        .drop_copy(&id, digest)
+        .await
+        .map_err(|e| ApiError::Index(e.to_string()))?;
+    Ok(axum::Json(json!({ "dropped": dropped })).into_response())
 }
 
 async fn shards(

@@ -134,6 +134,12 @@ fn figures(a: &AuditReport, w: &WorkerReport, available: u64) -> Vec<Figure> {
             w.index_tombstones_purged,
         ),
         (
+            "nimbus_index_copies_dropped_total",
+            "counter",
+            "Copies of shards the index ring no longer places on the device, forgotten once every replica held their records.",
+            w.index_copies_dropped,
+        ),
+        (
             "nimbus_device_available_bytes",
             "gauge",
             "Bytes free on the device's file system.",

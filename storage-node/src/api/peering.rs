@@ -29,8 +29,16 @@ pub const REPLICAS: &str = "x-nimbus-replicas";
 const PAGE: usize = 1000;
 /// How long one call to a replica may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// The most replicas a request may name.
+/// The most replicas a request may name in one set.
 const MAX_REPLICAS: usize = 16;
+/// The most previous sets a request may name.
+const MAX_PREVIOUS: usize = 8;
+
+/// The header naming, while the index ring is in transition, the shard's replicas in each
+/// ring a rebalance replaced: sets separated by `;`, each as [`REPLICAS`]. Peering then needs
+/// a majority of each set as well (the acknowledged writes of an earlier ring are on a
+/// majority of its replicas, which the new ones may not hold yet).
+pub const PREVIOUS_REPLICAS: &str = "x-nimbus-previous-replicas";
 
 /// One replica of a shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,8 +57,36 @@ pub fn parse_replicas(headers: &HeaderMap) -> Result<Option<Vec<Replica>>, ApiEr
     let Some(value) = headers.get(REPLICAS) else {
         return Ok(None);
     };
-    let bad = || ApiError::BadRequest(format!("{REPLICAS}: not a list of ip:port/device"));
-    let text = value.to_str().map_err(|_| bad())?;
+    let text = value.to_str().map_err(|_| bad_list(REPLICAS))?;
+    parse_list(REPLICAS, text).map(Some)
+}
+
+/// Parses the [`PREVIOUS_REPLICAS`] header: no sets when absent.
+///
+/// # Errors
+/// [`ApiError::BadRequest`] when it is malformed.
+pub fn parse_previous(headers: &HeaderMap) -> Result<Vec<Vec<Replica>>, ApiError> {
+    let Some(value) = headers.get(PREVIOUS_REPLICAS) else {
+        return Ok(Vec::new());
+    };
+    let text = value.to_str().map_err(|_| bad_list(PREVIOUS_REPLICAS))?;
+    let sets = text
+        .split(';')
+        .map(|set| parse_list(PREVIOUS_REPLICAS, set))
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    if sets.len() > MAX_PREVIOUS {
+        return Err(bad_list(PREVIOUS_REPLICAS));
+    }
+    Ok(sets)
+}
+
+fn bad_list(header: &str) -> ApiError {
+    ApiError::BadRequest(format!("{header}: not a list of ip:port/device"))
+}
+
+/// Parses `ip:port/device` items separated by commas.
+fn parse_list(header: &str, text: &str) -> Result<Vec<Replica>, ApiError> {
+    let bad = || bad_list(header);
     let replicas = text
         .split(',')
         .map(|item| {
@@ -64,7 +100,7 @@ pub fn parse_replicas(headers: &HeaderMap) -> Result<Option<Vec<Replica>>, ApiEr
     if replicas.is_empty() || replicas.len() > MAX_REPLICAS {
         return Err(bad());
     }
-    Ok(Some(replicas))
+    Ok(replicas)
 }
 
 /// A node's peering: its client of other nodes, its own address, and the epoch each
@@ -88,10 +124,11 @@ impl Peering {
     }
 
     /// Makes sure `device`'s copy of `shard` holds every record a majority of `replicas`
-    /// holds, as of `epoch`; peers at most once per epoch (concurrent callers wait).
+    /// holds, and a majority of each of the `previous` sets, as of `epoch`; peers at most
+    /// once per epoch (concurrent callers wait).
     ///
     /// # Errors
-    /// [`ApiError::Unavailable`] when fewer than a majority of the replicas answered.
+    /// [`ApiError::Unavailable`] when fewer than a majority of a set answered.
     pub async fn ensure(
         &self,
         index: &IndexStore,
@@ -99,37 +136,50 @@ impl Peering {
         shard: &ShardId,
         epoch: u64,
         replicas: &[Replica],
+        previous: &[Vec<Replica>],
     ) -> Result<(), ApiError> {
         let mut peered = self.peered.lock().await;
         let key = (device.to_owned(), shard.clone());
         if peered.get(&key).is_some_and(|&e| e >= epoch) {
             return Ok(());
         }
-        let majority = replicas.len() / 2 + 1;
-        let others: Vec<&Replica> = replicas
-            .iter()
-            .filter(|r| !(r.device == device && self.me.is_none_or(|m| m == r.node)))
-            .collect();
+        let is_me = |r: &Replica| r.device == device && self.me.is_none_or(|m| m == r.node);
+        let mut others: Vec<&Replica> = Vec::new();
+        for r in std::iter::once(replicas)
+            .chain(previous.iter().map(Vec::as_slice))
+            .flatten()
+        {
+            if !is_me(r) && !others.contains(&r) {
+                others.push(r);
+            }
+        }
         let pulls = others
             .iter()
             .map(|r| pull(&self.client, index, r, shard, epoch));
         let results = futures_util::future::join_all(pulls).await;
-        let mut answered = 1; // this device
+        let mut answered: Vec<&Replica> = Vec::new();
         let mut errors = Vec::new();
-        for r in results {
-            match r {
-                Ok(()) => answered += 1,
+        for (r, result) in others.iter().zip(results) {
+            match result {
+                Ok(()) => answered.push(r),
                 Err(e) => errors.push(e),
             }
         }
-        if answered < majority {
-            return Err(ApiError::Unavailable(format!(
-                "peering {shard}: {answered} of {} replicas answered, {majority} needed: {}",
-                replicas.len(),
-                errors.join("; ")
-            )));
+        for set in std::iter::once(replicas).chain(previous.iter().map(Vec::as_slice)) {
+            let majority = set.len() / 2 + 1;
+            let held = set
+                .iter()
+                .filter(|r| is_me(r) || answered.contains(r))
+                .count();
+            if held < majority {
+                return Err(ApiError::Unavailable(format!(
+                    "peering {shard}: {held} of {} replicas of a set answered, {majority} needed: {}",
+                    set.len(),
+                    errors.join("; ")
+                )));
+            }
         }
-        tracing::debug!(%shard, epoch, answered, "shard peered");
+        tracing::debug!(%shard, epoch, answered = answered.len(), "shard peered");
         peered.insert(key, epoch);
         Ok(())
     }

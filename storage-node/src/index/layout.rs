@@ -36,6 +36,34 @@ pub(super) const FORMAT_VERSION: u32 = 1;
 
 const SEQ_BYTES: usize = 8;
 
+/// A digest of a shard's (key, sequence number) pairs in key order, and how many: equal on
+/// two replicas that hold the same writes.
+pub(super) struct ShardDigest {
+    hasher: blake3::Hasher,
+    count: u64,
+}
+
+impl ShardDigest {
+    pub(super) fn new() -> Self {
+        ShardDigest {
+            hasher: blake3::Hasher::new(),
+            count: 0,
+        }
+    }
+
+    /// Adds the next pair (keys in order).
+    pub(super) fn add(&mut self, key: &[u8], seq: u64) {
+        self.hasher.update(&(key.len() as u64).to_le_bytes());
+        self.hasher.update(key);
+        self.hasher.update(&seq.to_le_bytes());
+        self.count += 1;
+    }
+
+    pub(super) fn finish(&self) -> ([u8; 32], u64) {
+        (*self.hasher.finalize().as_bytes(), self.count)
+    }
+}
+
 /// The bytes every key of one shard starts with:
 /// `u16 BE len | account | u16 BE len | container | shard u16 BE`.
 #[derive(Clone, Debug, PartialEq, Eq)]

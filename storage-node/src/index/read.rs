@@ -224,8 +224,7 @@ pub(super) fn digest(
     let range = entries
         .range::<&[u8]>(start..)
         .map_err(storage(shard, "scan index entries"))?;
-    let mut hasher = blake3::Hasher::new();
-    let mut count = 0u64;
+    let mut digest = layout::ShardDigest::new();
     for item in range {
         let (entry_key, value) = item.map_err(storage(shard, "scan index entries"))?;
         let entry_key = entry_key.value();
@@ -234,12 +233,9 @@ pub(super) fn digest(
         };
         let (seq, _) = layout::split_entry_value(value.value())
             .map_err(|source| corrupt(shard, String::from_utf8_lossy(key), source))?;
-        hasher.update(&(key.len() as u64).to_le_bytes());
-        hasher.update(key);
-        hasher.update(&seq.to_le_bytes());
-        count += 1;
+        digest.add(key, seq);
     }
-    Ok((*hasher.finalize().as_bytes(), count))
+    Ok(digest.finish())
 }
 
 /// Returns every shard the store has written to.

@@ -70,6 +70,16 @@ pub(super) struct PurgeWrite {
     pub(super) seq: u64,
 }
 
+/// Forgetting this device's copy of a shard (one the index ring no longer places here, whose
+/// records every replica holds): only if its digest is still `digest`, so that a write that
+/// reached the copy after it was compared is not lost with it.
+#[derive(Debug)]
+pub(super) struct DropWrite {
+    pub(super) shard: ShardId,
+    pub(super) prefix: ShardPrefix,
+    pub(super) digest: [u8; 32],
+}
+
 /// One kind of write the writer applies.
 pub(super) trait Write {
     /// What a successful write answers.
@@ -146,6 +156,7 @@ pub(super) enum Request {
     Apply(Job<ApplyWrite>),
     Replicate(Job<ReplicatedWrite>),
     Purge(Job<PurgeWrite>),
+    Drop(Job<DropWrite>),
 }
 
 impl Request {
@@ -154,6 +165,7 @@ impl Request {
             Request::Apply(job) => job.run(tables),
             Request::Replicate(job) => job.run(tables),
             Request::Purge(job) => job.run(tables),
+            Request::Drop(job) => job.run(tables),
         }
     }
 
@@ -162,6 +174,7 @@ impl Request {
             Request::Apply(job) => job.wrote(),
             Request::Replicate(job) => job.wrote(),
             Request::Purge(job) => job.wrote(),
+            Request::Drop(job) => job.wrote(),
         }
     }
 
@@ -170,6 +183,7 @@ impl Request {
             Request::Apply(job) => job.answer(batch),
             Request::Replicate(job) => job.answer(batch),
             Request::Purge(job) => job.answer(batch),
+            Request::Drop(job) => job.answer(batch),
         }
     }
 }
@@ -461,5 +475,56 @@ impl Write for PurgeWrite {
 
     fn wrote(purged: &bool) -> bool {
         *purged
+    }
+}
+
+impl Write for DropWrite {
+    type Output = bool;
+    type Error = IndexError;
+
+    fn shard(&self) -> &ShardId {
+        &self.shard
+    }
+
+    fn key(&self) -> &str {
+        ""
+    }
+
+    fn run(&self, tables: &mut Tables<'_>) -> Result<Result<bool, IndexError>, RunError> {
+        let start = self.prefix.as_bytes();
+        let mut digest = layout::ShardDigest::new();
+        let mut entry_keys = Vec::new();
+        for item in tables.entries.range::<&[u8]>(start..)? {
+            let (entry_key, value) = item?;
+            let Some(key) = entry_key.value().strip_prefix(start) else {
+                break;
+            };
+            let (seq, _) = layout::split_entry_value(value.value())?;
+            digest.add(key, seq);
+            entry_keys.push(entry_key.value().to_vec());
+        }
+        if entry_keys.is_empty() || digest.finish().0 != self.digest {
+            return Ok(Ok(false));
+        }
+        let mut seq_keys = Vec::new();
+        for item in tables.seqs.range::<&[u8]>(start..)? {
+            let (seq_key, _) = item?;
+            if !seq_key.value().starts_with(start) {
+                break;
+            }
+            seq_keys.push(seq_key.value().to_vec());
+        }
+        for key in entry_keys {
+            tables.entries.remove(key.as_slice())?;
+        }
+        for key in seq_keys {
+            tables.seqs.remove(key.as_slice())?;
+        }
+        tables.shards.remove(start)?;
+        Ok(Ok(true))
+    }
+
+    fn wrote(dropped: &bool) -> bool {
+        *dropped
     }
 }

@@ -2,9 +2,14 @@
 //! each shard this device holds: the shard's primary (its first slot the map has up) compares
 //! the shard's digest with each other replica's; another replica compares with the primary
 //! (which may never have heard of the shard); a copy left on a device the index ring no
-//! longer gives the shard is compared with every replica. Where two digests differ, it reads both sides whole and copies each record to the side where it is missing
-//! or older (by sequence number: the newest write wins; tombstones are records like any
-//! other and travel the same way). Read repair does the same for single keys on reads.
+//! longer gives the shard is compared with every replica. Where two digests differ, it
+//! reads both sides whole and copies each record to the side where it is missing or older
+//! (by sequence number: the newest write wins; tombstones are records like any other and
+//! travel the same way). Read repair does the same for single keys on reads.
+//!
+//! A copy left behind by a rebalance of the index ring still counts for reads and writes
+//! while the rebalance's transition lasts (`ring::map::PreviousRing`). Once it is over, and
+//! once every replica is up and already held the copy's records, the copy is dropped.
 //!
 //! Tombstones are kept for `tombstone_grace`, then forgotten — by the shard's primary, on
 //! every replica, and only in a sync where all of them were up and already agreed, so that
@@ -86,6 +91,8 @@ pub(super) async fn pass(ctx: &Ctx, map: &ClusterMap) -> Result<(), WorkerError>
         let place = Place::of(map, policy, &name)?;
         let primary = place.slots.iter().find(|(_, up)| *up).map(|(d, _)| d);
         let in_slots = place.slots.iter().any(|(d, _)| d == me);
+        // A replaced ring's replicas still count while its transition lasts.
+        let in_previous = place.previous.iter().flatten().any(|(d, _)| d == me);
         // The primary reconciles every replica; any other holder reconciles with the
         // primary (which may lack the shard altogether: it was down while it was written);
         // a copy the ring no longer places here is handed to every replica.
@@ -100,9 +107,12 @@ pub(super) async fn pass(ctx: &Ctx, map: &ClusterMap) -> Result<(), WorkerError>
             primary.into_iter().collect()
         };
         let mut all_agree = true;
+        let mut agreed_on = None;
         for replica in &partners {
-            match reconcile(ctx, &shard, replica, epoch).await {
-                Ok(agreed) => all_agree &= agreed,
+            let leaving = !in_slots && !in_previous;
+            match reconcile(ctx, &shard, replica, epoch, leaving).await {
+                Ok(Some(digest)) => agreed_on = Some(digest),
+                Ok(None) => all_agree = false,
                 Err(e) => {
                     tracing::debug!(error = %e, %shard, replica = %replica.node, "index anti-entropy step failed");
                     all_agree = false;
@@ -114,6 +124,19 @@ pub(super) async fn pass(ctx: &Ctx, map: &ClusterMap) -> Result<(), WorkerError>
         // shard's replicas is up and already held the same records: no replica can bring
         // back what a tombstone deleted.
         let every_slot_up = place.slots.iter().all(|(_, up)| *up);
+        // A copy no ring in effect places here is forgotten once every replica is up and
+        // already held the same records (the digest guards against a write that reached the
+        // copy since).
+        if !in_slots
+            && !in_previous
+            && all_agree
+            && every_slot_up
+            && let Some(digest) = &agreed_on
+            && let Err(e) = drop_copy(ctx, &shard, digest, epoch).await
+        {
+            tracing::debug!(error = %e, %shard, "stale index copy not dropped");
+            failed = Some(e);
+        }
         if primary == Some(me)
             && all_agree
             && every_slot_up
@@ -126,37 +149,71 @@ pub(super) async fn pass(ctx: &Ctx, map: &ClusterMap) -> Result<(), WorkerError>
     failed.map_or(Ok(()), Err)
 }
 
-/// Makes this device's copy of `shard` and `replica`'s hold the same newest records; tells
-/// whether they already did.
+/// Makes this device's copy of `shard` and `replica`'s hold the same newest records — or,
+/// for a copy the ring no longer places here (`leaving`), only hands this device's records
+/// over, since nothing reads the copy once its transition is over. Returns this device's
+/// digest if `replica` already held every record it has.
 async fn reconcile(
     ctx: &Ctx,
     shard: &ShardId,
     replica: &DeviceKey,
     epoch: u64,
-) -> Result<bool, WorkerError> {
+    leaving: bool,
+) -> Result<Option<String>, WorkerError> {
     let me = &ctx.device;
-    let (mine, theirs) = (
+    let (my_digest, theirs) = (
         digest(ctx, me, shard, epoch).await?,
         digest(ctx, replica, shard, epoch).await?,
     );
-    if mine == theirs {
-        return Ok(true);
+    if my_digest == theirs {
+        return Ok(Some(my_digest));
     }
     let mine = records(ctx, me, shard, epoch).await?;
     let theirs = records(ctx, replica, shard, epoch).await?;
+    let directions: &[_] = if leaving {
+        &[(&mine, replica, &theirs)]
+    } else {
+        &[(&mine, replica, &theirs), (&theirs, me, &mine)]
+    };
     let mut copied = 0u64;
-    for (from, to, missing) in [(&mine, replica, &theirs), (&theirs, me, &mine)] {
+    let mut handed_over = 0u64;
+    for &(from, to, missing) in directions {
         for record in from.values() {
             let newer = missing.get(&record.key).is_none_or(|r| r.seq < record.seq);
             if newer {
                 push(ctx, to, shard, record, epoch).await?;
                 copied += 1;
+                handed_over += u64::from(to == replica);
             }
         }
     }
     ctx.stats.index_repaired(copied);
     tracing::info!(%shard, replica = %replica.node, device = %replica.device, copied, "index replicas reconciled");
-    Ok(false)
+    // A leaving copy whose records the replica all held (at the same or a newer sequence
+    // number) has nothing more to give; its digest, read first, guards its drop against a
+    // write that reached it since.
+    Ok((leaving && handed_over == 0).then_some(my_digest))
+}
+
+/// Forgets this device's copy of `shard` if it still has `digest`.
+async fn drop_copy(
+    ctx: &Ctx,
+    shard: &ShardId,
+    digest: &str,
+    epoch: u64,
+) -> Result<(), WorkerError> {
+    let me = &ctx.device;
+    let path = shard_path(me, shard, &format!("/copy?digest={digest}"));
+    let body = call(ctx, me, Method::DELETE, path, epoch, None).await?;
+    let dropped = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["dropped"].as_bool())
+        .unwrap_or(false);
+    if dropped {
+        ctx.stats.copy_dropped();
+        tracing::info!(%shard, device = %me.device, "index copy the ring no longer places here dropped");
+    }
+    Ok(())
 }
 
 /// Forgets, on every replica, the tombstones of `shard` older than the grace period.
@@ -306,6 +363,11 @@ impl WorkerStats {
     /// Counts index records copied between replicas.
     pub(crate) fn index_repaired(&self, n: u64) {
         WorkerStats::add(&self.index_records_repaired, n);
+    }
+
+    /// Counts copies of shards forgotten where the ring no longer places them.
+    pub(crate) fn copy_dropped(&self) {
+        WorkerStats::add(&self.index_copies_dropped, 1);
     }
 
     /// Counts tombstones forgotten on every replica.

@@ -282,3 +282,36 @@ async fn a_tombstone_is_purged_only_while_it_is_still_that_tombstone() {
         .unwrap();
     assert!(s.last_seq(&photos()).await.unwrap() > 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_dropped_only_while_it_still_has_the_digest_compared() {
+    let f = Fixture::new().await;
+    let s = &f.store;
+    let other = shard("AUTH_a", "photos", 1);
+    for key in ["a", "b", "c"] {
+        s.apply(&photos(), key, entry(1, key), Precondition::None)
+            .await
+            .unwrap();
+    }
+    s.apply(&other, "z", entry(1, "z"), Precondition::None)
+        .await
+        .unwrap();
+    let (compared, _) = s.digest(&photos()).await.unwrap();
+    // A write reached the copy after it was compared: the copy stays, whole.
+    s.apply_replicated(&photos(), record(9, "d", "late"))
+        .await
+        .unwrap();
+    assert!(!s.drop_copy(&photos(), compared).await.unwrap());
+    assert_eq!(s.digest(&photos()).await.unwrap().1, 4);
+    assert!(!s.drop_copy(&photos(), [0; 32]).await.unwrap());
+    // Its current digest drops it: every entry and sequence row, and the shard itself.
+    let (now, _) = s.digest(&photos()).await.unwrap();
+    assert!(s.drop_copy(&photos(), now).await.unwrap());
+    assert_eq!(s.get(&photos(), "a").await.unwrap(), None);
+    assert!(s.entries_since(&photos(), 0, 100).await.unwrap().is_empty());
+    assert_eq!(s.last_seq(&photos()).await.unwrap(), 0);
+    assert_eq!(s.shards().await.unwrap(), std::slice::from_ref(&other));
+    // Another shard of the same container is untouched; an empty copy is not "dropped".
+    assert_eq!(s.get(&other, "z").await.unwrap().unwrap().entry.etag, "z");
+    assert!(!s.drop_copy(&photos(), now).await.unwrap());
+}
