@@ -18,10 +18,11 @@ pub struct Place {
     pub slots: Vec<(DeviceKey, bool)>,
     /// Devices to stand in for slots that are down or fail, best first, only those up.
     pub handoffs: Vec<DeviceKey>,
-    /// The index policy only: the partition's slot devices in each ring a rebalance
-    /// replaced less than [`nimbus_ring::map::RING_TRANSITION_MS`] ago, where they differ
-    /// from `slots` (oldest first; each with whether the map has it up). An index read or
-    /// write needs a majority of each of these as well as of `slots`.
+    /// The partition's slot devices, in slot order, in each ring a rebalance replaced whose
+    /// transition is not over ([`nimbus_ring::map::PreviousRing`]), where they differ from
+    /// `slots` (oldest first; each with whether the map has it up). An index read or write
+    /// needs a majority of each of these as well as of `slots`; a data read looks for slot
+    /// `i`'s fragment at its previous owners after its owner.
     pub previous: Vec<Vec<(DeviceKey, bool)>>,
     /// The map epoch this placement is from.
     pub epoch: u64,

@@ -321,16 +321,19 @@ pub struct PolicyEntry {
     pub builder: RingBuilder,
     /// The ring built at the last rebalance.
     pub ring: Option<Ring>,
-    /// The index policy only: the rings its rebalances replaced whose transition may not
-    /// be over, oldest first (see [`ClusterMap::previous_rings`]).
+    /// The rings its rebalances replaced whose transition may not be over, oldest first
+    /// (see [`ClusterMap::previous_rings`]).
     pub previous: Vec<PreviousRing>,
 }
 
-/// A ring a rebalance of the index policy replaced, and until when its replicas still
-/// count: an index shard's reads and writes need a majority of its previous replicas as well
-/// as of its new ones (joint quorums, as in Raft's joint consensus), and a new primary peers
-/// from both (DESIGN.md: from the previous acting set), until index anti-entropy has handed
-/// every record over to the new replicas.
+/// A ring a rebalance replaced, and until when its devices still count for the partitions
+/// that moved. For the index policy, a shard's reads and writes need a majority of its
+/// previous replicas as well as of its new ones (joint quorums, as in Raft's joint
+/// consensus), and a new primary peers from both (DESIGN.md: from the previous acting set),
+/// until index anti-entropy has handed every record over to the new replicas. For a data
+/// policy, a slot's previous owner is where a read looks next while the mover hands its
+/// fragments over (DESIGN.md: reads find data at the new primaries, the previous owners or
+/// handoffs).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PreviousRing {
     /// The ring.
@@ -341,13 +344,13 @@ pub struct PreviousRing {
     pub until_ms: Millis,
 }
 
-/// How long a replaced index ring's replicas count by default: several index anti-entropy
+/// How long a replaced ring's devices count by default: for the index, several anti-entropy
 /// periods (600 s by default), so that every record has been handed over by then.
 pub const RING_TRANSITION_MS: Millis = 60 * 60 * 1000;
 
-/// The most previous rings kept: a rebalance beyond that many transitions forgets the
-/// oldest.
-pub const MAX_PREVIOUS_RINGS: usize = 8;
+/// The most previous rings a policy keeps (each is a copy of its ring in every proxy's and
+/// node's map): a rebalance beyond that many transitions forgets the oldest.
+pub const MAX_PREVIOUS_RINGS: usize = 4;
 
 /// An account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -495,8 +498,8 @@ impl ClusterMap {
         self.index_policy.as_deref()
     }
 
-    /// Returns the rings of `name` that rebalances replaced and whose replicas still count at
-    /// `now_ms` (see [`PreviousRing`]), oldest first: kept for the index policy only.
+    /// Returns the rings of `name` that rebalances replaced and whose devices still count at
+    /// `now_ms` (see [`PreviousRing`]), oldest first.
     pub fn previous_rings(&self, name: &str, now_ms: Millis) -> impl Iterator<Item = &Ring> {
         self.policies
             .get(name)
@@ -673,7 +676,6 @@ impl ClusterMap {
                 now_ms,
                 transition_ms,
             } => {
-                let is_index = self.index_policy.as_deref() == Some(policy.as_str());
                 let entry = self.policy_mut(policy)?;
                 let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(*now_ms);
                 // On a copy, so that nothing changes unless everything succeeds.
@@ -683,17 +685,15 @@ impl ClusterMap {
                 entry.builder = builder;
                 if report.new_epoch {
                     let replaced = entry.ring.replace(ring);
-                    if is_index {
-                        entry.previous.retain(|p| p.until_ms > *now_ms);
-                        let transition = transition_ms.unwrap_or(RING_TRANSITION_MS);
-                        entry.previous.extend(replaced.map(|ring| PreviousRing {
-                            ring,
-                            replaced_ms: *now_ms,
-                            until_ms: now_ms.saturating_add(transition),
-                        }));
-                        let excess = entry.previous.len().saturating_sub(MAX_PREVIOUS_RINGS);
-                        entry.previous.drain(..excess);
-                    }
+                    entry.previous.retain(|p| p.until_ms > *now_ms);
+                    let transition = transition_ms.unwrap_or(RING_TRANSITION_MS);
+                    entry.previous.extend(replaced.map(|ring| PreviousRing {
+                        ring,
+                        replaced_ms: *now_ms,
+                        until_ms: now_ms.saturating_add(transition),
+                    }));
+                    let excess = entry.previous.len().saturating_sub(MAX_PREVIOUS_RINGS);
+                    entry.previous.drain(..excess);
                     self.epoch = self.epoch.next();
                 }
                 Ok(MapOutcome::Rebalanced {

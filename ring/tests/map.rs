@@ -326,7 +326,7 @@ fn ring_changes_through_the_map_build_rings_and_raise_the_epoch() {
 }
 
 #[test]
-fn the_index_policy_keeps_the_rings_its_rebalances_replace_for_the_transition() {
+fn policies_keep_the_rings_their_rebalances_replace_for_the_transition() {
     let mut m = ClusterMap::new();
     m.apply(&create_policy("rep3")).unwrap();
     m.apply(&create_policy("ec2+1")).unwrap();
@@ -364,8 +364,8 @@ fn the_index_policy_keeps_the_rings_its_rebalances_replace_for_the_transition() 
     }
     let previous: Vec<_> = m.previous_rings("rep3", 2_000).cloned().collect();
     assert_eq!(previous, std::slice::from_ref(&first));
-    // Only the index policy keeps them.
-    assert_eq!(m.previous_rings("ec2+1", 2_000).count(), 0);
+    // Data policies keep theirs too (their previous owners are read sources).
+    assert_eq!(m.previous_rings("ec2+1", 2_000).count(), 1);
     // A snapshot keeps them.
     let restored = ClusterMap::decode(&m.encode()).unwrap();
     assert_eq!(restored, m);

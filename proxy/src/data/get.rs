@@ -62,9 +62,10 @@ struct Opener {
 
 impl Opener {
     fn new(data: &DataPath, place: &Place, name: &FragmentName, shape: &Shape, end: u64) -> Self {
-        // Slots the map has up come first, then the handoffs, then the slots the map has
-        // down: the map lags a node that has just come back, and a slot it still calls
-        // down may well answer.
+        // Slots the map has up come first, then their previous owners (after a rebalance,
+        // until the mover has handed their fragments over), then the handoffs, then the slots
+        // the map has down: the map lags a node that has just come back, and a slot it still
+        // calls down may well answer.
         let slots = |up: bool| {
             place
                 .slots
@@ -73,9 +74,22 @@ impl Opener {
                 .filter(move |(_, (_, is_up))| *is_up == up)
                 .map(|(i, (d, _))| (d.clone(), i))
         };
+        let previous = |slot: Option<usize>| {
+            let mut out: Vec<Source> = Vec::new();
+            for set in place.previous.iter().rev() {
+                for (i, (d, _)) in set.iter().enumerate() {
+                    let moved = place.slots.get(i).is_none_or(|(now, _)| now != d);
+                    if slot.is_none_or(|s| s == i) && moved && !out.contains(&(d.clone(), i)) {
+                        out.push((d.clone(), i));
+                    }
+                }
+            }
+            out
+        };
         let sources = if shape.copies {
             // Any replica is "fragment 0"; each is stored under its slot's index.
             let mut all: VecDeque<Source> = slots(true).collect();
+            all.extend(previous(None));
             for h in &place.handoffs {
                 for i in 0..shape.slots {
                     all.push_back((h.clone(), i));
@@ -88,6 +102,7 @@ impl Opener {
                 .map(|i| {
                     let mut s: VecDeque<Source> =
                         slots(true).filter(|(_, slot)| *slot == i).collect();
+                    s.extend(previous(Some(i)));
                     s.extend(place.handoffs.iter().map(|h| (h.clone(), i)));
                     s.extend(slots(false).filter(|(_, slot)| *slot == i));
                     s
