@@ -8,7 +8,7 @@
 //! every acknowledged write even while the map still names a dead primary.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +34,8 @@ const RETRY_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a read keeps trying to reach a majority: replicas that refuse connections are
 /// down, and a newer map does not bring them back.
 const READ_DEADLINE: Duration = Duration::from_secs(3);
+/// How long a majority read waits for its first replicas before asking the others too.
+const HEDGE: Duration = Duration::from_millis(50);
 /// How long to wait for a newer map before retrying anyway.
 const MAP_WAIT: Duration = Duration::from_millis(500);
 /// The header of a primary write's condition (storage node's `api::PRECONDITION`).
@@ -376,30 +378,56 @@ impl IndexClient {
                     place.majorities(answered)
                 }
             };
-            let mut calls: FuturesUnordered<_> = replicas
+            // Every replica may be asked, those the map has down too: a device marked down
+            // may well answer (a late heartbeat), and any majority of the `r` meets every
+            // write's (of each ring, during a transition). A plain majority read asks a
+            // majority first, those the map has up first, and another replica for each that
+            // fails; all the rest once the first have taken longer than `HEDGE`.
+            let mut order: VecDeque<&DeviceKey> = replicas
                 .iter()
-                // Every replica, those the map has down too: a device marked down may well
-                // answer (a late heartbeat), and any majority of the `r` meets every write's
-                // (of each ring, during a transition).
-                .map(|(device, _)| {
-                    let path = shard.path(device, &query);
-                    let nodes = &self.nodes;
-                    async move {
-                        let answer = nodes
-                            .call(
-                                device,
-                                SmallCall::new(Method::GET, path, place.epoch, CALL_TIMEOUT),
-                            )
-                            .await;
-                        (device, answer)
-                    }
-                })
+                .filter(|(_, up)| *up)
+                .chain(replicas.iter().filter(|(_, up)| !*up))
+                .map(|(d, _)| d)
                 .collect();
+            let first = if every_replica || !place.previous.is_empty() {
+                order.len()
+            } else {
+                place.slots.len() / 2 + 1
+            };
+            let ask = |device| {
+                let path = shard.path(device, &query);
+                let nodes = &self.nodes;
+                let epoch = place.epoch;
+                async move {
+                    let answer = nodes
+                        .call(
+                            device,
+                            SmallCall::new(Method::GET, path, epoch, CALL_TIMEOUT),
+                        )
+                        .await;
+                    (device, answer)
+                }
+            };
+            let mut calls: FuturesUnordered<_> =
+                order.drain(..first.min(order.len())).map(ask).collect();
+            let hedge = tokio::time::sleep(HEDGE);
+            tokio::pin!(hedge);
             // The sequence number each answering replica holds for the key (0: none).
             let mut held: Vec<(&DeviceKey, u64)> = Vec::new();
             let mut newest: Option<IndexRecord> = None;
             let mut last = String::from("no replica up");
-            while let Some((device, answer)) = calls.next().await {
+            loop {
+                let (device, answer) = tokio::select! {
+                    next = calls.next() => match next {
+                        Some(next) => next,
+                        None => break,
+                    },
+                    () = &mut hedge, if !order.is_empty() => {
+                        calls.extend(order.drain(..).map(ask));
+                        continue;
+                    }
+                };
+                let counted = held.len();
                 match answer {
                     Ok(a) if a.status == StatusCode::OK => {
                         let records = decode_records(&a.body)
@@ -416,6 +444,11 @@ impl IndexClient {
                     Ok(a) if a.status == StatusCode::NOT_FOUND => held.push((device, 0)),
                     Ok(a) => last = format!("{} {}", a.status, answer_text(&a)),
                     Err(e) => last = e.to_string(),
+                }
+                if held.len() == counted
+                    && let Some(next) = order.pop_front()
+                {
+                    calls.push(ask(next));
                 }
                 if enough(&held) {
                     if let Some(n) = &newest {

@@ -11,13 +11,14 @@ use axum::response::{IntoResponse, Response};
 
 use super::NodeState;
 use crate::audit::AuditReport;
+use crate::index::IndexStats;
 use crate::workers::WorkerReport;
 
 /// One figure of one device: name, type, help, value.
 type Figure = (&'static str, &'static str, &'static str, u64);
 
 /// A device's figures, each named, typed and explained beside its value.
-fn figures(a: &AuditReport, w: &WorkerReport, available: u64) -> Vec<Figure> {
+fn figures(a: &AuditReport, w: &WorkerReport, i: &IndexStats, available: u64) -> Vec<Figure> {
     vec![
         (
             "nimbus_audit_passes_total",
@@ -140,6 +141,18 @@ fn figures(a: &AuditReport, w: &WorkerReport, available: u64) -> Vec<Figure> {
             w.index_copies_dropped,
         ),
         (
+            "nimbus_index_writes_total",
+            "counter",
+            "Index writes (primary applies, replicated records, purges) the device's index store committed.",
+            i.writes,
+        ),
+        (
+            "nimbus_index_commits_total",
+            "counter",
+            "Durable commits of the device's index store: writes arriving together share one (group commit).",
+            i.commits,
+        ),
+        (
             "nimbus_device_available_bytes",
             "gauge",
             "Bytes free on the device's file system.",
@@ -163,7 +176,8 @@ pub(super) async fn metrics(State(state): State<Arc<NodeState>>) -> Response {
             .space(d.fragments.root())
             .await
             .map_or(0, |s| s.0);
-        for (i, figure) in figures(&d.audit.report(), &d.workers.report(), available)
+        let index = d.index.stats();
+        for (i, figure) in figures(&d.audit.report(), &d.workers.report(), &index, available)
             .into_iter()
             .enumerate()
         {
