@@ -37,7 +37,7 @@
 #   SWIFT_DEVICE_MODE=dir          SAIO_DEVICE_MODE for setup.sh (dir: plain dirs on the same
 #                                  filesystem as Nimbus and fio; xfs: a loopback image there)
 #   SAIO_PEER=../shared/peers/swift-saio (relative to the repository)
-#   CODEC_MD5_GIBS=0.50 CODEC_ENCODE_GIBS=5.9 CODEC_BLAKE3_GIBS=6.7
+#   CODEC_MD5_GIBS=0.50 CODEC_ENCODE_GIBS=5.9 CODEC_BLAKE3_GIBS=6.7 CODEC_SHA256_GIBS=1.04
 #                                  per-core GiB/s for the CPU bound (core/README.md,
 #                                  `cargo bench -p nimbus-core --bench codec`)
 #   OUT=bench/RESULTS.md           where the report goes
@@ -76,6 +76,7 @@ SKIP_LIMITS=${SKIP_LIMITS:-0}
 SWIFT_DEVICE_MODE=${SWIFT_DEVICE_MODE:-dir}
 SAIO_PEER=${SAIO_PEER:-$root/../shared/peers/swift-saio}
 CODEC_MD5_GIBS=${CODEC_MD5_GIBS:-0.50} CODEC_ENCODE_GIBS=${CODEC_ENCODE_GIBS:-5.9} CODEC_BLAKE3_GIBS=${CODEC_BLAKE3_GIBS:-6.7}
+CODEC_SHA256_GIBS=${CODEC_SHA256_GIBS:-1.04}
 
 started_at=$(date -u +%s)
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -182,7 +183,7 @@ kname=${kname:-$(basename "$dev")}
     echo "warmup=$WARMUP"
     echo "objects=$OBJECTS_SMALL/$OBJECTS_MEDIUM/$OBJECTS_LARGE"
     echo "verify=$VERIFY"
-    echo "codec=$CODEC_MD5_GIBS/$CODEC_ENCODE_GIBS/$CODEC_BLAKE3_GIBS"
+    echo "codec=$CODEC_MD5_GIBS/$CODEC_ENCODE_GIBS/$CODEC_BLAKE3_GIBS/$CODEC_SHA256_GIBS"
 } >"$results/meta.txt"
 
 size_bytes() { # 4KiB, 1MiB, 64MiB, 4096 → bytes
@@ -649,14 +650,16 @@ w("")
 # ---- ceilings and aims
 w("## Ceilings and aims (issue 6)")
 w("")
-md5, enc, b3 = (float(x) for x in meta.get("codec", "0.5/5.9/6.7").split("/"))
+codec = [float(x) for x in meta.get("codec", "0.5/5.9/6.7").split("/")]
+md5, enc, b3 = codec[:3]
+sha = codec[3] if len(codec) > 3 else 1.04
 def best(*xs):
     xs = [x for x in xs if x]
     return max(xs, key=lambda x: x["mibs"]) if xs else None
 wr, rd = best(lim["seqwrite-1"], lim["seqwrite-16"]), best(lim["seqread-1"], lim["seqread-16"])
 ng64 = ng[("64MiB", "16")]
 # per-core seconds per GiB of object: MD5 of the object, the encode, blake3 of k+m fragments
-put_cpu = nproc / (1 / md5 + 1 / enc + (K + M) / K / b3) * 1024
+put_cpu = nproc / (1 / md5 + 1 / sha + 1 / enc + (K + M) / K / b3) * 1024
 get_cpu = nproc / (1 / b3) * 1024
 put_disk = wr["mibs"] * K / (K + M) if wr else None
 get_disk = rd["mibs"] if rd else None
@@ -671,7 +674,7 @@ w("")
 w("| bound | PUT | GET | derivation |")
 w("|---|---|---|---|")
 w(f"| disk | {f_num(put_disk, ' MiB/s')} | {f_num(get_disk, ' MiB/s')} | PUT: fio sequential write (best of 1 and 16 jobs) × k/(k+m) = × 4/6, since every object byte is written (k+m)/k times; GET: fio sequential read (best of 1 and 16 jobs), reads need only the k data fragments |")
-w(f"| CPU | {f_num(put_cpu, ' MiB/s')} | {f_num(get_cpu, ' MiB/s')} | {nproc} cores × per-core rates of `cargo bench -p nimbus-core --bench codec` (core/README.md: MD5 {md5} GiB/s, `Codec::encode` ec4+2 {enc} GiB/s, blake3 {b3} GiB/s). PUT: 1/(1/MD5 + 1/encode + 1.5/blake3) per core (the ETag, the encode, a blake3 over the k+m fragments); GET: blake3 over the data fragments. Optimistic: it leaves nothing for the client, the HTTP stacks, copies or the storage nodes |")
+w(f"| CPU | {f_num(put_cpu, ' MiB/s')} | {f_num(get_cpu, ' MiB/s')} | {nproc} cores × per-core rates of `cargo bench -p nimbus-core --bench codec` (core/README.md: MD5 {md5} GiB/s, SHA-256 {sha} GiB/s, `Codec::encode` ec4+2 {enc} GiB/s, blake3 {b3} GiB/s). PUT: 1/(1/MD5 + 1/SHA-256 + 1/encode + 1.5/blake3) per core (the ETag, the SigV4 payload hash the client signed and the proxy must check, the encode, a blake3 over the k+m fragments); GET: blake3 over the data fragments. Optimistic: it leaves nothing for the client, the HTTP stacks, copies or the storage nodes |")
 w(f"| loopback | {f_num(put_loop, ' MiB/s')} | {f_num(get_loop, ' MiB/s')} | nginx GET 64 MiB at 16 clients, divided by the bytes that cross loopback per object byte: PUT 1 (client → proxy) + 1.5 (proxy → nodes); GET 1 (nodes → proxy) + 1 (proxy → client) |")
 w(f"| **ceiling** | **{f_num(put_ceiling, ' MiB/s')}** | **{f_num(get_ceiling, ' MiB/s')}** | the lowest |")
 w("")
