@@ -118,3 +118,28 @@ pub async fn get(s3: &Client, bucket: &str, key: &str) -> Result<Vec<u8>, String
         .into_bytes()
         .to_vec())
 }
+
+/// Creates `bucket` and PUTs `count` objects of `size` bytes into it, keys `prefix` and a
+/// number, each the bytes of its number as seed; returns them as (key, seed).
+pub async fn fill(
+    s3: &Client,
+    bucket: &str,
+    prefix: &str,
+    count: u64,
+    size: usize,
+) -> Vec<(String, u64)> {
+    s3.create_bucket().bucket(bucket).send().await.unwrap();
+    let mut objects = Vec::new();
+    for i in 0..count {
+        let key = format!("{prefix}{i}");
+        s3.put_object()
+            .bucket(bucket)
+            .key(&key)
+            .body(ByteStream::from(bytes(size, i)))
+            .send()
+            .await
+            .unwrap();
+        objects.push((key, i));
+    }
+    objects
+}

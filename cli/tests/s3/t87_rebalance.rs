@@ -8,10 +8,8 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::primitives::ByteStream;
-
 use crate::cluster::{Cluster, bytes, device_ids, location, runtime, start_node};
-use crate::load::{Load, get};
+use crate::load::{Load, fill, get};
 
 /// Waits until the placement report shows nothing misplaced — and, when no client is
 /// writing (`quiet`), no partition below full redundancy (under load, a PUT under way
@@ -63,22 +61,7 @@ fn adding_then_removing_nodes_under_load_loses_nothing() {
     let cluster = Cluster::start();
     let rt = runtime();
     let s3 = cluster.client();
-    let objects: Vec<(String, u64)> = rt.block_on(async {
-        s3.create_bucket().bucket("grow").send().await.unwrap();
-        let mut objects = Vec::new();
-        for i in 0..40u64 {
-            let key = format!("base/{i}");
-            s3.put_object()
-                .bucket("grow")
-                .key(&key)
-                .body(ByteStream::from(bytes(600_000, i)))
-                .send()
-                .await
-                .unwrap();
-            objects.push((key, i));
-        }
-        objects
-    });
+    let objects = rt.block_on(fill(&s3, "grow", "base/", 40, 600_000));
     let _seven = start_node(&cluster, 7);
     let eight = start_node(&cluster, 8);
     let load = Load::start(&rt, &s3, "grow", 600_000, objects);
@@ -143,22 +126,7 @@ fn reads_find_fragments_at_the_previous_owners_during_a_move() {
     let cluster = Cluster::start();
     let rt = runtime();
     let s3 = cluster.client();
-    let objects: Vec<(String, u64)> = rt.block_on(async {
-        s3.create_bucket().bucket("grow").send().await.unwrap();
-        let mut objects = Vec::new();
-        for i in 0..24u64 {
-            let key = format!("moving/{i}");
-            s3.put_object()
-                .bucket("grow")
-                .key(&key)
-                .body(ByteStream::from(bytes(300_000, i)))
-                .send()
-                .await
-                .unwrap();
-            objects.push((key, i));
-        }
-        objects
-    });
+    let objects = rt.block_on(fill(&s3, "grow", "moving/", 24, 300_000));
     cluster.wait_full_redundancy(Duration::from_secs(60));
     for i in [7, 8] {
         for device in ["d0", "d1"] {

@@ -19,7 +19,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use crate::cluster::{
     Cluster, ExtraNode, bytes, device_ids, internal, location, runtime, start_node,
 };
-use crate::load::{Load, get};
+use crate::load::{Load, fill, get};
 
 const BUCKET: &str = "shift";
 /// Small enough that most objects are inline in their index entry.
@@ -79,24 +79,6 @@ fn rebalance(cluster: &Cluster, extra: &[&str]) {
     eprintln!("rebalance: {}", out.trim());
 }
 
-/// PUTs `count` objects of [`SIZE`] bytes into [`BUCKET`] (created first).
-async fn load_bucket(s3: &Client, count: u64) -> Vec<(String, u64)> {
-    s3.create_bucket().bucket(BUCKET).send().await.unwrap();
-    let mut objects = Vec::new();
-    for i in 0..count {
-        let key = format!("base/{i}");
-        s3.put_object()
-            .bucket(BUCKET)
-            .key(&key)
-            .body(ByteStream::from(bytes(SIZE, i)))
-            .send()
-            .await
-            .unwrap();
-        objects.push((key, i));
-    }
-    objects
-}
-
 /// Checks that an `If-None-Match: *` PUT of each key is refused: the shards' primaries
 /// know every one of them.
 async fn conditional_puts_refused(s3: &Client, keys: &[String]) {
@@ -145,7 +127,7 @@ fn moving_most_of_the_index_to_new_devices_loses_nothing() {
     let cluster = Cluster::start_with(&["--index-sync-secs", "3600"]);
     let rt = runtime();
     let s3 = cluster.client();
-    let objects = rt.block_on(load_bucket(&s3, 150));
+    let objects = rt.block_on(fill(&s3, BUCKET, "base/", 150, SIZE));
     let base: Vec<String> = objects.iter().map(|(k, _)| k.clone()).collect();
     let _nodes: Vec<ExtraNode> = (7..=10).map(|i| start_node(&cluster, i)).collect();
     let load = Load::start(&rt, &s3, BUCKET, SIZE, objects);
@@ -201,7 +183,7 @@ fn once_the_transition_is_over_the_copies_left_behind_go() {
     let cluster = Cluster::start();
     let rt = runtime();
     let s3 = cluster.client();
-    let objects = rt.block_on(load_bucket(&s3, 60));
+    let objects = rt.block_on(fill(&s3, BUCKET, "base/", 60, SIZE));
     let base: Vec<String> = objects.iter().map(|(k, _)| k.clone()).collect();
     let _nodes: Vec<ExtraNode> = (7..=8).map(|i| start_node(&cluster, i)).collect();
     let held_before = shards_held(&cluster, 1) + shards_held(&cluster, 2);
