@@ -3,9 +3,12 @@
 //! partition in the index policy's ring. Writes go to the shard's primary (the first slot
 //! device the map has up), which applies the write and any condition atomically and gives
 //! it the shard's next sequence number; the write is then copied to the other replicas and
-//! acknowledged once a majority of the `r` hold it durably. Reads ask every replica (those the
-//! map has down too) and take the newest record among a majority of answers, so a read sees
-//! every acknowledged write even while the map still names a dead primary.
+//! acknowledged once a majority of the `r` hold it durably. Reads ask a majority of the
+//! replicas (those the map has up first; another for each that fails, the rest after a short
+//! wait) and take the newest record among a majority of answers, so a read sees every
+//! acknowledged write even while the map still names a dead primary. While the index ring is
+//! in transition after a rebalance, writes and reads need a majority of the replicas of each
+//! ring in effect.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
