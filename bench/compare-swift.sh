@@ -40,6 +40,8 @@
 #   CODEC_MD5_GIBS=0.50 CODEC_ENCODE_GIBS=5.9 CODEC_BLAKE3_GIBS=6.7 CODEC_SHA256_GIBS=1.04
 #                                  per-core GiB/s for the CPU bound (core/README.md,
 #                                  `cargo bench -p nimbus-core --bench codec`)
+#   NIMBUS_GC_GRACE=30             `nimbus dev --gc-grace-secs`: superseded fragments are
+#                                  removed this long after an overwrite (dev default 60)
 #   OUT=bench/RESULTS.md           where the report goes
 set -euo pipefail
 
@@ -77,6 +79,7 @@ SWIFT_DEVICE_MODE=${SWIFT_DEVICE_MODE:-dir}
 SAIO_PEER=${SAIO_PEER:-$root/../shared/peers/swift-saio}
 CODEC_MD5_GIBS=${CODEC_MD5_GIBS:-0.50} CODEC_ENCODE_GIBS=${CODEC_ENCODE_GIBS:-5.9} CODEC_BLAKE3_GIBS=${CODEC_BLAKE3_GIBS:-6.7}
 CODEC_SHA256_GIBS=${CODEC_SHA256_GIBS:-1.04}
+NIMBUS_GC_GRACE=${NIMBUS_GC_GRACE:-30}
 
 started_at=$(date -u +%s)
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -411,8 +414,11 @@ run_nimbus() {
     local data=$work/nimbus port
     port=$(free_port_block 110)
     log "starting nimbus dev on port $port (data $data)"
+    # Overwrites leave superseded fragments that the collector removes after its grace;
+    # Swift's object servers drop a superseded .data at once. A grace longer than any PUT
+    # here, but short, keeps large overwrites from filling the disk (NIMBUS_GC_GRACE).
     setsid "$nimbus_bin" dev --data "$data" --port "$port" --base-port $((port + 1)) \
-        >"$results/logs/nimbus-dev.txt" 2>&1 &
+        --gc-grace-secs "$NIMBUS_GC_GRACE" >"$results/logs/nimbus-dev.txt" 2>&1 &
     dev_pid=$!
     for _ in $(seq 1 600); do
         grep -q '^Ctrl-C stops the cluster' "$results/logs/nimbus-dev.txt" && break

@@ -28,3 +28,4 @@ mod t87_rebalance;
 mod t88_index_sync;
 mod t89_gc_lone_reference;
 mod t90_index_rebalance;
+mod t91_read_repair;
