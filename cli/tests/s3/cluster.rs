@@ -422,3 +422,60 @@ pub fn device_ids(cluster: &Cluster, policy: &str, i: u16) -> Vec<String> {
         .map(|d| d["id"].to_string())
         .collect()
 }
+
+/// Adds the devices of nodes `nodes` (`d0` and `d1`, as [`start_node`] configures them) to
+/// `policy`'s ring, weight 1.
+pub fn add_devices(cluster: &Cluster, policy: &str, nodes: impl IntoIterator<Item = u16>) {
+    for i in nodes {
+        for device in ["d0", "d1"] {
+            cluster.admin(&["device", "add", policy, &location(cluster, i, device), "1"]);
+        }
+    }
+}
+
+/// Removes the devices of nodes `nodes` from `policy`'s ring (the next rebalances drain them).
+pub fn remove_devices(cluster: &Cluster, policy: &str, nodes: impl IntoIterator<Item = u16>) {
+    for i in nodes {
+        for id in device_ids(cluster, policy, i) {
+            cluster.admin(&["device", "remove", policy, &id]);
+        }
+    }
+}
+
+/// Where the index keeps `key` of `bucket`: the owner account, the shard number, and the
+/// shard's replicas as (node 1 to 6, device), in slot order (the first is its primary).
+pub async fn index_shard(
+    cluster: &Cluster,
+    bucket: &str,
+    key: &str,
+) -> (String, u16, Vec<(u16, String)>) {
+    let secret = std::fs::read_to_string(cluster.path().join("cluster-secret")).unwrap();
+    let client = nimbus_ring::raft::network::PeerClient::new(
+        nimbus_core::auth::ClusterSecret::from_hex(&secret).unwrap(),
+    );
+    let member = format!("127.0.0.1:{}", cluster.base_port + 101);
+    let answer = client
+        .get(&member, "/meta/map", Duration::from_secs(5), 64 << 20)
+        .await
+        .unwrap();
+    let map = nimbus_ring::map::ClusterMap::decode(&answer.body).unwrap();
+    let b = map.bucket(bucket).unwrap();
+    let ring = map
+        .policy(map.index_policy().unwrap())
+        .unwrap()
+        .ring
+        .as_ref()
+        .unwrap();
+    let shard = nimbus_core::index::shard_of(key, b.shards);
+    let partition = ring.partition_of(&format!("{}/{bucket}/{shard}", b.owner));
+    let slots = ring
+        .primaries(partition)
+        .map(|d| {
+            (
+                d.location.node.port() - cluster.base_port,
+                d.location.name.clone(),
+            )
+        })
+        .collect();
+    (b.owner.clone(), shard, slots)
+}

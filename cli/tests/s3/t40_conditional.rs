@@ -4,34 +4,7 @@ use aws_sdk_s3::primitives::ByteStream;
 
 use std::time::Duration;
 
-use nimbus_core::auth::ClusterSecret;
-use nimbus_core::index::shard_of;
-use nimbus_ring::map::ClusterMap;
-use nimbus_ring::raft::network::PeerClient;
-
-use crate::cluster::{Cluster, runtime};
-
-/// The storage node (1 to 6) of the primary of `key`'s index shard in `bucket`.
-async fn primary_node(cluster: &Cluster, bucket: &str, key: &str) -> usize {
-    let secret = std::fs::read_to_string(cluster.path().join("cluster-secret")).unwrap();
-    let client = PeerClient::new(ClusterSecret::from_hex(&secret).unwrap());
-    let member = format!("127.0.0.1:{}", cluster.base_port + 101);
-    let answer = client
-        .get(&member, "/meta/map", Duration::from_secs(5), 64 << 20)
-        .await
-        .unwrap();
-    let map = ClusterMap::decode(&answer.body).unwrap();
-    let b = map.bucket(bucket).unwrap();
-    let ring = map
-        .policy(map.index_policy().unwrap())
-        .unwrap()
-        .ring
-        .as_ref()
-        .unwrap();
-    let partition = ring.partition_of(&format!("{}/{bucket}/{}", b.owner, shard_of(key, b.shards)));
-    let primary = ring.primaries(partition).next().unwrap();
-    usize::from(primary.location.node.port() - cluster.base_port)
-}
+use crate::cluster::{Cluster, index_shard, runtime};
 
 async fn race(
     s3: &aws_sdk_s3::Client,
@@ -131,7 +104,7 @@ fn racing_if_none_match_puts_have_one_winner_while_the_shards_primary_dies() {
     runtime().block_on(async {
         s3.create_bucket().bucket("race2").send().await.unwrap();
         let key = "contended";
-        let primary = primary_node(&cluster, "race2", key).await;
+        let primary = usize::from(index_shard(&cluster, "race2", key).await.2[0].0);
         cluster.detach_supervisor();
         let killer = async {
             tokio::time::sleep(Duration::from_millis(30)).await;

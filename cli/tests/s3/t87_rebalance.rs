@@ -8,7 +8,9 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{Cluster, bytes, device_ids, location, runtime, start_node};
+use crate::cluster::{
+    Cluster, add_devices, bytes, device_ids, remove_devices, runtime, start_node,
+};
 use crate::load::{Load, fill, get};
 
 /// Waits until the placement report shows nothing misplaced — and, when no client is
@@ -67,17 +69,7 @@ fn adding_then_removing_nodes_under_load_loses_nothing() {
     let load = Load::start(&rt, &s3, "grow", 600_000, objects);
 
     // Grow: the new devices join the ring; the workers move slots to them.
-    for i in [7, 8] {
-        for device in ["d0", "d1"] {
-            cluster.admin(&[
-                "device",
-                "add",
-                "ec4+2",
-                &location(&cluster, i, device),
-                "1",
-            ]);
-        }
-    }
+    add_devices(&cluster, "ec4+2", [7, 8]);
     settle(&cluster, true, false, "after adding nodes 7 and 8");
     assert!(
         fragment_count(&cluster.path().join("node8")) > 0,
@@ -85,9 +77,7 @@ fn adding_then_removing_nodes_under_load_loses_nothing() {
     );
 
     // Shrink: node 8's devices are removed; rebalances drain them; then it stops.
-    for id in device_ids(&cluster, "ec4+2", 8) {
-        cluster.admin(&["device", "remove", "ec4+2", &id]);
-    }
+    remove_devices(&cluster, "ec4+2", [8]);
     settle(&cluster, true, false, "after removing node 8");
     let started = Instant::now();
     while fragment_count(&cluster.path().join("node8")) > 0 {
@@ -128,22 +118,8 @@ fn reads_find_fragments_at_the_previous_owners_during_a_move() {
     let s3 = cluster.client();
     let objects = rt.block_on(fill(&s3, "grow", "moving/", 24, 300_000));
     cluster.wait_full_redundancy(Duration::from_secs(60));
-    for i in [7, 8] {
-        for device in ["d0", "d1"] {
-            cluster.admin(&[
-                "device",
-                "add",
-                "ec4+2",
-                &location(&cluster, i, device),
-                "1",
-            ]);
-        }
-    }
-    for i in [1, 2] {
-        for id in device_ids(&cluster, "ec4+2", i) {
-            cluster.admin(&["device", "remove", "ec4+2", &id]);
-        }
-    }
+    add_devices(&cluster, "ec4+2", [7, 8]);
+    remove_devices(&cluster, "ec4+2", [1, 2]);
     cluster.admin(&["ring", "rebalance", "ec4+2"]);
     assert!(
         [1, 2]

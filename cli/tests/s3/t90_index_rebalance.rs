@@ -17,7 +17,8 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 
 use crate::cluster::{
-    Cluster, ExtraNode, bytes, device_ids, internal, location, runtime, start_node,
+    Cluster, ExtraNode, add_devices, bytes, device_ids, internal, remove_devices, runtime,
+    start_node,
 };
 use crate::load::{Load, fill, get};
 
@@ -132,16 +133,8 @@ fn moving_most_of_the_index_to_new_devices_loses_nothing() {
     let _nodes: Vec<ExtraNode> = (7..=10).map(|i| start_node(&cluster, i)).collect();
     let load = Load::start(&rt, &s3, BUCKET, SIZE, objects);
 
-    for i in 7..=10 {
-        for device in ["d0", "d1"] {
-            cluster.admin(&["device", "add", "rep5", &location(&cluster, i, device), "1"]);
-        }
-    }
-    for i in 1..=4 {
-        for id in device_ids(&cluster, "rep5", i) {
-            cluster.admin(&["device", "remove", "rep5", &id]);
-        }
-    }
+    add_devices(&cluster, "rep5", 7..=10);
+    remove_devices(&cluster, "rep5", 1..=4);
     rebalance(&cluster, &[]);
     rt.block_on(async {
         for round in 1..=3 {
@@ -159,11 +152,10 @@ fn moving_most_of_the_index_to_new_devices_loses_nothing() {
     // Removed devices keep slots a rebalance could not move yet (at most four of a
     // partition's five per rebalance); the next rebalances drain them, under load.
     let started = Instant::now();
-    while !device_ids(&cluster, "rep5", 1).is_empty() || !device_ids(&cluster, "rep5", 2).is_empty()
-    {
+    while (1..=4).any(|i| !device_ids(&cluster, "rep5", i).is_empty()) {
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "nodes 1 and 2 never left the index ring"
+            "nodes 1 to 4 never left the index ring"
         );
         rebalance(&cluster, &[]);
         rt.block_on(check(&s3, &load, "after another rebalance"));
@@ -191,16 +183,8 @@ fn once_the_transition_is_over_the_copies_left_behind_go() {
         held_before > 0,
         "nodes 1 and 2 hold some of the bucket's shards"
     );
-    for i in 7..=8 {
-        for device in ["d0", "d1"] {
-            cluster.admin(&["device", "add", "rep5", &location(&cluster, i, device), "1"]);
-        }
-    }
-    for i in 1..=2 {
-        for id in device_ids(&cluster, "rep5", i) {
-            cluster.admin(&["device", "remove", "rep5", &id]);
-        }
-    }
+    add_devices(&cluster, "rep5", 7..=8);
+    remove_devices(&cluster, "rep5", 1..=2);
     let load = Load::start(&rt, &s3, BUCKET, SIZE, objects);
     let started = Instant::now();
     rebalance(&cluster, &["--transition-secs", "15"]);
