@@ -62,12 +62,13 @@ impl Place {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        // Two sets of the same devices are one set.
+        let same = |a: &[(DeviceKey, bool)], b: &[(DeviceKey, bool)]| {
+            a.len() == b.len() && a.iter().all(|(d, _)| b.iter().any(|(e, _)| d == e))
+        };
         let mut previous: Vec<Vec<(DeviceKey, bool)>> = Vec::new();
         for old in map.previous_rings(policy, now_ms) {
             let set = slots_of(old);
-            let same = |a: &[(DeviceKey, bool)], b: &[(DeviceKey, bool)]| {
-                a.len() == b.len() && a.iter().all(|(d, _)| b.iter().any(|(e, _)| d == e))
-            };
             if !same(&set, &slots) && !previous.iter().any(|p| same(p, &set)) {
                 previous.push(set);
             }

@@ -98,8 +98,8 @@ pub enum MapCommand {
         policy: String,
         /// When, as the proposer's clock said.
         now_ms: Millis,
-        /// For the index policy: how long the replaced ring's replicas still count (see
-        /// [`PreviousRing`]); [`RING_TRANSITION_MS`] when not given.
+        /// How long the replaced ring's devices still count (see [`PreviousRing`]);
+        /// [`RING_TRANSITION_MS`] when not given.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         transition_ms: Option<Millis>,
     },
@@ -338,9 +338,7 @@ pub struct PolicyEntry {
 pub struct PreviousRing {
     /// The ring.
     pub ring: Ring,
-    /// When the rebalance that replaced it was proposed.
-    pub replaced_ms: Millis,
-    /// When its replicas stop counting.
+    /// When its devices stop counting: the replacing rebalance's time plus its transition.
     pub until_ms: Millis,
 }
 
@@ -689,7 +687,6 @@ impl ClusterMap {
                     let transition = transition_ms.unwrap_or(RING_TRANSITION_MS);
                     entry.previous.extend(replaced.map(|ring| PreviousRing {
                         ring,
-                        replaced_ms: *now_ms,
                         until_ms: now_ms.saturating_add(transition),
                     }));
                     let excess = entry.previous.len().saturating_sub(MAX_PREVIOUS_RINGS);

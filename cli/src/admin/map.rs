@@ -106,10 +106,11 @@ pub(super) enum RingCommand {
     Rebalance {
         /// The policy.
         policy: String,
-        /// For the index policy: seconds during which the replaced ring's replicas still
-        /// count for every shard's reads and writes, while index anti-entropy hands their
-        /// records to the new replicas (keep it several `index_sync_secs`; stop a device
-        /// removed from the index ring only after it) [default: 3600].
+        /// Seconds during which the replaced ring's devices still count: for the index
+        /// policy, every shard's reads and writes need a majority of its old replicas too
+        /// while anti-entropy hands their records over (keep it several `index_sync_secs`;
+        /// stop a device removed from the index ring only after it); for data, reads look
+        /// for fragments at their slots' previous owners [default: 3600].
         #[arg(long, value_name = "SECS")]
         transition_secs: Option<u64>,
     },

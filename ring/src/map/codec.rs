@@ -3,8 +3,8 @@
 //! encoding. Decoding validates everything and rebuilds each policy's ring.
 //!
 //! The frame's version is shared with ring and builder files, so the map's payload grows
-//! only at its end: a field added later (so far: the index policy, attributes, the index
-//! policy's previous rings) follows every older one,
+//! only at its end: a field added later (so far: the index policy, attributes, the rings
+//! rebalances replaced) follows every older one,
 //! and a payload that ends exactly where such a field would start was written before it
 //! existed and decodes as its absence. Anything else left over, or missing, is refused.
 
@@ -180,7 +180,6 @@ impl ClusterMap {
             w.put_str(name);
             w.put_u32(p.previous.len() as u32);
             for previous in &p.previous {
-                w.put_u64(previous.replaced_ms);
                 w.put_u64(previous.until_ms);
                 let ring = previous.ring.encode();
                 w.put_u64(ring.len() as u64);
@@ -330,16 +329,11 @@ impl ClusterMap {
                     .get_mut(name)
                     .ok_or_else(|| invalid(format!("previous rings of unknown policy {name}")))?;
                 for _ in 0..count(&mut r, "previous ring count")? {
-                    let replaced_ms = r.u64("previous ring replaced")?;
                     let until_ms = r.u64("previous ring until")?;
                     let len = usize::try_from(r.u64("previous ring length")?)
                         .map_err(|_| invalid("previous ring length"))?;
                     let ring = crate::placement::Ring::decode(r.bytes(len, "previous ring")?)?;
-                    entry.previous.push(PreviousRing {
-                        ring,
-                        replaced_ms,
-                        until_ms,
-                    });
+                    entry.previous.push(PreviousRing { ring, until_ms });
                 }
             }
         }

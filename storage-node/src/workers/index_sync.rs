@@ -91,8 +91,10 @@ pub(super) async fn pass(ctx: &Ctx, map: &ClusterMap) -> Result<(), WorkerError>
         let place = Place::of(map, policy, &name)?;
         let primary = place.slots.iter().find(|(_, up)| *up).map(|(d, _)| d);
         let in_slots = place.slots.iter().any(|(d, _)| d == me);
-        // A replaced ring's replicas still count while its transition lasts.
+        // A replaced ring's replicas still count while its transition lasts; a copy no ring
+        // in effect places here is leaving.
         let in_previous = place.previous.iter().flatten().any(|(d, _)| d == me);
+        let leaving = !in_slots && !in_previous;
         // The primary reconciles every replica; any other holder reconciles with the
         // primary (which may lack the shard altogether: it was down while it was written);
         // a copy the ring no longer places here is handed to every replica.
@@ -109,7 +111,6 @@ pub(super) async fn pass(ctx: &Ctx, map: &ClusterMap) -> Result<(), WorkerError>
         let mut all_agree = true;
         let mut agreed_on = None;
         for replica in &partners {
-            let leaving = !in_slots && !in_previous;
             match reconcile(ctx, &shard, replica, epoch, leaving).await {
                 Ok(Some(digest)) => agreed_on = Some(digest),
                 Ok(None) => all_agree = false,
@@ -127,8 +128,7 @@ pub(super) async fn pass(ctx: &Ctx, map: &ClusterMap) -> Result<(), WorkerError>
         // A copy no ring in effect places here is forgotten once every replica is up and
         // already held the same records (the digest guards against a write that reached the
         // copy since).
-        if !in_slots
-            && !in_previous
+        if leaving
             && all_agree
             && every_slot_up
             && let Some(digest) = &agreed_on
