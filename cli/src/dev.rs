@@ -52,6 +52,10 @@ pub struct DevArgs {
     /// and converge (production default 600).
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     index_sync_secs: u64,
+    /// Bytes each device's index write-ahead log holds before a checkpoint; 0 commits every
+    /// batch of index writes durably to the database, without the log.
+    #[arg(long, value_name = "BYTES", default_value_t = nimbus_storage_node::index::DEFAULT_WAL_BYTES)]
+    index_wal_bytes: u64,
 }
 
 /// Runs the dev cluster until SIGINT or SIGTERM (exit 0) or until one of its processes
@@ -66,10 +70,11 @@ pub fn run(args: DevArgs) -> Result<ExitCode> {
     let _lock = layout.lock()?;
     layout.save_ports()?;
     layout.ensure_secret()?;
-    layout.write_configs(&layout::Timings {
+    layout.write_configs(&layout::Tunables {
         gc_grace_secs: args.gc_grace_secs,
         abandoned_upload_secs: args.abandoned_upload_secs,
         index_sync_secs: args.index_sync_secs,
+        index_wal_bytes: args.index_wal_bytes,
     })?;
     let secret = crate::admin::load_secret(Some(&layout.secret_file()))?;
     let client = MetaClient::new(layout.meta_members(), secret)?;

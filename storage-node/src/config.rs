@@ -37,6 +37,9 @@ pub struct Config {
     /// How the auditor re-reads each device's fragments.
     #[serde(default)]
     pub audit: AuditSection,
+    /// Each device's index store.
+    #[serde(default)]
+    pub index: IndexSection,
     /// How the background workers (mover, reconstructor, collector) pace themselves. They
     /// run only on nodes with a `[heartbeat]` section: they need the cluster map.
     #[serde(default)]
@@ -76,6 +79,24 @@ impl Default for WorkersSection {
             gc_grace_secs: 3600,
             index_sync_secs: 600,
             tombstone_grace_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// Each device's index store.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexSection {
+    /// The most bytes of index writes the write-ahead log holds before the index database
+    /// commits them durably (a checkpoint) and the log starts again; also the most a restart
+    /// replays. 0 commits every batch durably, without the log. Default 16777216 (16 MiB).
+    pub wal_bytes: u64,
+}
+
+impl Default for IndexSection {
+    fn default() -> Self {
+        IndexSection {
+            wal_bytes: crate::index::DEFAULT_WAL_BYTES,
         }
     }
 }

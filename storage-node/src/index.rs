@@ -27,8 +27,9 @@
 //!   another number.)
 //! - A shard's last sequence number is at least every sequence number stored in it, and a
 //!   primary's write takes the next one: sequence numbers of a shard never repeat on a primary.
-//! - Nothing is acknowledged before it is durable: writes are committed with an fsync
-//!   (group commit, see `writer`) before any caller hears of them.
+//! - Nothing is acknowledged before it is durable: a batch of writes is appended to the
+//!   write-ahead log beside the database and synced (group commit, see `writer` and `wal`)
+//!   before any caller hears of them, and before any reader can see them.
 //! - No redb call runs on a tokio worker: writes run on the store's writer thread, reads on
 //!   tokio's blocking pool, at most [`MAX_CONCURRENT_READS`] at once.
 //! - Bytes read back are decoded, never trusted: damage is an [`IndexError::Corrupt`].
@@ -36,6 +37,7 @@
 mod error;
 mod layout;
 mod read;
+mod wal;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -111,8 +113,11 @@ pub struct IndexStats {
     /// Writes stored (replicated records that were ignored, failed preconditions and failed
     /// batches excluded).
     pub writes: u64,
-    /// Transactions committed (each one fsync); below `writes` when writes share commits.
+    /// Batches made durable (each one fsync); below `writes` when writes share commits.
     pub commits: u64,
+    /// Of those, batches committed durably to the database (checkpoints): the others went
+    /// through the write-ahead log.
+    pub checkpoints: u64,
 }
 
 /// Sizes and checks of an index store.
@@ -123,13 +128,20 @@ pub struct IndexOptions {
     /// Whether opening verifies the checksum of every page, so that a file damaged outside
     /// the store fails to open instead of failing later. It reads the whole file. Default on.
     pub check_integrity_on_open: bool,
+    /// The most bytes the write-ahead log holds before the database commits durably (a
+    /// checkpoint) and the log starts again; also the most an open replays. Default 16 MiB.
+    pub wal_bytes: u64,
 }
+
+/// The default of [`IndexOptions::wal_bytes`].
+pub const DEFAULT_WAL_BYTES: u64 = 16 << 20;
 
 impl Default for IndexOptions {
     fn default() -> Self {
         IndexOptions {
             cache_size_bytes: 128 << 20,
             check_integrity_on_open: true,
+            wal_bytes: DEFAULT_WAL_BYTES,
         }
     }
 }
@@ -166,20 +178,25 @@ impl IndexStore {
         IndexStore::open_with(path, IndexOptions::default()).await
     }
 
-    /// Opens the index database at `path`, creating it if absent, and starts its writer
-    /// thread.
+    /// Opens the index database at `path`, creating it if absent, replays its write-ahead log
+    /// (`path` with extension `wal`), and starts its writer thread.
     ///
     /// # Errors
-    /// [`OpenError`] when the file cannot be opened or created (another process or store has
-    /// it open, it is damaged, it was written by a newer Nimbus), or the thread cannot start.
+    /// [`OpenError`] when the file or its log cannot be opened or created (another process or
+    /// store has it open, it is damaged, it was written by a newer Nimbus), or the thread
+    /// cannot start.
     pub async fn open_with(
         path: impl AsRef<Path>,
         options: IndexOptions,
     ) -> Result<IndexStore, OpenError> {
         let path = path.as_ref().to_path_buf();
-        let db = tokio::task::spawn_blocking({
+        let (db, wal) = tokio::task::spawn_blocking({
             let path = path.clone();
-            move || layout::open_database(&path, options)
+            move || {
+                let db = layout::open_database(&path, options)?;
+                let wal = wal::Wal::open(&path, &db, options.wal_bytes)?;
+                Ok::<_, OpenError>((db, wal))
+            }
         })
         .await
         .map_err(|source| OpenError::Task {
@@ -194,7 +211,7 @@ impl IndexStore {
             .spawn({
                 let db = Arc::clone(&db);
                 let counters = Arc::clone(&counters);
-                move || writer::run(db, rx, counters)
+                move || writer::run(db, wal, rx, counters)
             })
             .map_err(|source| OpenError::SpawnWriter { source })?;
         Ok(IndexStore {
@@ -480,6 +497,7 @@ impl IndexStore {
         IndexStats {
             writes: self.counters.writes.load(Ordering::Relaxed),
             commits: self.counters.commits.load(Ordering::Relaxed),
+            checkpoints: self.counters.checkpoints.load(Ordering::Relaxed),
         }
     }
 

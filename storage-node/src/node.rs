@@ -27,7 +27,7 @@ use crate::api::{self, Device, NodeState};
 use crate::audit::{AuditConfig, AuditStats, Auditor};
 use crate::config::Config;
 use crate::heartbeat::Heartbeats;
-use crate::index::IndexStore;
+use crate::index::{IndexOptions, IndexStore};
 use crate::io::Engine;
 use crate::store::{FragmentStore, StoreConfig, StoreError};
 use crate::workers::{Collected, Ctx, Throttle, WorkerConfig, WorkerStats, Workers};
@@ -213,7 +213,11 @@ pub async fn start(
                 name: d.name.clone(),
                 source,
             })?;
-        let index = IndexStore::open(d.path.join("index.redb"))
+        let index_options = IndexOptions {
+            wal_bytes: config.index.wal_bytes,
+            ..IndexOptions::default()
+        };
+        let index = IndexStore::open_with(d.path.join("index.redb"), index_options)
             .await
             .map_err(|e| NodeError::Index {
                 name: d.name.clone(),

@@ -66,15 +66,18 @@ pub struct Credentials {
     pub swift_key: String,
 }
 
-/// How soon the dev cluster's workers and expirer act.
+/// What a dev cluster's command line tunes: how soon its workers and expirer act, how much
+/// its index stores log.
 #[derive(Clone, Copy, Debug)]
-pub struct Timings {
+pub struct Tunables {
     /// Seconds an unreferenced fragment, and a delete's tombstone, wait to be collected.
     pub gc_grace_secs: u64,
     /// Seconds after which the proxy aborts a multipart upload never completed.
     pub abandoned_upload_secs: u64,
     /// Seconds between passes of index anti-entropy.
     pub index_sync_secs: u64,
+    /// Bytes of each index store's write-ahead log (`[index] wal_bytes`).
+    pub index_wal_bytes: u64,
 }
 
 /// The data directory of a dev cluster and what lives in it.
@@ -254,16 +257,17 @@ impl Layout {
     }
 
     /// Writes every process's configuration, and creates the directories they use, with
-    /// the workers' and the expirer's timings.
+    /// the workers' and the expirer's timings and the index stores' log size.
     ///
     /// # Errors
     /// I/O errors.
-    pub fn write_configs(&self, timings: &Timings) -> Result<()> {
-        let Timings {
+    pub fn write_configs(&self, tunables: &Tunables) -> Result<()> {
+        let Tunables {
             gc_grace_secs,
             abandoned_upload_secs,
             index_sync_secs,
-        } = *timings;
+            index_wal_bytes,
+        } = *tunables;
         let dir = self.logs_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let secret = toml_str(&self.secret_file());
@@ -307,7 +311,8 @@ impl Layout {
                 "\n[heartbeat]\nmembers = [{members}]\ninterval_ms = 1000\n\n\
                  # Passes every few seconds: a dev cluster heals while you watch.\n\
                  [workers]\npass_pause_secs = 3\ngc_grace_secs = {gc_grace_secs}\nindex_sync_secs = {index_sync_secs}\n\
-                 tombstone_grace_secs = {gc_grace_secs}\n"
+                 tombstone_grace_secs = {gc_grace_secs}\n\n\
+                 [index]\nwal_bytes = {index_wal_bytes}\n"
             );
             write_file(&self.node_config(i), &text, false)?;
         }
@@ -445,10 +450,11 @@ mod tests {
         let data = dir.path().join("with \"quotes\" and \\");
         let layout = Layout::open(&data, Some(9100), Some(16000)).unwrap();
         layout
-            .write_configs(&Timings {
+            .write_configs(&Tunables {
                 gc_grace_secs: 60,
                 abandoned_upload_secs: 3600,
                 index_sync_secs: 5,
+                index_wal_bytes: 1 << 20,
             })
             .unwrap();
         for i in 1..=NODES {
@@ -459,6 +465,7 @@ mod tests {
             assert!(config.devices[0].path.starts_with(&layout.data));
             assert_eq!(config.meta.is_some(), i <= META_MEMBERS);
             assert_eq!(config.heartbeat.unwrap().members.len(), 5);
+            assert_eq!(config.index.wal_bytes, 1 << 20);
         }
         let text = std::fs::read_to_string(layout.proxy_config()).unwrap();
         let proxy = nimbus_proxy::ProxyConfig::parse(&text).unwrap();

@@ -56,6 +56,20 @@ fn verify_file(path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
+/// SIGKILLs the node while `writers` still write to it (they hold it, so its process is
+/// killed by pid), then stops and joins them.
+fn kill_mid_write(node: Arc<Node>, stop: &AtomicBool, writers: Vec<std::thread::JoinHandle<()>>) {
+    let status = std::process::Command::new("kill")
+        .args(["-9", &node.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let _ = w.join();
+    }
+}
+
 #[test]
 fn sigkill_mid_write_never_loses_an_acknowledged_fragment_nor_shows_a_partial_one() {
     let seed = std::env::var("NIMBUS_CRASH_SEED")
@@ -131,17 +145,7 @@ fn sigkill_mid_write_never_loses_an_acknowledged_fragment_nor_shows_a_partial_on
         }
         next_version += 1_000_000;
         std::thread::sleep(Duration::from_millis(150 + rng.next() % 600));
-        // SIGKILL mid-write: the writers still hold the node, so kill its process by pid.
-        let status = std::process::Command::new("kill")
-            .args(["-9", &node.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        stop.store(true, Ordering::Relaxed);
-        for w in writers {
-            let _ = w.join();
-        }
-        drop(node);
+        kill_mid_write(node, &stop, writers);
 
         // Restarted: everything acknowledged reads back, byte for byte.
         let node = Node::start(dir.path());
@@ -194,5 +198,110 @@ fn sigkill_mid_write_never_loses_an_acknowledged_fragment_nor_shows_a_partial_on
     assert!(
         !acknowledged.lock().unwrap().is_empty(),
         "no write was ever acknowledged"
+    );
+}
+
+/// The sum over devices of a counter in the node's `/metrics`.
+fn counter(node: &Node, name: &str) -> u64 {
+    let r = signed(node, "GET", "/metrics", &[], &[]);
+    String::from_utf8_lossy(&r.body)
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn sigkill_mid_index_writes_never_loses_an_acknowledged_entry_logged_or_checkpointed() {
+    let seed = std::env::var("NIMBUS_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x10c_u64);
+    eprintln!("index crash test seed {seed} (NIMBUS_CRASH_SEED)");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    // A small log: batches go through it and checkpoints come every few dozen writes.
+    let config = "[index]\nwal_bytes = 65536";
+    // (url, last acknowledged version, last attempted version) per key
+    type Written = std::collections::HashMap<String, (u64, u64)>;
+    let written: Arc<Mutex<Written>> = Arc::default();
+    let (mut logged, mut checkpoints) = (0, 0);
+    for round in 0..6u64 {
+        let node = Arc::new(Node::start_configured(dir.path(), None, config));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for w in 0..6u64 {
+            let (node, stop, written) =
+                (Arc::clone(&node), Arc::clone(&stop), Arc::clone(&written));
+            writers.push(std::thread::spawn(move || {
+                let device = if w % 2 == 0 { "d0" } else { "d1" };
+                let mut version = (round << 40) | (w << 32);
+                while !stop.load(Ordering::Relaxed) {
+                    version += 1;
+                    // each writer its own keys, overwritten again and again
+                    let url = format!("{}?key=w{w}-{}", shard_url(device, "crash"), version % 40);
+                    let data = vec![(version % 251) as u8; 3000];
+                    let e = nimbus_core::index::IndexEntry {
+                        size: data.len() as u64,
+                        blake3: *blake3::hash(&data).as_bytes(),
+                        data: nimbus_core::index::EntryData::Inline(data),
+                        ..entry(version, &format!("etag-{version}"))
+                    };
+                    written
+                        .lock()
+                        .unwrap()
+                        .entry(url.clone())
+                        .or_insert((0, 0))
+                        .1 = version;
+                    let auth = Auth::Signed {
+                        secret: &node.secret,
+                        epoch: 1,
+                        skew_secs: 0,
+                    };
+                    if let Ok(r) = send(node.addr, "PUT", &url, &auth, &[], &e.encode(), None)
+                        && r.status == 200
+                    {
+                        written
+                            .lock()
+                            .unwrap()
+                            .get_mut(&url)
+                            .expect("noted above")
+                            .0 = version;
+                    }
+                }
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(300 + rng.next() % 600));
+        logged += counter(&node, "nimbus_index_commits_total");
+        checkpoints += counter(&node, "nimbus_index_checkpoints_total");
+        kill_mid_write(node, &stop, writers);
+
+        // Restarted: every key holds its last acknowledged write, or a later one that was
+        // under way when the node died.
+        let node = Node::start_configured(dir.path(), None, config);
+        let written = written.lock().unwrap().clone();
+        for (url, (acked, attempted)) in &written {
+            let r = signed(&node, "GET", url, &[], &[]);
+            if *acked == 0 {
+                continue;
+            }
+            assert_eq!(
+                r.status, 200,
+                "round {round}: acknowledged {url} is gone (seed {seed})"
+            );
+            let records = nimbus_core::index::decode_records(&r.body).unwrap();
+            let version = records[0].entry.version.0;
+            assert!(
+                (*acked..=*attempted).contains(&version),
+                "round {round}: {url} holds version {version:#x}, acknowledged {acked:#x} (seed {seed})"
+            );
+        }
+        node.kill();
+        eprintln!("round {round}: {} keys intact", written.len());
+    }
+    eprintln!("{logged} batches made durable, {checkpoints} of them checkpoints");
+    assert!(
+        checkpoints > 0 && logged > checkpoints,
+        "{logged} batches made durable, {checkpoints} of them checkpoints: both paths must run"
     );
 }

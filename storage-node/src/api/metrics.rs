@@ -149,8 +149,14 @@ fn figures(a: &AuditReport, w: &WorkerReport, i: &IndexStats, available: u64) ->
         (
             "nimbus_index_commits_total",
             "counter",
-            "Durable commits of the device's index store: writes arriving together share one (group commit).",
+            "Batches of index writes the device's index store made durable, each with one fsync: writes arriving together share one (group commit).",
             i.commits,
+        ),
+        (
+            "nimbus_index_checkpoints_total",
+            "counter",
+            "Of those batches, the ones committed durably to the index database (a checkpoint, when the write-ahead log is full); the others went through the log.",
+            i.checkpoints,
         ),
         (
             "nimbus_device_available_bytes",

@@ -228,6 +228,22 @@ pub enum OpenError {
         /// The file.
         path: PathBuf,
     },
+    /// The write-ahead log beside the database could not be opened or read.
+    #[error("open index log {}", path.display())]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// What the OS reported.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A frame of the log has a valid checksum but changes that do not parse: written by a
+    /// newer Nimbus, or damaged in a way its checksum missed.
+    #[error("index log {}: a frame does not parse", path.display())]
+    CorruptLog {
+        /// The log file.
+        path: PathBuf,
+    },
     /// The writer thread could not be started.
     #[error("start the index writer thread")]
     SpawnWriter {

@@ -25,14 +25,20 @@ pub(super) const SEQS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("seq
 /// `shard prefix` → the shard's last sequence number, `u64 LE`.
 pub(super) const SHARDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("shards");
 
-/// `"version"` → the layout version, `u32 LE`.
+/// `"version"` → the layout version, `u32 LE`; `"wal"` → the write-ahead log's generation,
+/// `u64 LE` (see `wal`).
 pub(super) const FORMAT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("format");
 
-/// The one key of [`FORMAT`].
+/// The key of the layout version in [`FORMAT`].
 pub(super) const FORMAT_KEY: &[u8] = b"version";
 
-/// The layout version this build writes and the newest it reads.
-pub(super) const FORMAT_VERSION: u32 = 1;
+/// The key of the log's generation in [`FORMAT`].
+pub(super) const WAL_KEY: &[u8] = b"wal";
+
+/// The layout version this build writes and the newest it reads. Version 2 added the
+/// write-ahead log: a database of version 2 may hold less than its log, so a build that does
+/// not replay the log must not open it. Version 1 databases are raised to 2 on open.
+pub(super) const FORMAT_VERSION: u32 = 2;
 
 const SEQ_BYTES: usize = 8;
 
@@ -239,6 +245,11 @@ pub(super) fn open_database(path: &Path, options: IndexOptions) -> Result<Databa
                         version,
                         supported: FORMAT_VERSION,
                     });
+                }
+                if version < FORMAT_VERSION {
+                    format
+                        .insert(FORMAT_KEY, FORMAT_VERSION.to_le_bytes().as_slice())
+                        .map_err(|e| failed(e.into()))?;
                 }
             }
         }

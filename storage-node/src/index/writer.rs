@@ -1,17 +1,20 @@
 //! The writer thread: the only code that writes the index database.
 //!
 //! It takes every request waiting in its channel (at most [`MAX_BATCH`]), applies them in
-//! arrival order in one write transaction, commits once with [`Durability::Immediate`] (one
-//! fsync for the whole batch), and only then answers each request.
+//! arrival order in one write transaction, makes the batch durable with one append and one
+//! `fdatasync` of the write-ahead log (see `wal`), commits it without a sync of the database's
+//! own, and only then answers each request. When the log is full, the batch commits durably
+//! instead (a checkpoint) and the log starts again.
 //!
 //! **Invariants:**
-//! - No request is answered before the transaction holding it is durable; a failed commit
-//!   fails every request of its batch, including those whose answer was a failed
-//!   precondition, since that answer may rest on a write that was lost.
+//! - No request is answered before the batch holding it is durable; a failed batch fails
+//!   every request of its batch, including those whose answer was a failed precondition,
+//!   since that answer may rest on a write that was lost.
 //! - A request that fails alone (a precondition, a corrupt current entry) fails before it
 //!   changes any table, so it never leaves a partial write in the batch.
 //! - A batch that changed nothing (only failed preconditions and ignored records) is
 //!   aborted, not committed: it costs no fsync.
+//! - Every change to a table goes through [`Tables::put`] or [`Tables::delete`], which log it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +27,7 @@ use tracing::warn;
 use super::Precondition;
 use super::error::{ApplyError, Corruption, IndexError, ReplicateError, StorageFailure};
 use super::layout::{self, ENTRIES, SEQS, SHARDS, ShardPrefix};
+use super::wal::{self, Changes, TableId, Wal};
 
 /// The most requests one transaction applies: the channel's capacity, so a full channel is
 /// drained in one commit.
@@ -34,6 +38,7 @@ pub(super) const MAX_BATCH: usize = 1024;
 pub(super) struct Counters {
     pub(super) writes: AtomicU64,
     pub(super) commits: AtomicU64,
+    pub(super) checkpoints: AtomicU64,
 }
 
 /// A write as the shard's primary: check the precondition, assign the next sequence number.
@@ -207,8 +212,14 @@ impl From<Corruption> for RunError {
     }
 }
 
-/// Runs the writer until every sender is gone and the channel is empty.
-pub(super) fn run(db: Arc<Database>, mut rx: mpsc::Receiver<Request>, counters: Arc<Counters>) {
+/// Runs the writer until every sender is gone and the channel is empty, then checkpoints so
+/// that the log is empty when the store closes.
+pub(super) fn run(
+    db: Arc<Database>,
+    mut wal: Wal,
+    mut rx: mpsc::Receiver<Request>,
+    counters: Arc<Counters>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -218,18 +229,24 @@ pub(super) fn run(db: Arc<Database>, mut rx: mpsc::Receiver<Request>, counters: 
                 Err(_) => break,
             }
         }
-        write_batch(&db, &mut batch, &counters);
+        write_batch(&db, &mut wal, &mut batch, &counters);
+    }
+    if let Err(e) = checkpoint(&db, &mut wal) {
+        warn!(error = %e, "the index store closes without a final checkpoint; its log is replayed at the next open");
     }
 }
 
 /// Applies, commits and answers one batch, leaving `batch` empty.
-fn write_batch(db: &Database, batch: &mut Vec<Request>, counters: &Counters) {
-    match apply_batch(db, batch) {
-        Ok(committed) => {
-            if committed {
+fn write_batch(db: &Database, wal: &mut Wal, batch: &mut Vec<Request>, counters: &Counters) {
+    match apply_batch(db, wal, batch) {
+        Ok(outcome) => {
+            if outcome != Outcome::Aborted {
                 let writes = batch.iter().filter(|r| r.wrote()).count() as u64;
                 counters.writes.fetch_add(writes, Ordering::Relaxed);
                 counters.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            if outcome == Outcome::Checkpoint {
+                counters.checkpoints.fetch_add(1, Ordering::Relaxed);
             }
             for request in batch.drain(..) {
                 request.answer(Ok(()));
@@ -244,33 +261,72 @@ fn write_batch(db: &Database, batch: &mut Vec<Request>, counters: &Counters) {
     }
 }
 
-/// Applies a batch in one transaction; returns whether it committed (false: nothing changed,
-/// the transaction was aborted).
-fn apply_batch(db: &Database, batch: &mut [Request]) -> Result<bool, redb::Error> {
+/// How a batch ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Nothing changed: the transaction was aborted.
+    Aborted,
+    /// Logged, then committed without a sync of the database.
+    Logged,
+    /// Committed durably, and the log started again.
+    Checkpoint,
+}
+
+/// Applies a batch in one transaction and makes it durable: through the log, or as a
+/// checkpoint when the log has no room for it.
+fn apply_batch(
+    db: &Database,
+    wal: &mut Wal,
+    batch: &mut [Request],
+) -> Result<Outcome, redb::Error> {
     let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
-    let wrote = {
+    let (wrote, changes) = {
         let mut tables = Tables::open(&txn)?;
         for request in batch.iter_mut() {
             request.run(&mut tables)?;
         }
-        batch.iter().any(Request::wrote)
+        (batch.iter().any(Request::wrote), tables.changes)
     };
-    if wrote {
-        txn.commit()?;
-    } else {
+    if !wrote {
         txn.abort()?;
+        return Ok(Outcome::Aborted);
     }
-    Ok(wrote)
+    if !wal.fits(&changes) {
+        commit_checkpoint(txn, wal)?;
+        return Ok(Outcome::Checkpoint);
+    }
+    txn.set_durability(Durability::None)?;
+    if let Err(e) = wal.append(&changes) {
+        txn.abort()?;
+        return Err(e.into());
+    }
+    txn.commit().inspect_err(|_| wal.commit_failed())?;
+    Ok(Outcome::Logged)
+}
+
+/// Commits `txn` durably with the log's next generation, then starts that generation.
+fn commit_checkpoint(mut txn: WriteTransaction, wal: &mut Wal) -> Result<(), redb::Error> {
+    txn.set_durability(Durability::Immediate)?;
+    wal::set_generation(&txn, wal.next_generation())?;
+    txn.commit().inspect_err(|_| wal.commit_failed())?;
+    wal.checkpointed();
+    Ok(())
+}
+
+/// A checkpoint of its own: makes every logged batch durable in the database and empties the
+/// log.
+fn checkpoint(db: &Database, wal: &mut Wal) -> Result<(), redb::Error> {
+    commit_checkpoint(db.begin_write()?, wal)
 }
 
 type BytesTable<'txn> = Table<'txn, &'static [u8], &'static [u8]>;
 
-/// The tables of one write transaction.
+/// The tables of one write transaction, and the changes made to them for the log.
 pub(super) struct Tables<'txn> {
     entries: BytesTable<'txn>,
     seqs: BytesTable<'txn>,
     shards: BytesTable<'txn>,
+    changes: Changes,
 }
 
 impl<'txn> Tables<'txn> {
@@ -279,7 +335,30 @@ impl<'txn> Tables<'txn> {
             entries: txn.open_table(ENTRIES)?,
             seqs: txn.open_table(SEQS)?,
             shards: txn.open_table(SHARDS)?,
+            changes: Changes::default(),
         })
+    }
+
+    fn table(&mut self, table: TableId) -> &mut BytesTable<'txn> {
+        match table {
+            TableId::Entries => &mut self.entries,
+            TableId::Seqs => &mut self.seqs,
+            TableId::Shards => &mut self.shards,
+        }
+    }
+
+    /// Stores `value` under `key` in `table`, and logs it.
+    fn put(&mut self, table: TableId, key: &[u8], value: &[u8]) -> Result<(), redb::Error> {
+        self.table(table).insert(key, value)?;
+        self.changes.put(table, key, value);
+        Ok(())
+    }
+
+    /// Removes `key` from `table`, and logs it.
+    fn delete(&mut self, table: TableId, key: &[u8]) -> Result<(), redb::Error> {
+        self.table(table).remove(key)?;
+        self.changes.remove(table, key);
+        Ok(())
     }
 
     /// Returns the stored value of an entry key.
@@ -302,9 +381,9 @@ impl<'txn> Tables<'txn> {
             .get(seq_key.as_slice())?
             .is_some_and(|v| v.value() == key.as_bytes());
         if ours {
-            self.seqs.remove(seq_key.as_slice())?;
+            self.delete(TableId::Seqs, &seq_key)?;
         }
-        self.entries.remove(prefix.entry_key(key).as_slice())?;
+        self.delete(TableId::Entries, &prefix.entry_key(key))?;
         Ok(())
     }
 
@@ -327,16 +406,14 @@ impl<'txn> Tables<'txn> {
                 .get(old_key.as_slice())?
                 .is_some_and(|v| v.value() == key.as_bytes());
             if ours {
-                self.seqs.remove(old_key.as_slice())?;
+                self.delete(TableId::Seqs, &old_key)?;
             }
         }
         let value = layout::entry_value(seq, entry);
-        self.entries
-            .insert(prefix.entry_key(key).as_slice(), value.as_slice())?;
-        self.seqs
-            .insert(prefix.seq_key(seq).as_slice(), key.as_bytes())?;
+        self.put(TableId::Entries, &prefix.entry_key(key), &value)?;
+        self.put(TableId::Seqs, &prefix.seq_key(seq), key.as_bytes())?;
         let last = layout::last_seq_value(last_seq.max(seq));
-        self.shards.insert(prefix.as_bytes(), last.as_slice())?;
+        self.put(TableId::Shards, prefix.as_bytes(), &last)?;
         Ok(())
     }
 }
@@ -515,12 +592,12 @@ impl Write for DropWrite {
             seq_keys.push(seq_key.value().to_vec());
         }
         for key in entry_keys {
-            tables.entries.remove(key.as_slice())?;
+            tables.delete(TableId::Entries, &key)?;
         }
         for key in seq_keys {
-            tables.seqs.remove(key.as_slice())?;
+            tables.delete(TableId::Seqs, &key)?;
         }
-        tables.shards.remove(start)?;
+        tables.delete(TableId::Shards, start)?;
         Ok(Ok(true))
     }
 
