@@ -286,7 +286,10 @@ impl Wal {
     /// Returns whether a frame of `changes` may go in this generation; if not, its batch must
     /// commit durably as a checkpoint ([`Wal::checkpointed`]).
     pub(super) fn fits(&self, changes: &Changes) -> bool {
-        !self.broken && self.end + FRAME_HEADER_BYTES + changes.len() <= self.capacity
+        // A frame's length field is 32 bits, whatever the capacity.
+        !self.broken
+            && changes.len() <= u64::from(u32::MAX)
+            && self.end + FRAME_HEADER_BYTES + changes.len() <= self.capacity
     }
 
     /// The generation a checkpoint records.
