@@ -56,6 +56,10 @@ pub struct DevArgs {
     /// batch of index writes durably to the database, without the log.
     #[arg(long, value_name = "BYTES", default_value_t = nimbus_storage_node::index::DEFAULT_WAL_BYTES)]
     index_wal_bytes: u64,
+    /// Index reads always ask a majority of a shard's replicas, never its primary alone
+    /// under its read lease.
+    #[arg(long)]
+    no_leased_reads: bool,
 }
 
 /// Runs the dev cluster until SIGINT or SIGTERM (exit 0) or until one of its processes
@@ -75,6 +79,7 @@ pub fn run(args: DevArgs) -> Result<ExitCode> {
         abandoned_upload_secs: args.abandoned_upload_secs,
         index_sync_secs: args.index_sync_secs,
         index_wal_bytes: args.index_wal_bytes,
+        leased_reads: !args.no_leased_reads,
     })?;
     let secret = crate::admin::load_secret(Some(&layout.secret_file()))?;
     let client = MetaClient::new(layout.meta_members(), secret)?;

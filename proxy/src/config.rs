@@ -45,6 +45,14 @@ pub struct ProxyConfig {
     /// keeps them forever. Default 604800 (7 days).
     #[serde(default = "default_abandoned_upload")]
     pub abandoned_upload_secs: u64,
+    /// Whether index reads ask a shard's primary alone first, which answers alone while it
+    /// holds a read lease (one call instead of a majority's). Default true.
+    #[serde(default = "default_leased_reads")]
+    pub leased_reads: bool,
+}
+
+fn default_leased_reads() -> bool {
+    true
 }
 
 fn default_abandoned_upload() -> u64 {

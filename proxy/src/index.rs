@@ -3,12 +3,13 @@
 //! partition in the index policy's ring. Writes go to the shard's primary (the first slot
 //! device the map has up), which applies the write and any condition atomically and gives
 //! it the shard's next sequence number; the write is then copied to the other replicas and
-//! acknowledged once a majority of the `r` hold it durably. Reads ask a majority of the
-//! replicas (those the map has up first; another for each that fails, the rest after a short
-//! wait) and take the newest record among a majority of answers, so a read sees every
-//! acknowledged write even while the map still names a dead primary. While the index ring is
-//! in transition after a rebalance, writes and reads need a majority of the replicas of each
-//! ring in effect.
+//! acknowledged once a majority of the `r` hold it durably. A read asks the primary alone
+//! first: it answers alone while it holds a read lease (storage node's `lease`). Otherwise
+//! reads ask a majority of the replicas (those the map has up first; another for each that
+//! fails, the rest after a short wait) and take the newest record among a majority of
+//! answers, so a read sees every acknowledged write even while the map still names a dead
+//! primary. While the index ring is in transition after a rebalance, writes and reads need a
+//! majority of the replicas of each ring in effect (no leased reads then).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -46,6 +47,12 @@ const PRECONDITION: &str = "x-nimbus-precondition";
 /// The header naming a shard's replicas on requests to its primary, which peers with them
 /// first in each new epoch (storage node's `api::peering::REPLICAS`).
 const REPLICAS: &str = "x-nimbus-replicas";
+
+/// The header of a read that the primary may answer alone under its lease (storage node's
+/// `api::LEASE_READ`).
+const LEASE_READ: &str = "x-nimbus-lease-read";
+/// The header of an answer given under the lease (storage node's `api::LEASED`).
+const LEASED: &str = "x-nimbus-leased";
 
 /// The header naming, during a transition of the index ring, the shard's replicas in each
 /// ring a rebalance replaced (storage node's `api::peering::PREVIOUS_REPLICAS`).
@@ -143,13 +150,20 @@ pub fn index_policy(map: &ClusterMap) -> Result<&str, DataError> {
 pub struct IndexClient {
     nodes: NodeClient,
     cluster: Cluster,
+    /// Whether reads ask the shard's primary alone first, for an answer under its lease.
+    leased_reads: bool,
 }
 
 impl IndexClient {
-    /// Returns a client over `nodes`, placing shards by `cluster`'s newest map.
+    /// Returns a client over `nodes`, placing shards by `cluster`'s newest map; with
+    /// `leased_reads`, reads ask a shard's primary alone first.
     #[must_use]
-    pub fn new(nodes: NodeClient, cluster: Cluster) -> Self {
-        IndexClient { nodes, cluster }
+    pub fn new(nodes: NodeClient, cluster: Cluster, leased_reads: bool) -> Self {
+        IndexClient {
+            nodes,
+            cluster,
+            leased_reads,
+        }
     }
 
     fn place(map: &ClusterMap, shard: &Shard<'_>) -> Result<Place, DataError> {
@@ -385,14 +399,19 @@ impl IndexClient {
             // may well answer (a late heartbeat), and any majority of the `r` meets every
             // write's (of each ring, during a transition). A plain majority read asks a
             // majority first, those the map has up first, and another replica for each that
-            // fails; all the rest once the first have taken longer than `HEDGE`.
+            // fails; all the rest once the first have taken longer than `HEDGE`. A leased
+            // read asks the primary alone first: under its lease its answer is enough;
+            // without, it counts as one of the majority.
             let mut order: VecDeque<&DeviceKey> = replicas
                 .iter()
                 .filter(|(_, up)| *up)
                 .chain(replicas.iter().filter(|(_, up)| !*up))
                 .map(|(d, _)| d)
                 .collect();
-            let first = if every_replica || !place.previous.is_empty() {
+            let all = every_replica || !place.previous.is_empty();
+            let primary = place.slots.iter().find(|(_, up)| *up).map(|(d, _)| d);
+            let leased = self.leased_reads && !all && primary.is_some();
+            let want = if all {
                 order.len()
             } else {
                 place.slots.len() / 2 + 1
@@ -400,19 +419,16 @@ impl IndexClient {
             let ask = |device| {
                 let path = shard.path(device, &query);
                 let nodes = &self.nodes;
-                let epoch = place.epoch;
-                async move {
-                    let answer = nodes
-                        .call(
-                            device,
-                            SmallCall::new(Method::GET, path, epoch, CALL_TIMEOUT),
-                        )
-                        .await;
-                    (device, answer)
+                let mut call = SmallCall::new(Method::GET, path, place.epoch, CALL_TIMEOUT);
+                if leased && primary == Some(device) {
+                    call = with_replicas(call.header(LEASE_READ, "1".to_owned()), &place);
                 }
+                async move { (device, nodes.call(device, call).await) }
             };
-            let mut calls: FuturesUnordered<_> =
-                order.drain(..first.min(order.len())).map(ask).collect();
+            let mut calls: FuturesUnordered<_> = order
+                .drain(..(if leased { 1 } else { want }).min(order.len()))
+                .map(ask)
+                .collect();
             let hedge = tokio::time::sleep(HEDGE);
             tokio::pin!(hedge);
             // The sequence number each answering replica holds for the key (0: none).
@@ -430,25 +446,29 @@ impl IndexClient {
                         continue;
                     }
                 };
-                let counted = held.len();
                 match answer {
-                    Ok(a) if a.status == StatusCode::OK => {
-                        let records = decode_records(&a.body)
-                            .map_err(|e| DataError::Internal(format!("index answer: {e}")))?;
+                    Ok(a) if a.status == StatusCode::OK || a.status == StatusCode::NOT_FOUND => {
                         let mut seq = 0;
-                        for r in records {
-                            seq = seq.max(r.seq);
-                            if newest.as_ref().is_none_or(|n| r.seq > n.seq) {
-                                newest = Some(r);
+                        if a.status == StatusCode::OK {
+                            let records = decode_records(&a.body)
+                                .map_err(|e| DataError::Internal(format!("index answer: {e}")))?;
+                            for r in records {
+                                seq = seq.max(r.seq);
+                                if newest.as_ref().is_none_or(|n| r.seq > n.seq) {
+                                    newest = Some(r);
+                                }
                             }
+                        }
+                        if leased && a.headers.contains_key(LEASED) && primary == Some(device) {
+                            return Ok(newest);
                         }
                         held.push((device, seq));
                     }
-                    Ok(a) if a.status == StatusCode::NOT_FOUND => held.push((device, 0)),
                     Ok(a) => last = format!("{} {}", a.status, answer_text(&a)),
                     Err(e) => last = e.to_string(),
                 }
-                if held.len() == counted
+                // Keep enough calls under way to make up a majority.
+                while held.len() + calls.len() < want
                     && let Some(next) = order.pop_front()
                 {
                     calls.push(ask(next));

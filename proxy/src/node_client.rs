@@ -64,6 +64,8 @@ impl std::fmt::Debug for NodeClient {
 pub struct SmallAnswer {
     /// Its status.
     pub status: StatusCode,
+    /// Its headers.
+    pub headers: hyper::HeaderMap,
     /// Its body.
     pub body: Bytes,
 }
@@ -179,8 +181,9 @@ impl NodeClient {
             let response = self
                 .send(node, method, &path, epoch, &headers, full_body(body))
                 .await?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_SMALL_ANSWER)
+            let (parts, body) = response.into_parts();
+            let (status, headers) = (parts.status, parts.headers);
+            let body = Limited::new(body, MAX_SMALL_ANSWER)
                 .collect()
                 .await
                 .map_err(|e| NodeCallError::Unreachable {
@@ -188,7 +191,11 @@ impl NodeClient {
                     reason: format!("reading the answer: {e}"),
                 })?
                 .to_bytes();
-            Ok(SmallAnswer { status, body })
+            Ok(SmallAnswer {
+                status,
+                headers,
+                body,
+            })
         };
         tokio::time::timeout(timeout, exchange)
             .await

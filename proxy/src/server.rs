@@ -108,7 +108,7 @@ pub async fn start(
     let nodes = NodeClient::new(secret.clone());
     let state = Arc::new(S3State {
         cluster: cluster.clone(),
-        index: IndexClient::new(nodes.clone(), cluster.clone()),
+        index: IndexClient::new(nodes.clone(), cluster.clone(), config.leased_reads),
         data: DataPath {
             nodes,
             segment_bytes: config.segment_bytes,

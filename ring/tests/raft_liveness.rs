@@ -378,6 +378,19 @@ async fn only_the_leader_takes_signed_heartbeats() {
     assert_eq!(answer.status, 200);
     let taken: HeartbeatResponse = serde_json::from_slice(&answer.body).unwrap();
     assert_eq!(taken.map_version, group.member(leader_id).map().version());
+    assert!(
+        taken.confirmed,
+        "the leader confirmed its leadership with a quorum"
+    );
+    // The epoch's age grows while the epoch stays (what a new primary's wait starts from).
+    sleep(Duration::from_millis(300)).await;
+    let answer = http(&leader, "POST", "/meta/heartbeat", true, body).await;
+    let later: HeartbeatResponse = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(later.epoch, taken.epoch);
+    assert!(
+        later.epoch_age_ms >= taken.epoch_age_ms + 300,
+        "{later:?} after {taken:?}"
+    );
 
     let answer = http(&follower, "POST", "/meta/heartbeat", true, body).await;
     assert_eq!(answer.status, 421);
@@ -397,6 +410,19 @@ async fn only_the_leader_takes_signed_heartbeats() {
     ] {
         let answer = http(&leader, "POST", "/meta/heartbeat", true, bad).await;
         assert_eq!(answer.status, 400, "{}", String::from_utf8_lossy(bad));
+    }
+    // A leader without its quorum grants no lease: it answers unconfirmed, or not at all.
+    for (&id, member) in &group.members {
+        if id != leader_id {
+            member.shutdown().await;
+        }
+    }
+    let answer = http(&leader, "POST", "/meta/heartbeat", true, body).await;
+    if answer.status == 200 {
+        let alone: HeartbeatResponse = serde_json::from_slice(&answer.body).unwrap();
+        assert!(!alone.confirmed, "{alone:?}");
+    } else {
+        assert_eq!(answer.status, 421);
     }
     group.stop().await;
 }

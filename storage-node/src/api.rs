@@ -26,7 +26,7 @@ mod metrics;
 pub mod peering;
 mod placement;
 
-pub use index::PRECONDITION;
+pub use index::{LEASE_READ, LEASED, PRECONDITION};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,6 +40,7 @@ use nimbus_core::auth::ClusterSecret;
 use serde_json::json;
 
 use crate::index::IndexStore;
+use crate::lease::Leases;
 use crate::store::{FragmentStore, StoreError};
 
 /// Headers of the internal API.
@@ -78,6 +79,21 @@ pub struct NodeState {
     epoch: AtomicU64,
     /// Peering with other nodes' replicas of a shard.
     peering: peering::Peering,
+    /// The node's read lease, kept by its heartbeats (`crate::lease`).
+    leases: Arc<Leases>,
+    /// Held shared by every index write from the moment it checks its epoch until it is
+    /// applied, and taken exclusively, once, by a request that raised the node's epoch
+    /// before it goes on: so once a request of a newer epoch is served (a new primary's
+    /// peering pull among them), every write of an older one has either been applied or
+    /// will be refused. A write that missed the new primary's peering can then never reach
+    /// a majority.
+    epoch_gate: tokio::sync::RwLock<()>,
+    /// Reads answered alone under the lease.
+    leased_reads: AtomicU64,
+    /// Reads that asked for the lease and were answered without it.
+    unleased_reads: AtomicU64,
+    /// Primary writes that waited for older leases to run out.
+    lease_waits: AtomicU64,
 }
 
 impl NodeState {
@@ -88,15 +104,22 @@ impl NodeState {
         devices: HashMap<String, Device>,
         epoch: u64,
         node: Option<std::net::SocketAddr>,
+        leases: Arc<Leases>,
     ) -> Self {
         NodeState {
             peering: peering::Peering::new(
                 nimbus_ring::raft::network::PeerClient::new(secret.clone()),
                 node,
+                Arc::clone(&leases),
             ),
             secret,
             devices,
             epoch: AtomicU64::new(epoch),
+            leases,
+            epoch_gate: tokio::sync::RwLock::new(()),
+            leased_reads: AtomicU64::new(0),
+            unleased_reads: AtomicU64::new(0),
+            lease_waits: AtomicU64::new(0),
         }
     }
 
@@ -112,8 +135,9 @@ impl NodeState {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Records a sender's epoch; refuses it if older than the newest seen.
-    fn observe_epoch(&self, epoch: u64) -> Result<(), ApiError> {
+    /// Records a sender's epoch; refuses it if older than the newest seen. Tells whether it
+    /// raised the newest seen.
+    fn observe_epoch(&self, epoch: u64) -> Result<bool, ApiError> {
         let seen = self.epoch.fetch_max(epoch, Ordering::AcqRel);
         if epoch < seen {
             return Err(ApiError::StaleEpoch {
@@ -121,7 +145,31 @@ impl NodeState {
                 current: seen,
             });
         }
-        Ok(())
+        Ok(epoch > seen)
+    }
+
+    /// After a request raised the node's epoch: notes when, and waits for the index writes
+    /// of older epochs under way (see `epoch_gate`).
+    async fn epoch_raised(&self, epoch: u64) {
+        self.leases.saw(epoch, tokio::time::Instant::now());
+        drop(self.epoch_gate.write().await);
+    }
+
+    /// Holds the epoch gate for an index write of `epoch`; refuses it if the node has seen a
+    /// newer epoch since the request was authenticated.
+    async fn write_gate(
+        &self,
+        epoch: u64,
+    ) -> Result<tokio::sync::RwLockReadGuard<'_, ()>, ApiError> {
+        let gate = self.epoch_gate.read().await;
+        let current = self.epoch();
+        if epoch < current {
+            return Err(ApiError::StaleEpoch {
+                sent: epoch,
+                current,
+            });
+        }
+        Ok(gate)
     }
 }
 

@@ -12,8 +12,11 @@
 //! - A failure is logged at debug and never ends the task: the next interval tries again
 //!   (the leader tolerates missed heartbeats up to its timeout).
 //! - The task is owned by the [`RunningNode`](crate::node::RunningNode) and stops when told.
+//! - Each answer goes to the node's [`Leases`], timed from when the heartbeat began (its
+//!   first call), so a lease never starts later than the heartbeat it rests on.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nimbus_ring::raft::network::{PeerClient, PeerError, paths};
@@ -21,6 +24,8 @@ use nimbus_ring::raft::server::{HeartbeatRequest, HeartbeatResponse};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::debug;
+
+use crate::lease::Leases;
 
 /// The largest answer read from a member (a small JSON object, or an error).
 const MAX_ANSWER_BYTES: usize = 64 << 10;
@@ -65,11 +70,13 @@ pub struct Heartbeats {
     leader: Option<String>,
     /// The member to ask first when no leader is known (rotates on failures).
     next_member: usize,
+    /// Where answers go.
+    leases: Arc<Leases>,
 }
 
 impl Heartbeats {
     /// Returns a sender posting `devices` of `node` to `members` every `interval`, signing
-    /// with `client`'s secret.
+    /// with `client`'s secret, and recording answers in `leases`.
     #[must_use]
     pub fn new(
         client: PeerClient,
@@ -77,6 +84,7 @@ impl Heartbeats {
         node: SocketAddr,
         devices: Vec<String>,
         interval: Duration,
+        leases: Arc<Leases>,
     ) -> Self {
         Heartbeats {
             client,
@@ -85,6 +93,7 @@ impl Heartbeats {
             interval,
             leader: None,
             next_member: 0,
+            leases,
         }
     }
 
@@ -100,13 +109,24 @@ impl Heartbeats {
         let work = async {
             loop {
                 ticks.tick().await;
+                let sent = Instant::now();
                 match self.beat().await {
-                    Ok(answer) => debug!(
-                        %node,
-                        map_version = answer.map_version,
-                        epoch = answer.epoch,
-                        "heartbeat delivered"
-                    ),
+                    Ok(answer) => {
+                        self.leases.heard(
+                            answer.epoch,
+                            answer.confirmed,
+                            Duration::from_millis(answer.epoch_age_ms),
+                            sent,
+                            Instant::now(),
+                        );
+                        debug!(
+                            %node,
+                            map_version = answer.map_version,
+                            epoch = answer.epoch,
+                            confirmed = answer.confirmed,
+                            "heartbeat delivered"
+                        );
+                    }
                     Err(error) => debug!(%node, %error, "heartbeat failed"),
                 }
             }
@@ -226,6 +246,7 @@ mod tests {
             SocketAddr::from(([10, 0, 0, 7], 6200)),
             vec!["sdb".to_owned()],
             Duration::from_secs(1),
+            Arc::new(Leases::default()),
         )
     }
 

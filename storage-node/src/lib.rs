@@ -18,6 +18,7 @@ pub mod config;
 pub mod heartbeat;
 pub mod index;
 pub mod io;
+pub mod lease;
 pub mod node;
 pub mod store;
 pub mod workers;

@@ -290,7 +290,14 @@ pub async fn start(
         .as_ref()
         .and_then(|h| h.node)
         .unwrap_or(local_addr);
-    let state = Arc::new(NodeState::new(secret.clone(), devices, 0, Some(node_addr)));
+    let leases = Arc::new(crate::lease::Leases::default());
+    let state = Arc::new(NodeState::new(
+        secret.clone(),
+        devices,
+        0,
+        Some(node_addr),
+        Arc::clone(&leases),
+    ));
     let workers = config
         .heartbeat
         .as_ref()
@@ -318,6 +325,7 @@ pub async fn start(
             node,
             device_names,
             h.interval(),
+            leases,
         );
         let (stop, stopped) = watch::channel(false);
         tracing::info!(%node, members = ?h.members, interval_ms = h.interval_ms, "heartbeats started");
@@ -386,7 +394,9 @@ async fn run_workers(
         }
     };
     let nodes = NodeClient::new(secret);
-    let index = IndexClient::new(nodes.clone(), cluster.clone());
+    // The workers' reads decide what may be removed: they ask majorities (or every
+    // replica), never a primary alone.
+    let index = IndexClient::new(nodes.clone(), cluster.clone(), false);
     let config = WorkerConfig {
         bytes_per_sec: settings.bytes_per_sec,
         pass_pause: Duration::from_secs(settings.pass_pause_secs),

@@ -78,6 +78,8 @@ pub struct Tunables {
     pub index_sync_secs: u64,
     /// Bytes of each index store's write-ahead log (`[index] wal_bytes`).
     pub index_wal_bytes: u64,
+    /// Whether the proxy's index reads ask a shard's primary alone first (`leased_reads`).
+    pub leased_reads: bool,
 }
 
 /// The data directory of a dev cluster and what lives in it.
@@ -267,6 +269,7 @@ impl Layout {
             abandoned_upload_secs,
             index_sync_secs,
             index_wal_bytes,
+            leased_reads,
         } = *tunables;
         let dir = self.logs_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -326,7 +329,8 @@ impl Layout {
              s3_domains = [\"localhost\"]\n\
              # Objects past their X-Delete-At go within seconds on a dev cluster.\n\
              expirer_interval_secs = 5\n\
-             abandoned_upload_secs = {abandoned_upload_secs}\n",
+             abandoned_upload_secs = {abandoned_upload_secs}\n\
+             leased_reads = {leased_reads}\n",
             self.ports.s3
         );
         write_file(&self.proxy_config(), &text, false)
@@ -455,6 +459,7 @@ mod tests {
                 abandoned_upload_secs: 3600,
                 index_sync_secs: 5,
                 index_wal_bytes: 1 << 20,
+                leased_reads: true,
             })
             .unwrap();
         for i in 1..=NODES {

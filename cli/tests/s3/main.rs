@@ -29,3 +29,4 @@ mod t88_index_sync;
 mod t89_gc_lone_reference;
 mod t90_index_rebalance;
 mod t91_read_repair;
+mod t92_leases;

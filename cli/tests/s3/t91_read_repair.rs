@@ -1,5 +1,7 @@
 //! Read repair: with index anti-entropy held off, a replica that was down while an object was
-//! written gets its record back from the reads that ask it — and from nothing else.
+//! written gets its record back from the reads that ask it — and from nothing else. Reads
+//! ask majorities here (`--no-leased-reads`): a primary answering alone under its lease asks
+//! no other replica, so repairs none.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,7 @@ use crate::load::get;
 
 #[test]
 fn a_replica_that_missed_a_write_gets_it_back_from_reads() {
-    let cluster = Cluster::start_with(&["--index-sync-secs", "3600"]);
+    let cluster = Cluster::start_with(&["--index-sync-secs", "3600", "--no-leased-reads"]);
     let rt = runtime();
     let s3 = cluster.client();
     let key = "repaired";

@@ -323,6 +323,7 @@ impl MetaNode {
             liveness: Arc::clone(&liveness),
             stopping: stopping_rx.clone(),
             watchers: Semaphore::new(server::MAX_WATCHERS),
+            epoch_seen: std::sync::Mutex::new(None),
         });
         let liveness = tokio::spawn(async move { liveness.run(stopping_rx).await });
         let (stop_tx, stop_rx) = oneshot::channel::<()>();

@@ -152,6 +152,29 @@ pub struct ServerState {
     pub stopping: watch::Receiver<bool>,
     /// Permits of the watches that may wait at once ([`MAX_WATCHERS`]).
     pub watchers: Semaphore,
+    /// The newest placement epoch a heartbeat answer named, and when this member first
+    /// named it (the epoch was applied here by then).
+    pub epoch_seen: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
+}
+
+impl ServerState {
+    /// Returns how long, at least, this member has had `epoch` applied, as of `now`, in
+    /// milliseconds: the time since a heartbeat answer first named it (0 the first time).
+    fn epoch_age(&self, epoch: u64, now: std::time::Instant) -> u64 {
+        let mut seen = self
+            .epoch_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match *seen {
+            Some((e, since)) if e == epoch => {
+                u64::try_from(now.saturating_duration_since(since).as_millis()).unwrap_or(u64::MAX)
+            }
+            _ => {
+                *seen = Some((epoch, now));
+                0
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for ServerState {

@@ -18,12 +18,18 @@ pub(super) async fn authenticate(
     next: Next,
 ) -> Response {
     match check(&state, &request) {
-        Ok(()) => next.run(request).await,
+        Ok((epoch, raised)) => {
+            if raised {
+                state.epoch_raised(epoch).await;
+            }
+            next.run(request).await
+        }
         Err(e) => e.into_response(),
     }
 }
 
-fn check(state: &NodeState, request: &Request) -> Result<(), ApiError> {
+/// Checks the request's credentials; returns its epoch and whether it raised the node's.
+fn check(state: &NodeState, request: &Request) -> Result<(u64, bool), ApiError> {
     let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
     let credentials = RequestCredentials {
         authorization: header("authorization"),
@@ -41,5 +47,5 @@ fn check(state: &NodeState, request: &Request) -> Result<(), ApiError> {
             RequestAuthError::Missing => ApiError::Unauthenticated,
             RequestAuthError::Forbidden(why) => ApiError::Forbidden(why),
         })?;
-    state.observe_epoch(epoch)
+    state.observe_epoch(epoch).map(|raised| (epoch, raised))
 }

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | PUT | `?key=` + `x-nimbus-precondition` [+ `x-nimbus-replicas`] | apply as the shard's primary (peering first, see `api::peering`) → `{"seq"}`, or 412 |
 //! | PUT | `/replicated?key=&seq=` | apply a primary's write as a replica → `{"applied"}` |
-//! | GET | `?key=` | the key's record (tombstones included), or 404 |
+//! | GET | `?key=` [+ `x-nimbus-lease-read`, `x-nimbus-replicas`] | the key's record (tombstones included), or 404; as primary (peering first) marked `x-nimbus-leased` when under the lease |
 //! | DELETE | `?key=&seq=` | forget the key's tombstone if it is still the one of `seq` → `{"purged"}` (anti-entropy) |
 //! | GET | `/list?prefix=&start_after=&limit=&tombstones=` [+ `x-nimbus-replicas`] | records in key order (as primary: peering first) |
 //! | GET | `/since?seq=&limit=` | records newer than `seq`, in seq order |
@@ -16,6 +16,7 @@
 //! shard the device holds writes of (for anti-entropy).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -27,6 +28,7 @@ use nimbus_core::ids::VersionId;
 use nimbus_core::index::{IndexEntry, IndexRecord, ShardId, encode_records};
 use serde::Deserialize;
 use serde_json::json;
+use tokio::time::Instant;
 
 use super::{ApiError, NodeState, peering};
 use crate::index::{ApplyError, IndexStore, ListQuery, Precondition, ReplicateError};
@@ -34,6 +36,12 @@ use crate::index::{ApplyError, IndexStore, ListQuery, Precondition, ReplicateErr
 /// Header carrying a primary write's condition: `none`, `if-none-match`, `if-match <etag>`
 /// or `if-version <16 hex digits>`.
 pub const PRECONDITION: &str = "x-nimbus-precondition";
+
+/// Header of a read sent to a shard's primary that may be answered under its lease.
+pub const LEASE_READ: &str = "x-nimbus-lease-read";
+
+/// Header of an answer given under the lease: no other replica need be asked.
+pub const LEASED: &str = "x-nimbus-leased";
 
 const SHARD: &str = "/v1/index/{device}/{account}/{container}/{shard}";
 
@@ -116,19 +124,20 @@ fn request_epoch(headers: &HeaderMap) -> u64 {
 }
 
 /// Peers the shard first when the request names its replicas (it comes to this device as
-/// the shard's primary); tells whether it did.
+/// the shard's primary); returns, if it did, when the device may take writes as the
+/// primary (`Peering::ensure`).
 async fn peer_if_primary(
     state: &NodeState,
     device: &str,
     index: &IndexStore,
     id: &ShardId,
     headers: &HeaderMap,
-) -> Result<bool, ApiError> {
+) -> Result<Option<Instant>, ApiError> {
     let Some(replicas) = peering::parse_replicas(headers)? else {
-        return Ok(false);
+        return Ok(None);
     };
     let previous = peering::parse_previous(headers)?;
-    state
+    let writable_at = state
         .peering
         .ensure(
             index,
@@ -139,7 +148,7 @@ async fn peer_if_primary(
             &previous,
         )
         .await?;
-    Ok(true)
+    Ok(Some(writable_at))
 }
 
 async fn apply(
@@ -153,13 +162,21 @@ async fn apply(
     let (index, id) = shard(&state, path)?;
     let entry = decode_entry(&body)?;
     let condition = parse_precondition(&headers)?;
-    // A primary named with its replicas peers first, and numbers above every primary of
-    // an earlier epoch (see `IndexStore::apply_from`).
-    let floor = if peer_if_primary(&state, &device, index, &id, &headers).await? {
-        request_epoch(&headers) << 32
-    } else {
-        0
+    // A primary named with its replicas peers first, waits for the leases of the shard's
+    // earlier primaries to run out (`crate::lease`), and numbers above every primary of an
+    // earlier epoch (see `IndexStore::apply_from`).
+    let epoch = request_epoch(&headers);
+    let floor = match peer_if_primary(&state, &device, index, &id, &headers).await? {
+        Some(writable_at) => {
+            if writable_at > Instant::now() {
+                state.lease_waits.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep_until(writable_at).await;
+            }
+            epoch << 32
+        }
+        None => 0,
     };
+    let _gate = state.write_gate(epoch).await?;
     match index.apply_from(&id, &q.key, entry, condition, floor).await {
         Ok(seq) => Ok(axum::Json(json!({ "seq": seq })).into_response()),
         Err(ApplyError::PreconditionFailed { current, .. }) => {
@@ -189,6 +206,7 @@ async fn apply_replicated(
     State(state): State<Arc<NodeState>>,
     Path(path): ShardPath,
     Query(q): Query<ReplicatedQuery>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (index, id) = shard(&state, path)?;
@@ -197,6 +215,7 @@ async fn apply_replicated(
         key: q.key,
         entry: decode_entry(&body)?,
     };
+    let _gate = state.write_gate(request_epoch(&headers)).await?;
     match index.apply_replicated(&id, record).await {
         Ok(applied) => Ok(axum::Json(json!({ "applied": applied })).into_response()),
         Err(ReplicateError::Index(e)) => Err(ApiError::Index(e.to_string())),
@@ -204,23 +223,51 @@ async fn apply_replicated(
     }
 }
 
+/// Reads a key's record. A request that asks for a lease ([`LEASE_READ`], with the
+/// shard's replicas) comes to the shard's primary, which peers first; its answer carries
+/// [`LEASED`] when the node holds a lease on the request's epoch (`crate::lease`), and the
+/// proxy then needs no other replica's.
 async fn get_key(
     State(state): State<Arc<NodeState>>,
     Path(path): ShardPath,
     Query(q): Query<KeyQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let device = path.0.clone();
     let (index, id) = shard(&state, path)?;
     nimbus_core::index::validate_key(&q.key).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    match index
+    let leased = headers.contains_key(LEASE_READ) && {
+        let epoch = request_epoch(&headers);
+        match peer_if_primary(&state, &device, index, &id, &headers).await {
+            // Checked before the read: every write acknowledged until now is in this copy.
+            Ok(Some(_)) => state.epoch() == epoch && state.leases.holds(epoch, Instant::now()),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::debug!(%id, error = %e, "no leased read: peering failed");
+                false
+            }
+        }
+    };
+    let record = index
         .get(&id, &q.key)
         .await
-        .map_err(|e| ApiError::Index(e.to_string()))?
-    {
-        Some(record) => Ok(records(&[record])),
-        None => Err(ApiError::NotFound {
+        .map_err(|e| ApiError::Index(e.to_string()))?;
+    let mut response = match record {
+        Some(record) => records(&[record]),
+        None => ApiError::NotFound {
             what: format!("key {:?} in {id}", q.key),
-        }),
+        }
+        .into_response(),
+    };
+    if leased {
+        state.leased_reads.fetch_add(1, Ordering::Relaxed);
+        response
+            .headers_mut()
+            .insert(LEASED, axum::http::HeaderValue::from_static("1"));
+    } else if headers.contains_key(LEASE_READ) {
+        state.unleased_reads.fetch_add(1, Ordering::Relaxed);
     }
+    Ok(response)
 }
 
 #[derive(Deserialize)]

@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
@@ -200,6 +201,38 @@ pub(super) async fn metrics(State(state): State<Arc<NodeState>>) -> Response {
         for (device, value) in samples {
             let _ = writeln!(text, "{metric}{{device=\"{}\"}} {value}", escape(device));
         }
+    }
+    let now = tokio::time::Instant::now();
+    let node: [Figure; 4] = [
+        (
+            "nimbus_index_leased_reads_total",
+            "counter",
+            "Index reads this node answered alone, as a shard's primary under its read lease.",
+            state.leased_reads.load(Ordering::Relaxed),
+        ),
+        (
+            "nimbus_index_unleased_reads_total",
+            "counter",
+            "Index reads that asked this node, as a shard's primary, for an answer under its lease and got one without (no lease on the request's epoch, or peering failed): the proxy then asked a majority.",
+            state.unleased_reads.load(Ordering::Relaxed),
+        ),
+        (
+            "nimbus_index_lease_waits_total",
+            "counter",
+            "Writes this node held, as a shard's new primary, until the leases of earlier primaries ran out.",
+            state.lease_waits.load(Ordering::Relaxed),
+        ),
+        (
+            "nimbus_lease_held",
+            "gauge",
+            "1 while the node holds a read lease on the newest epoch it has seen.",
+            u64::from(state.leases.holds(state.epoch(), now)),
+        ),
+    ];
+    for (metric, kind, help, value) in node {
+        let _ = writeln!(text, "# HELP {metric} {help}");
+        let _ = writeln!(text, "# TYPE {metric} {kind}");
+        let _ = writeln!(text, "{metric} {value}");
     }
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -17,9 +18,11 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use nimbus_core::index::{ShardId, decode_records};
 use nimbus_ring::raft::network::PeerClient;
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use super::ApiError;
 use crate::index::IndexStore;
+use crate::lease::Leases;
 
 /// The header naming a shard's replicas: `ip:port/device` separated by commas, in slot
 /// order, this device among them.
@@ -103,29 +106,46 @@ fn parse_list(header: &str, text: &str) -> Result<Vec<Replica>, ApiError> {
     Ok(replicas)
 }
 
-/// A node's peering: its client of other nodes, its own address, and the epoch each
-/// (device, shard) was last peered in.
+/// A node's peering: its client of other nodes, its own address, and for each (device,
+/// shard) the epoch it was last peered in.
 #[derive(Debug)]
 pub struct Peering {
     client: PeerClient,
     me: Option<SocketAddr>,
-    peered: Mutex<HashMap<(String, ShardId), u64>>,
+    peered: Mutex<HashMap<(String, ShardId), Primacy>>,
+    /// The node's leases: what a new primary's wait starts from.
+    leases: Arc<Leases>,
+}
+
+/// A device's time as a shard's primary.
+#[derive(Clone, Copy, Debug)]
+struct Primacy {
+    /// The epoch it was last peered in (asked to act as the primary).
+    epoch: u64,
+    /// When it may take writes as the primary: when the leases of the shard's earlier
+    /// primaries have run out (`crate::lease`). Kept while it is the primary in one epoch
+    /// after another.
+    writable_at: Instant,
 }
 
 impl Peering {
-    /// Returns the peering of the node at `me` (its address as the rings place it).
+    /// Returns the peering of the node at `me` (its address as the rings place it), with
+    /// the node's `leases`.
     #[must_use]
-    pub fn new(client: PeerClient, me: Option<SocketAddr>) -> Self {
+    pub fn new(client: PeerClient, me: Option<SocketAddr>, leases: Arc<Leases>) -> Self {
         Peering {
             client,
             me,
             peered: Mutex::new(HashMap::new()),
+            leases,
         }
     }
 
     /// Makes sure `device`'s copy of `shard` holds every record a majority of `replicas`
     /// holds, and a majority of each of the `previous` sets, as of `epoch`; peers at most
-    /// once per epoch (concurrent callers wait).
+    /// once per epoch (concurrent callers wait). Returns when the device may take writes
+    /// as the shard's primary: at once if it was the primary in the epoch before too (and
+    /// its wait then is over), else [`crate::lease::WAIT`] after `epoch` was committed.
     ///
     /// # Errors
     /// [`ApiError::Unavailable`] when fewer than a majority of a set answered.
@@ -137,11 +157,12 @@ impl Peering {
         epoch: u64,
         replicas: &[Replica],
         previous: &[Vec<Replica>],
-    ) -> Result<(), ApiError> {
+    ) -> Result<Instant, ApiError> {
         let mut peered = self.peered.lock().await;
         let key = (device.to_owned(), shard.clone());
-        if peered.get(&key).is_some_and(|&e| e >= epoch) {
-            return Ok(());
+        let before = peered.get(&key).copied();
+        if let Some(p) = before.filter(|p| p.epoch >= epoch) {
+            return Ok(p.writable_at);
         }
         let is_me = |r: &Replica| r.device == device && self.me.is_none_or(|m| m == r.node);
         let mut others: Vec<&Replica> = Vec::new();
@@ -180,8 +201,12 @@ impl Peering {
             }
         }
         tracing::debug!(%shard, epoch, answered = answered.len(), "shard peered");
-        peered.insert(key, epoch);
-        Ok(())
+        let writable_at = match before {
+            Some(p) if p.epoch + 1 == epoch => p.writable_at,
+            _ => self.leases.writable_at(epoch, Instant::now()),
+        };
+        peered.insert(key, Primacy { epoch, writable_at });
+        Ok(writable_at)
     }
 }
 
@@ -244,4 +269,71 @@ fn encode(value: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use nimbus_core::auth::ClusterSecret;
+
+    use super::*;
+    use crate::lease::WAIT;
+
+    #[tokio::test]
+    async fn a_device_waits_out_older_leases_when_it_becomes_primary_and_not_while_it_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = IndexStore::open(dir.path().join("index.redb"))
+            .await
+            .unwrap();
+        let me: SocketAddr = "127.0.0.1:6200".parse().unwrap();
+        let leases = Arc::new(Leases::default());
+        let peering = Peering::new(
+            PeerClient::new(ClusterSecret::new([1; 32])),
+            Some(me),
+            Arc::clone(&leases),
+        );
+        let shard = ShardId {
+            account: "a".into(),
+            container: "c".into(),
+            shard: 0,
+        };
+        // A shard of one replica: this device (peering asks no one).
+        let replicas = [Replica {
+            node: me,
+            device: "d1".into(),
+        }];
+        let t0 = Instant::now();
+        leases.saw(5, t0);
+        let ensure = |epoch| peering.ensure(&index, "d1", &shard, epoch, &replicas, &[]);
+        let first = ensure(5).await.unwrap();
+        assert!(
+            first >= t0 + WAIT,
+            "primary in a new epoch: waits from the epoch's commit"
+        );
+        assert!(first <= Instant::now() + WAIT);
+        // Asked again in the same epoch, and in the next: the same wait, nothing longer.
+        assert_eq!(ensure(5).await.unwrap(), first);
+        leases.saw(6, Instant::now());
+        assert_eq!(ensure(6).await.unwrap(), first);
+        // Not asked in epoch 7 (another device may have been the primary): it waits again.
+        let t8 = Instant::now();
+        leases.saw(8, t8);
+        let again = ensure(8).await.unwrap();
+        assert!(again >= t8 + WAIT);
+        // Another device of the node keeps its own.
+        let other = peering
+            .ensure(
+                &index,
+                "d2",
+                &shard,
+                8,
+                &[Replica {
+                    node: me,
+                    device: "d2".into(),
+                }],
+                &[],
+            )
+            .await
+            .unwrap();
+        assert!(other >= t8 + WAIT);
+    }
 }

@@ -28,13 +28,27 @@ pub struct HeartbeatRequest {
 }
 
 /// The answer to a recorded heartbeat: the leader's map, so that a node learns of a newer
-/// map without asking.
+/// map without asking, and what a node's read lease rests on.
+///
+/// When `confirmed`, the leader had confirmed with a quorum that it still leads and had
+/// applied everything committed before the heartbeat came: `epoch` was then the newest
+/// placement epoch, and it had been for at least `epoch_age_ms`. A node that sent the
+/// heartbeat at `t` thus knows that no newer epoch was committed before `t`, and that
+/// `epoch` was committed before it received the answer, less `epoch_age_ms`
+/// (`storage_node::lease`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatResponse {
     /// The leader's applied [`ClusterMap::version`](crate::map::ClusterMap::version).
     pub map_version: u64,
     /// Its placement [`Epoch`](nimbus_core::ids::Epoch).
     pub epoch: u64,
+    /// Whether the leader confirmed its leadership with a quorum before reading `epoch`
+    /// (`false` from a leader that could not, and from a member of an older Nimbus).
+    #[serde(default)]
+    pub confirmed: bool,
+    /// How long, at least, this leader has had `epoch` applied, in milliseconds.
+    #[serde(default)]
+    pub epoch_age_ms: u64,
 }
 
 impl HeartbeatRequest {
@@ -65,10 +79,22 @@ pub(super) async fn heartbeat(
         .liveness
         .heartbeat(request.node, &request.devices)
         .map_err(ApiError::NotLeader)?;
+    // The heartbeat counts whether or not the leadership is confirmed; only a confirmed
+    // answer grants the node a lease.
+    let confirmed = match super::ensure_linearizable(&state).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "heartbeat answered unconfirmed");
+            false
+        }
+    };
     let map = state.reader.current();
+    let epoch = map.epoch().0;
     let answer = HeartbeatResponse {
         map_version: map.version(),
-        epoch: map.epoch().0,
+        epoch,
+        confirmed,
+        epoch_age_ms: state.epoch_age(epoch, std::time::Instant::now()),
     };
     Ok(Json(answer).into_response())
 }
