@@ -2,7 +2,9 @@
 //! bytes moved or a classified error. [`Driver`] is an enum over them, so the runner calls
 //! one type without boxing futures.
 
+mod http;
 pub mod s3;
+mod s3_http;
 pub mod swift;
 
 use std::fmt;
@@ -104,7 +106,7 @@ impl ByteRange {
 #[derive(Debug, Clone)]
 pub enum Driver {
     /// S3 through the AWS SDK for Rust.
-    S3(s3::S3Driver),
+    S3(Box<s3::S3Driver>),
     /// Swift v1 over plain HTTP.
     Swift(Box<swift::SwiftDriver>),
 }

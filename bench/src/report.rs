@@ -225,6 +225,10 @@ pub struct RunConfigRecord {
     pub endpoint: String,
     /// S3 path style (false: virtual-host style).
     pub path_style: bool,
+    /// How S3 object requests were sent: `http` or `sdk` (empty for Swift, and in results
+    /// of versions before the choice, which sent everything through the SDK).
+    #[serde(default)]
+    pub s3_client: String,
     /// Bucket or container.
     pub bucket: String,
     /// Key prefix.

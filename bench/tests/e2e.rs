@@ -182,7 +182,61 @@ fn s3_runs_report_figures_that_compare_and_plot() {
     );
     assert_sane(&result, &["get"]);
     assert_eq!(result["config"]["verify"], true);
+    assert_eq!(result["config"]["s3_client"], "http");
     assert_eq!(result["prepare"]["objects"].as_u64(), Some(40));
+
+    // The same keys through the SDK, and missing keys through either: errors by S3 code.
+    let sdk = dir.path().join("sdk.json");
+    let result = s3_run(
+        &dev,
+        &sdk,
+        &[
+            "--s3-client",
+            "sdk",
+            "--op",
+            "get",
+            "--verify",
+            "--no-prepare",
+            "--size",
+            "1KiB..96KiB",
+            "--objects",
+            "40",
+            "-c",
+            "2",
+            "--ops",
+            "20",
+        ],
+    );
+    assert_sane(&result, &["get"]);
+    assert_eq!(result["config"]["s3_client"], "sdk");
+    for client in ["http", "sdk"] {
+        let result = s3_run(
+            &dev,
+            &sdk,
+            &[
+                "--s3-client",
+                client,
+                "--op",
+                "get",
+                "--no-prepare",
+                "--prefix",
+                "missing/",
+                "--objects",
+                "3",
+                "-c",
+                "1",
+                "--ops",
+                "3",
+            ],
+        );
+        let get = &result["ops"][0];
+        assert_eq!(get["errors"].as_u64(), Some(3), "{client}: {result}");
+        assert_eq!(
+            get["errors_by_kind"]["http 404 NoSuchKey"].as_u64(),
+            Some(3),
+            "{client}: {result}"
+        );
+    }
 
     let result = s3_run(
         &dev,

@@ -1,6 +1,9 @@
 //! The S3 driver: the AWS SDK for Rust (SigV4 in headers), path or virtual-host style, on
 //! the SDK's hyper client. Retries, stalled-stream protection and the SDK's default
 //! request checksums are off, so that each figure is one request as the server served it.
+//! By default ([`S3Client::Http`]) the object requests (PUT, GET, HEAD, DELETE) to a plain
+//! `http://` endpoint skip the SDK: signed by its signer, sent on a plain hyper client
+//! (`driver::s3_http`).
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
@@ -13,6 +16,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 
+use crate::driver::s3_http::S3Http;
 use crate::driver::{ByteRange, ErrorKind, GetOutcome, OpError};
 use crate::error::SetupError;
 use crate::payload::{self, Verifier};
@@ -33,12 +37,36 @@ pub struct S3Settings {
     pub path_style: bool,
     /// The bucket the run uses.
     pub bucket: String,
+    /// How object requests are sent.
+    pub client: S3Client,
 }
 
-/// The S3 driver: an SDK client and the run's bucket.
+/// How the S3 driver sends object requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum S3Client {
+    /// PUT, GET, HEAD and DELETE signed with the SDK's SigV4 signer and sent on a plain
+    /// hyper client (plain `http://` endpoints; the SDK sends the rest).
+    Http,
+    /// Every request through the AWS SDK.
+    Sdk,
+}
+
+impl S3Client {
+    /// Its name, as given on the command line and recorded in results.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            S3Client::Http => "http",
+            S3Client::Sdk => "sdk",
+        }
+    }
+}
+
+/// The S3 driver: an SDK client, the plain HTTP requester, and the run's bucket.
 #[derive(Debug, Clone)]
 pub struct S3Driver {
     client: Client,
+    http: Option<S3Http>,
     bucket: String,
 }
 
@@ -74,8 +102,13 @@ impl S3Driver {
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .http_client(aws_smithy_http_client::Builder::new().build_http())
             .build();
+        let http = match settings.client {
+            S3Client::Http => S3Http::new(settings),
+            S3Client::Sdk => None,
+        };
         Ok(S3Driver {
             client: Client::from_conf(config),
+            http,
             bucket: settings.bucket.clone(),
         })
     }
@@ -121,6 +154,9 @@ impl S3Driver {
     ///
     /// The classified failure.
     pub async fn put(&self, key: &str, body: Bytes) -> Result<(), OpError> {
+        if let Some(http) = &self.http {
+            return http.put(key, body).await;
+        }
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -225,6 +261,9 @@ impl S3Driver {
         range: Option<ByteRange>,
         verify: bool,
     ) -> Result<GetOutcome, OpError> {
+        if let Some(http) = &self.http {
+            return http.get(key, range, verify).await;
+        }
         let mut request = self.client.get_object().bucket(&self.bucket).key(key);
         if let Some(range) = range {
             request = request.range(range.header());
@@ -279,6 +318,9 @@ impl S3Driver {
     ///
     /// The classified failure.
     pub async fn head(&self, key: &str) -> Result<u64, OpError> {
+        if let Some(http) = &self.http {
+            return http.head(key).await;
+        }
         let output = self
             .client
             .head_object()
@@ -299,6 +341,9 @@ impl S3Driver {
     ///
     /// The classified failure.
     pub async fn delete(&self, key: &str) -> Result<(), OpError> {
+        if let Some(http) = &self.http {
+            return http.delete(key).await;
+        }
         self.client
             .delete_object()
             .bucket(&self.bucket)

@@ -4,15 +4,15 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{CONTENT_LENGTH, CONTENT_RANGE, HeaderValue, RANGE};
-use hyper::{Method, Request, StatusCode, Uri};
+use hyper::header::{CONTENT_LENGTH, HeaderValue, RANGE};
+use hyper::{Method, Request, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::driver::http::{drain, encode_path, encode_query, header_u64, read_object};
 use crate::driver::{ByteRange, ErrorKind, GetOutcome, OpError};
 use crate::error::SetupError;
-use crate::payload::{self, Verifier};
 
 /// Where and as whom the Swift driver connects.
 #[derive(Debug, Clone)]
@@ -166,45 +166,7 @@ impl SwiftDriver {
         let response = self
             .send(Method::GET, &self.object_url(key), Bytes::new(), range)
             .await?;
-        let length = header_u64(&response, CONTENT_LENGTH.as_str()).unwrap_or(0);
-        let object_size = match range {
-            Some(_) if response.status() == StatusCode::PARTIAL_CONTENT => response
-                .headers()
-                .get(CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(payload::size_from_content_range)
-                .ok_or_else(|| OpError::new(ErrorKind::Other, "206 without Content-Range"))?,
-            _ => length,
-        };
-        let offset = range.map_or(0, |r| r.offset);
-        let mut verifier = verify.then(|| Verifier::new(key, object_size, offset));
-        let mut body = response.into_body();
-        let mut bytes = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame =
-                frame.map_err(|e| OpError::new(ErrorKind::Connection, format!("body: {e}")))?;
-            if let Some(chunk) = frame.data_ref() {
-                bytes += chunk.len() as u64;
-                if let Some(v) = verifier.as_mut() {
-                    v.feed(chunk);
-                }
-            }
-        }
-        if let Some(v) = verifier {
-            let want = range.map_or(object_size, |r| {
-                r.len.min(object_size.saturating_sub(r.offset))
-            });
-            if !v.ok() || bytes != want {
-                return Err(OpError::new(
-                    ErrorKind::Verify,
-                    format!(
-                        "{key}: {bytes} bytes received, {want} expected, content ok: {}",
-                        v.ok()
-                    ),
-                ));
-            }
-        }
-        Ok(GetOutcome { bytes, object_size })
+        read_object(key, response, range, verify).await
     }
 
     /// HEAD object; returns its size.
@@ -256,27 +218,6 @@ impl SwiftDriver {
     }
 }
 
-/// Reads a response body to its end; returns its length.
-async fn drain(response: hyper::Response<hyper::body::Incoming>) -> Result<u64, OpError> {
-    let mut body = response.into_body();
-    let mut bytes = 0;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| OpError::new(ErrorKind::Connection, format!("body: {e}")))?;
-        if let Some(chunk) = frame.data_ref() {
-            bytes += chunk.len() as u64;
-        }
-    }
-    Ok(bytes)
-}
-
-fn header_u64<B>(response: &hyper::Response<B>, name: &str) -> Option<u64> {
-    response
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
 fn parse_http_uri(url: &str) -> Result<Uri, SetupError> {
     let uri: Uri = url
         .parse()
@@ -291,37 +232,4 @@ fn parse_http_uri(url: &str) -> Result<Uri, SetupError> {
         });
     }
     Ok(uri)
-}
-
-/// Percent-encodes a path (object name), keeping `/` and unreserved characters.
-fn encode_path(s: &str) -> String {
-    encode(s, |b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b))
-}
-
-/// Percent-encodes a query value.
-fn encode_query(s: &str) -> String {
-    encode(s, |b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
-}
-
-fn encode(s: &str, keep: impl Fn(u8) -> bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if keep(b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_percent_encoded_except_slashes() {
-        assert_eq!(encode_path("nb/a b+c"), "nb/a%20b%2Bc");
-        assert_eq!(encode_query("nb/x"), "nb%2Fx");
-    }
 }
