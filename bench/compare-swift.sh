@@ -569,7 +569,9 @@ w(f"Written by `bench/compare-swift.sh{' --quick' if quick else ''}` on {meta.ge
   f"measured after a {meta.get('warmup')} warmup "
   f"(closed loop; keys per run for ≤ 64 KiB / ≤ 8 MiB / larger objects: {meta.get('objects')}; "
   f"GET payloads {'verified' if meta.get('verify') == '1' else 'not verified'}); raw JSON and logs in "
-  f"`{results}`.")
+  f"`{results}`. S3 runs send their object requests without the AWS SDK (`nimbus-bench "
+  f"--s3-client http`, the default: the SDK's SigV4 signer on a plain hyper client, as the Swift-API "
+  f"runs and the nginx limit send theirs).")
 w("")
 w("## Machine")
 w("")
