@@ -81,6 +81,36 @@ pub struct GetOutcome {
     pub object_size: u64,
 }
 
+/// A GET's outcome once its body has been read: `bytes` received of an object of
+/// `object_size` bytes, checked by `verifier` when there is one.
+///
+/// # Errors
+///
+/// [`ErrorKind::Verify`] for a wrong byte, or fewer or more bytes than the range asked for.
+pub(crate) fn outcome(
+    key: &str,
+    verifier: Option<crate::payload::Verifier>,
+    bytes: u64,
+    range: Option<ByteRange>,
+    object_size: u64,
+) -> Result<GetOutcome, OpError> {
+    if let Some(v) = verifier {
+        let want = range.map_or(object_size, |r| {
+            r.len.min(object_size.saturating_sub(r.offset))
+        });
+        if !v.ok() || bytes != want {
+            return Err(OpError::new(
+                ErrorKind::Verify,
+                format!(
+                    "{key}: {bytes} bytes received, {want} expected, content ok: {}",
+                    v.ok()
+                ),
+            ));
+        }
+    }
+    Ok(GetOutcome { bytes, object_size })
+}
+
 /// A ranged read: `len` bytes from `offset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteRange {

@@ -167,7 +167,7 @@ impl IndexClient {
     }
 
     fn place(map: &ClusterMap, shard: &Shard<'_>) -> Result<Place, DataError> {
-        Place::of(map, index_policy(map)?, &shard.name())
+        Place::of_shard(map, index_policy(map)?, &shard.name())
     }
 
     /// Returns the shard of `key` in a container of `shards` shards.

@@ -37,6 +37,24 @@ impl Place {
     /// # Errors
     /// [`DataError::Unavailable`] when the policy or its ring is missing.
     pub fn of(map: &ClusterMap, policy: &str, path: &str) -> Result<Place, DataError> {
+        Place::with_handoffs(map, policy, path, HANDOFFS)
+    }
+
+    /// Places an index shard (by its name) in `policy`'s ring: the slots and previous sets,
+    /// no handoffs (index writes and reads never use them).
+    ///
+    /// # Errors
+    /// [`DataError::Unavailable`] when the policy or its ring is missing.
+    pub fn of_shard(map: &ClusterMap, policy: &str, name: &str) -> Result<Place, DataError> {
+        Place::with_handoffs(map, policy, name, 0)
+    }
+
+    fn with_handoffs(
+        map: &ClusterMap,
+        policy: &str,
+        path: &str,
+        handoffs: usize,
+    ) -> Result<Place, DataError> {
         let entry = map
             .policy(policy)
             .ok_or_else(|| DataError::Unavailable(format!("no storage policy {policy}")))?;
@@ -73,12 +91,15 @@ impl Place {
                 previous.push(set);
             }
         }
-        let handoffs = ring
-            .handoffs(partition)
-            .map(key)
-            .filter(|k| map.is_up(k))
-            .take(HANDOFFS)
-            .collect();
+        let handoffs = if handoffs == 0 {
+            Vec::new()
+        } else {
+            ring.handoffs(partition)
+                .map(key)
+                .filter(|k| map.is_up(k))
+                .take(handoffs)
+                .collect()
+        };
         Ok(Place {
             policy: ring.policy().clone(),
             partition,

@@ -5,7 +5,7 @@ use http_body_util::BodyExt;
 use hyper::StatusCode;
 use hyper::header::{CONTENT_LENGTH, CONTENT_RANGE};
 
-use crate::driver::{ByteRange, ErrorKind, GetOutcome, OpError};
+use crate::driver::{ByteRange, ErrorKind, GetOutcome, OpError, outcome};
 use crate::payload::{self, Verifier};
 
 /// Reads a GET's answer to its end, checking the content as it arrives when `verify`;
@@ -44,21 +44,7 @@ pub(crate) async fn read_object(
             }
         }
     }
-    if let Some(v) = verifier {
-        let want = range.map_or(object_size, |r| {
-            r.len.min(object_size.saturating_sub(r.offset))
-        });
-        if !v.ok() || bytes != want {
-            return Err(OpError::new(
-                ErrorKind::Verify,
-                format!(
-                    "{key}: {bytes} bytes received, {want} expected, content ok: {}",
-                    v.ok()
-                ),
-            ));
-        }
-    }
-    Ok(GetOutcome { bytes, object_size })
+    outcome(key, verifier, bytes, range, object_size)
 }
 
 /// Reads a response body to its end; returns its length.

@@ -17,7 +17,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 
 use crate::driver::s3_http::S3Http;
-use crate::driver::{ByteRange, ErrorKind, GetOutcome, OpError};
+use crate::driver::{ByteRange, ErrorKind, GetOutcome, OpError, outcome};
 use crate::error::SetupError;
 use crate::payload::{self, Verifier};
 
@@ -295,21 +295,7 @@ impl S3Driver {
                 v.feed(&chunk);
             }
         }
-        if let Some(v) = verifier {
-            let want = range.map_or(object_size, |r| {
-                r.len.min(object_size.saturating_sub(r.offset))
-            });
-            if !v.ok() || bytes != want {
-                return Err(OpError::new(
-                    ErrorKind::Verify,
-                    format!(
-                        "{key}: {bytes} bytes received, {want} expected, content ok: {}",
-                        v.ok()
-                    ),
-                ));
-            }
-        }
-        Ok(GetOutcome { bytes, object_size })
+        outcome(key, verifier, bytes, range, object_size)
     }
 
     /// HeadObject; returns the object's size.

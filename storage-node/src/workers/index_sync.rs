@@ -88,7 +88,7 @@ pub(super) async fn pass(ctx: &Ctx, map: &ClusterMap) -> Result<(), WorkerError>
             shard: shard.shard,
         }
         .name();
-        let place = Place::of(map, policy, &name)?;
+        let place = Place::of_shard(map, policy, &name)?;
         let primary = place.slots.iter().find(|(_, up)| *up).map(|(d, _)| d);
         let in_slots = place.slots.iter().any(|(d, _)| d == me);
         // A replaced ring's replicas still count while its transition lasts; a copy no ring
