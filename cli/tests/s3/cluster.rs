@@ -158,26 +158,37 @@ impl Cluster {
     /// Starts storage node `i` again on its data, as a child of the test; waits until it
     /// listens.
     pub fn restart_node(&self, i: usize) {
-        let config = self.path().join(format!("node{i}")).join("storage.toml");
+        let dir = self.path().join(format!("node{i}"));
+        let config = dir.join("storage.toml");
+        // Its log, kept: a node that fails to start says why there.
+        let log = dir.join("restarted.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
             .arg("storage")
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().unwrap().unwrap();
+        let first = lines.next().and_then(Result::ok).unwrap_or_else(|| {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("node {i} exited before listening ({status}):\n{log}")
+        });
         assert!(first.contains("listening"), "node {i} printed {first:?}");
         // Keep reading so the pipe never fills.
         std::thread::spawn(move || for _ in lines {});
         self.restarted.lock().unwrap().push(child);
     }
 
-    /// Kills storage node `i` with SIGKILL (call [`Cluster::detach_supervisor`] first).
+    /// Kills storage node `i` with SIGKILL (call [`Cluster::detach_supervisor`] first) and
+    /// waits until every thread of it has exited. Its main thread turns zombie first (no
+    /// one reaps it: the supervisor is frozen) while another may still be inside an
+    /// `fdatasync`; until that one is out, the process keeps its files open, and with them
+    /// the index database's lock, which a node restarted at once then finds taken.
     pub fn kill_node(&self, i: usize) {
         let pid = self.node_pid(i);
         let status = Command::new("kill")
@@ -185,6 +196,25 @@ impl Cluster {
             .status()
             .unwrap();
         assert!(status.success());
+        let started = Instant::now();
+        // A thread gone, or a zombie.
+        let exited = |task: &std::path::Path| {
+            std::fs::read_to_string(task.join("status")).map_or(true, |s| s.contains("State:\tZ"))
+        };
+        loop {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                return;
+            };
+            let living = tasks.flatten().filter(|t| !exited(&t.path())).count();
+            if living == 0 {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "node {i} (pid {pid}): {living} threads still running 30 s after SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -123,17 +123,6 @@ fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Dura
     started.elapsed()
 }
 
-/// Kills storage node `i` and waits until it is dead (a zombie at most: `nimbus dev` is
-/// stopped and does not reap it), so that a restart does not meet its files still locked.
-fn kill_node_and_wait(cluster: &Cluster, i: usize) {
-    let pid = cluster.node_pid(i);
-    cluster.kill_node(i);
-    wait_for(Duration::from_secs(10), "the killed node gone", || {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .map_or(true, |status| status.contains("State:\tZ"))
-    });
-}
-
 /// PUTs `count` objects named `prefix-N` of about `size` bytes; returns (key, bytes).
 async fn load(
     s3: &aws_sdk_s3::Client,
@@ -227,7 +216,7 @@ fn fragments_written_to_handoffs_go_home() {
         load(&s3, "before", 4, 300_000).await
     });
     cluster.detach_supervisor();
-    kill_node_and_wait(&cluster, 6);
+    cluster.kill_node(6);
     // Node 6's slots fail at once (the map still has it up): its fragments go to handoffs.
     objects.extend(rt.block_on(load(&s3, "during", 12, 300_000)));
     let on_node6 = |c: &Cluster| {
@@ -298,7 +287,7 @@ fn a_flipped_byte_is_quarantined_and_rebuilt_identical() {
 
     // The auditor reads every fragment once when the node starts.
     cluster.detach_supervisor();
-    kill_node_and_wait(&cluster, node);
+    cluster.kill_node(node);
     cluster.restart_node(node);
     wait_for(Duration::from_secs(45), "the flip quarantined", || {
         device_reports(&cluster, node, "audit")
