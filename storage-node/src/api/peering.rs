@@ -112,10 +112,15 @@ fn parse_list(header: &str, text: &str) -> Result<Vec<Replica>, ApiError> {
 pub struct Peering {
     client: PeerClient,
     me: Option<SocketAddr>,
-    peered: Mutex<HashMap<(String, ShardId), Primacy>>,
+    /// Per (device, shard), under a lock of its own: a shard's peering makes only that
+    /// shard's requests wait (it may take a call timeout when a replica hangs).
+    peered: std::sync::Mutex<HashMap<(String, ShardId), Arc<ShardSlot>>>,
     /// The node's leases: what a new primary's wait starts from.
     leases: Arc<Leases>,
 }
+
+/// One shard's lock and its primacy on one device.
+type ShardSlot = Mutex<Option<Primacy>>;
 
 /// A device's time as a shard's primary.
 #[derive(Clone, Copy, Debug)]
@@ -136,14 +141,15 @@ impl Peering {
         Peering {
             client,
             me,
-            peered: Mutex::new(HashMap::new()),
+            peered: std::sync::Mutex::new(HashMap::new()),
             leases,
         }
     }
 
     /// Makes sure `device`'s copy of `shard` holds every record a majority of `replicas`
     /// holds, and a majority of each of the `previous` sets, as of `epoch`; peers at most
-    /// once per epoch (concurrent callers wait). Returns when the device may take writes
+    /// once per epoch (concurrent callers for the same shard wait; other shards do not).
+    /// Returns when the device may take writes
     /// as the shard's primary: at once if it was the primary in the epoch before too (and
     /// its wait then is over), else [`crate::lease::WAIT`] after `epoch` was committed.
     ///
@@ -158,9 +164,19 @@ impl Peering {
         replicas: &[Replica],
         previous: &[Vec<Replica>],
     ) -> Result<Instant, ApiError> {
-        let mut peered = self.peered.lock().await;
-        let key = (device.to_owned(), shard.clone());
-        let before = peered.get(&key).copied();
+        let slot = {
+            let mut peered = self
+                .peered
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(
+                peered
+                    .entry((device.to_owned(), shard.clone()))
+                    .or_default(),
+            )
+        };
+        let mut primacy = slot.lock().await;
+        let before = *primacy;
         if let Some(p) = before.filter(|p| p.epoch >= epoch) {
             return Ok(p.writable_at);
         }
@@ -205,7 +221,7 @@ impl Peering {
             Some(p) if p.epoch + 1 == epoch => p.writable_at,
             _ => self.leases.writable_at(epoch, Instant::now()),
         };
-        peered.insert(key, Primacy { epoch, writable_at });
+        *primacy = Some(Primacy { epoch, writable_at });
         Ok(writable_at)
     }
 }
@@ -335,5 +351,68 @@ mod tests {
             .await
             .unwrap();
         assert!(other >= t8 + WAIT);
+    }
+
+    #[tokio::test]
+    async fn a_shard_whose_replica_hangs_keeps_no_other_shard_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(
+            IndexStore::open(dir.path().join("index.redb"))
+                .await
+                .unwrap(),
+        );
+        let me: SocketAddr = "127.0.0.1:6200".parse().unwrap();
+        let peering = Arc::new(Peering::new(
+            PeerClient::new(ClusterSecret::new([1; 32])),
+            Some(me),
+            Arc::new(Leases::default()),
+        ));
+        // A replica that takes connections and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        let _held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((conn, _)) = silent.accept().await {
+                open.push(conn);
+            }
+        });
+        let shard = |n| ShardId {
+            account: "a".into(),
+            container: "c".into(),
+            shard: n,
+        };
+        let mine = Replica {
+            node: me,
+            device: "d1".into(),
+        };
+        let hanging = vec![
+            mine.clone(),
+            Replica {
+                node: silent_addr,
+                device: "d1".into(),
+            },
+            Replica {
+                node: silent_addr,
+                device: "d2".into(),
+            },
+        ];
+        let (p, i) = (Arc::clone(&peering), Arc::clone(&index));
+        let stuck =
+            tokio::spawn(async move { p.ensure(&i, "d1", &shard(0), 1, &hanging, &[]).await });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let other = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            peering.ensure(&index, "d1", &shard(1), 1, &[mine], &[]),
+        )
+        .await;
+        assert!(
+            other.is_ok_and(|r| r.is_ok()),
+            "shard 1 waited for shard 0's peering"
+        );
+        assert!(
+            !stuck.is_finished(),
+            "shard 0 is still peering with its silent replicas"
+        );
+        stuck.abort();
     }
 }
