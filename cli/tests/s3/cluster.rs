@@ -272,6 +272,17 @@ pub fn internal(
     out.status.success().then_some(out.stdout)
 }
 
+/// Polls `done` every 100 ms until it holds, failing after `limit` with `what`; returns how
+/// long it took.
+pub fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    started.elapsed()
+}
+
 /// Creates `bucket` in storage policy `policy` (the policy header S3 clients of Nimbus send).
 pub async fn create_bucket_in(s3: &Client, bucket: &str, policy: &'static str) {
     s3.create_bucket()

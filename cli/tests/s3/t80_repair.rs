@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 
-use crate::cluster::{Cluster, bytes, check_all, runtime};
+use crate::cluster::{Cluster, bytes, check_all, runtime, wait_for};
 use crate::swift_http::{Swift, curl};
 
 const BUCKET: &str = "repair";
@@ -111,16 +111,6 @@ fn assert_each_fragment_once_of(cluster: &Cluster, versions: usize, fragments: u
     let doubles: Vec<_> = seen.iter().filter(|(_, at)| at.len() > 1).collect();
     assert!(doubles.is_empty(), "fragments held twice: {doubles:?}");
     assert_eq!(all.len(), versions * fragments, "fragments in the cluster");
-}
-
-/// Polls `done` every 100 ms until it holds, failing after `limit` with `what`.
-fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    started.elapsed()
 }
 
 /// PUTs `count` objects named `prefix-N` of about `size` bytes; returns (key, bytes).

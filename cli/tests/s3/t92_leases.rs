@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 
-use crate::cluster::{Cluster, bytes, index_shard, runtime};
+use crate::cluster::{Cluster, bytes, index_shard, runtime, wait_for};
 use crate::load::get;
 
 /// A TCP forwarder to one address that the test can cut: open connections are shut and new
@@ -120,16 +120,6 @@ fn leased_get(cluster: &Cluster, i: u16, path: &str, epoch: u64, replicas: &str)
         .lines()
         .any(|l| l.starts_with(&format!("{}:", nimbus_storage_node::api::LEASED)));
     (status, leased)
-}
-
-/// Waits up to `limit` for `done`, checking every 200 ms; panics with `what` otherwise.
-fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    started.elapsed()
 }
 
 #[test]
