@@ -357,9 +357,10 @@ async fn run_async(args: &RunArgs, spec: &RunSpec) -> anyhow::Result<RunResult> 
             .to_owned(),
             endpoint,
             path_style: args.path_style,
-            s3_client: match args.api {
-                Api::S3 => args.s3_client.name().to_owned(),
-                Api::Swift => String::new(),
+            // What was used: an https:// endpoint goes through the SDK whatever was asked.
+            s3_client: match &driver {
+                Driver::S3(d) => d.client().name().to_owned(),
+                Driver::Swift(_) => String::new(),
             },
             bucket: args.bucket.clone(),
             prefix: spec.prefix.clone(),

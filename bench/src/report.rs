@@ -225,8 +225,9 @@ pub struct RunConfigRecord {
     pub endpoint: String,
     /// S3 path style (false: virtual-host style).
     pub path_style: bool,
-    /// How S3 object requests were sent: `http` or `sdk` (empty for Swift, and in results
-    /// of versions before the choice, which sent everything through the SDK).
+    /// How S3 object requests were sent: `http` or `sdk` (`sdk` for an https:// endpoint
+    /// whatever was asked; empty for Swift, and in results of versions before the choice,
+    /// which sent everything through the SDK).
     #[serde(default)]
     pub s3_client: String,
     /// Bucket or container.

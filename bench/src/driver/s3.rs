@@ -113,6 +113,17 @@ impl S3Driver {
         })
     }
 
+    /// How its object requests go: [`S3Client::Http`] only when asked for and the endpoint
+    /// is plain `http://`.
+    #[must_use]
+    pub fn client(&self) -> S3Client {
+        if self.http.is_some() {
+            S3Client::Http
+        } else {
+            S3Client::Sdk
+        }
+    }
+
     /// Creates the bucket unless the caller already owns it.
     ///
     /// # Errors
