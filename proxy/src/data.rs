@@ -5,6 +5,7 @@
 //! segments a range touches. The proxy never holds more than a few segments of a request.
 
 mod get;
+mod md5;
 mod put;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use nimbus_core::policy::{PolicyKind, StoragePolicy};
 use nimbus_ring::map::DeviceKey;
 
 pub use get::{BodyStream, Extent, read_object};
+pub use md5::{Md5Body, Md5Lanes};
 pub use put::{Digests, PutBody, put_fragments, read_small};
 
 use crate::error::DataError;
@@ -152,4 +154,6 @@ pub struct DataPath {
     pub segment_bytes: u32,
     /// Versions.
     pub clock: Arc<VersionClock>,
+    /// The MD5 of large bodies.
+    pub md5: Md5Lanes,
 }

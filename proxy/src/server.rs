@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::cluster::{Cluster, Watcher};
 use crate::config::ProxyConfig;
 use crate::cors::Cors;
-use crate::data::{DataPath, VersionClock};
+use crate::data::{DataPath, Md5Lanes, VersionClock};
 use crate::index::IndexClient;
 use crate::node_client::NodeClient;
 use crate::s3::{Domains, MapAuth, NimbusS3, S3State};
@@ -53,6 +53,9 @@ pub enum ProxyError {
         /// Why.
         source: std::io::Error,
     },
+    /// The MD5 hashing thread could not start.
+    #[error("starting the MD5 hashing thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// A proxy that is serving.
@@ -113,6 +116,7 @@ pub async fn start(
             nodes,
             segment_bytes: config.segment_bytes,
             clock: Arc::new(VersionClock::new()),
+            md5: Md5Lanes::start().map_err(ProxyError::Thread)?,
         },
         region: config.region.clone(),
         inline_max: u64::from(config.inline_max),

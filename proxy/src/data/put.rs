@@ -10,13 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use hyper::{Method, StatusCode};
-use md5::Digest as _;
 use nimbus_core::checksum::{ChecksumAlgorithm, Checksummer};
 use nimbus_ring::map::DeviceKey;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{DataPath, FragmentName, Shape};
+use super::{DataPath, FragmentName, Md5Body, Shape};
 use crate::error::DataError;
 use crate::node_client::{SmallCall, channel_body, error_chain};
 use crate::placement::Place;
@@ -62,7 +61,7 @@ pub struct PutBody<S> {
 
 /// Hashes a body as it arrives and checks it against its declared length.
 struct Hashing {
-    md5: md5::Md5,
+    md5: Md5Body,
     blake3: blake3::Hasher,
     checksummers: Vec<Checksummer>,
     bytes: u64,
@@ -70,9 +69,9 @@ struct Hashing {
 }
 
 impl Hashing {
-    fn new(declared: u64, checksums: &[ChecksumAlgorithm]) -> Self {
+    fn new(md5: Md5Body, declared: u64, checksums: &[ChecksumAlgorithm]) -> Self {
         Hashing {
-            md5: md5::Md5::new(),
+            md5,
             blake3: blake3::Hasher::new(),
             checksummers: checksums.iter().map(|a| a.checksummer()).collect(),
             bytes: 0,
@@ -80,14 +79,14 @@ impl Hashing {
         }
     }
 
-    fn update(&mut self, chunk: &[u8]) -> Result<(), DataError> {
+    async fn update(&mut self, chunk: &Bytes) -> Result<(), DataError> {
         self.bytes += chunk.len() as u64;
         if self.bytes > self.declared {
             return Err(DataError::BodyTooLong {
                 declared: self.declared,
             });
         }
-        self.md5.update(chunk);
+        self.md5.update(chunk).await?;
         self.blake3.update(chunk);
         for c in &mut self.checksummers {
             c.update(chunk);
@@ -95,7 +94,7 @@ impl Hashing {
         Ok(())
     }
 
-    fn finish(self) -> Result<Digests, DataError> {
+    async fn finish(self) -> Result<Digests, DataError> {
         if self.bytes < self.declared {
             return Err(DataError::IncompleteBody {
                 got: self.bytes,
@@ -103,7 +102,7 @@ impl Hashing {
             });
         }
         Ok(Digests {
-            md5: self.md5.finalize().into(),
+            md5: self.md5.finish().await?,
             blake3: *self.blake3.finalize().as_bytes(),
             checksums: self
                 .checksummers
@@ -129,14 +128,14 @@ where
         declared,
         checksums,
     } = body;
-    let mut hashing = Hashing::new(declared, &checksums);
+    let mut hashing = Hashing::new(Md5Body::here(), declared, &checksums);
     let mut buf = BytesMut::with_capacity(usize::try_from(declared).unwrap_or(0));
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| DataError::Body(e.to_string()))?;
-        hashing.update(&chunk)?;
+        hashing.update(&chunk).await?;
         buf.extend_from_slice(&chunk);
     }
-    let digests = hashing.finish()?;
+    let digests = hashing.finish().await?;
     Ok((buf.freeze(), digests))
 }
 
@@ -214,7 +213,7 @@ where
 
     // On any error before the queues close, the uploads are aborted first, so no device
     // sees a complete body (closing a queue would end a fragment's body normally).
-    let hashing = Hashing::new(declared, &checksums);
+    let hashing = Hashing::new(data.md5.body(declared), declared, &checksums);
     let digests = match feed(
         shape,
         segment_bytes,
@@ -281,7 +280,7 @@ where
     let mut failed = 0usize;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| DataError::Body(e.to_string()))?;
-        hashing.update(&chunk)?;
+        hashing.update(&chunk).await?;
         let mut rest = &chunk[..];
         while !rest.is_empty() {
             let take = (segment_bytes as usize - segment.len()).min(rest.len());
@@ -298,7 +297,7 @@ where
             }
         }
     }
-    let digests = hashing.finish()?;
+    let digests = hashing.finish().await?;
     check(&digests)?;
     if !segment.is_empty() {
         send_segment(shape, senders, segment.split().freeze()).await?;
