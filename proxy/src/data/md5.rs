@@ -71,7 +71,7 @@ pub struct Md5Lanes {
 }
 
 impl Md5Lanes {
-    /// Starts the hashing threads: one per [`CORES_PER_THREAD`] cores, at least one. One
+    /// Starts the hashing threads: one per 8 cores, at least one. One
     /// thread hashes at least 0.7 GiB/s (bodies alone) and up to 13 GiB/s (in lockstep), so
     /// a large proxy does not wait on one thread.
     ///
