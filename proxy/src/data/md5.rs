@@ -173,23 +173,56 @@ fn gone() -> DataError {
     DataError::Internal("the MD5 hashing thread is gone".into())
 }
 
-/// A body's state on the thread: the MD5 of what was hashed, and the bytes received since.
+/// A body's state on the thread: the MD5 of what was hashed, and the bytes received since
+/// (`buf[start..]`; hashed bytes are skipped, and moved out only once they are half the
+/// buffer, so each byte is moved at most about once).
 #[derive(Debug, Default)]
 pub struct Pending {
     md5: Md5State,
-    bytes: Vec<u8>,
+    buf: Vec<u8>,
+    start: usize,
 }
 
 impl Pending {
-    /// Whole strides waiting.
-    fn strides(&self) -> usize {
-        self.bytes.len() / STRIDE
+    /// The bytes waiting.
+    fn waiting(&self) -> &[u8] {
+        &self.buf[self.start..]
     }
 
-    /// Hashes everything pending on the one-body path.
+    /// Whole strides waiting.
+    fn strides(&self) -> usize {
+        self.waiting().len() / STRIDE
+    }
+
+    /// Appends received bytes.
+    fn push(&mut self, chunk: &[u8]) {
+        if self.start > 0 && self.start * 2 >= self.buf.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// Marks the first `len` waiting bytes hashed.
+    fn consume(&mut self, len: usize) {
+        self.start += len;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Hashes the waiting whole strides on the one-body path.
+    fn hash_strides_alone(&mut self) {
+        let whole = self.strides() * STRIDE;
+        self.md5.update(&self.buf[self.start..self.start + whole]);
+        self.consume(whole);
+    }
+
+    /// Hashes everything waiting on the one-body path.
     fn hash_alone(&mut self) {
-        self.md5.update(&self.bytes);
-        self.bytes.clear();
+        self.md5.update(&self.buf[self.start..]);
+        self.consume(self.buf.len() - self.start);
     }
 }
 
@@ -240,8 +273,8 @@ impl Lanes {
             What::Chunk(chunk) => {
                 let was_idle = {
                     let mut pending = lock(&message.body);
-                    let idle = pending.bytes.is_empty();
-                    pending.bytes.extend_from_slice(&chunk);
+                    let idle = pending.waiting().is_empty();
+                    pending.push(&chunk);
                     idle
                 };
                 if was_idle && !self.active.iter().any(|b| Arc::ptr_eq(b, &message.body)) {
@@ -277,24 +310,23 @@ impl Lanes {
                 .filter(|b| lock(b).strides() > 0)
                 .cloned()
                 .collect();
-            let due = ready.iter().any(|b| lock(b).bytes.len() >= ROUND_PENDING);
+            let due = ready
+                .iter()
+                .any(|b| lock(b).waiting().len() >= ROUND_PENDING);
             if ready.len() >= self.company() && (due || ready.len() >= lanes) {
                 let group = self.choose(ready);
                 self.hash_together(&group);
                 continue;
             }
             for body in &ready {
-                let mut guard = lock(body);
-                let pending = &mut *guard;
-                if pending.bytes.len() >= MAX_PENDING {
-                    let whole = pending.strides() * STRIDE;
-                    pending.md5.update(&pending.bytes[..whole]);
-                    pending.bytes.drain(..whole);
+                let mut pending = lock(body);
+                if pending.waiting().len() >= MAX_PENDING {
+                    pending.hash_strides_alone();
                 }
             }
             break;
         }
-        self.active.retain(|b| !lock(b).bytes.is_empty());
+        self.active.retain(|b| !lock(b).waiting().is_empty());
     }
 
     /// The fewest bodies a lockstep round pays for: a group of lanes costs about as much
@@ -340,14 +372,14 @@ impl Lanes {
         let width = group.len().div_ceil(lanes) * lanes;
         let mut states: Vec<Md5State> = guards.iter().map(|p| p.md5).collect();
         states.resize(width, Md5State::new());
-        let mut inputs: Vec<&[u8]> = guards.iter().map(|p| &p.bytes[..len]).collect();
+        let mut inputs: Vec<&[u8]> = guards.iter().map(|p| &p.waiting()[..len]).collect();
         inputs.resize(width, &self.zeros[..len]);
         self.engine.update_many(&mut states, &inputs);
         drop(inputs);
         self.together += (len * group.len()) as u64;
         for (pending, state) in guards.iter_mut().zip(states) {
             pending.md5 = state;
-            pending.bytes.drain(..len);
+            pending.consume(len);
         }
     }
 }
