@@ -68,6 +68,11 @@ pub struct WorkersSection {
     /// Seconds a delete's tombstone is kept in the index before anti-entropy forgets it on
     /// every replica (only while all of them are up and agree). Default 604800 (7 days).
     pub tombstone_grace_secs: u64,
+    /// Seconds a partition's summary (the fragment indexes it holds and their digests, which
+    /// passes compare) is trusted without walking its directories again, while nothing the
+    /// store did changed it: how long a fragment file removed behind the store's back goes
+    /// unnoticed. Default 600.
+    pub summary_max_age_secs: u64,
 }
 
 impl Default for WorkersSection {
@@ -79,6 +84,7 @@ impl Default for WorkersSection {
             gc_grace_secs: 3600,
             index_sync_secs: 600,
             tombstone_grace_secs: 7 * 24 * 3600,
+            summary_max_age_secs: 600,
         }
     }
 }

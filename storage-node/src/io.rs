@@ -462,6 +462,18 @@ impl Engine {
         blocking(move || portable::list_dir(&path)).await
     }
 
+    /// Runs file-system metadata work that takes many calls (a directory walk, a batch of
+    /// stats) in one trip off the async workers, as the engines run every metadata call.
+    ///
+    /// # Errors
+    /// What `f` returns.
+    pub async fn metadata<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        blocking(f).await
+    }
+
     /// Returns whether `path` exists.
     ///
     /// # Errors

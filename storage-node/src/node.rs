@@ -205,6 +205,7 @@ pub async fn start(
         let store_config = StoreConfig {
             reserve_bytes: d.reserve_bytes,
             direct_io: d.direct_io,
+            summary_max_age: Duration::from_secs(config.workers.summary_max_age_secs),
             ..StoreConfig::default()
         };
         let fragments = FragmentStore::open(&d.path, engine, store_config)

@@ -23,10 +23,13 @@
 //! name.
 
 mod reader;
+mod summary;
 mod writer;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use nimbus_core::fragment::{FragmentError, FragmentHeader};
 use nimbus_core::ids::{PartitionId, VersionId};
@@ -34,6 +37,8 @@ use nimbus_core::ids::{PartitionId, VersionId};
 use crate::io::Engine;
 
 pub use reader::FragmentReader;
+pub use summary::PartitionSummary;
+use summary::{Found, Summaries};
 pub use writer::FragmentWriter;
 
 /// Names one fragment of one object version on a device.
@@ -94,6 +99,9 @@ pub struct StoreConfig {
     pub block_record_bytes: u32,
     /// Write with O_DIRECT where the file system allows it.
     pub direct_io: bool,
+    /// How long a partition's summary is trusted when nothing the store did changed the
+    /// partition: how long a fragment removed behind the store's back may go unnoticed.
+    pub summary_max_age: Duration,
 }
 
 impl Default for StoreConfig {
@@ -102,6 +110,7 @@ impl Default for StoreConfig {
             reserve_bytes: 1 << 30,
             block_record_bytes: nimbus_core::fragment::DEFAULT_BLOCK_RECORD_BYTES,
             direct_io: true,
+            summary_max_age: Duration::from_secs(600),
         }
     }
 }
@@ -168,6 +177,7 @@ pub struct FragmentStore {
     root: PathBuf,
     engine: Engine,
     config: StoreConfig,
+    summaries: Arc<Summaries>,
 }
 
 impl FragmentStore {
@@ -209,6 +219,7 @@ impl FragmentStore {
             root: root.to_path_buf(),
             engine,
             config,
+            summaries: Arc::new(Summaries::new(config.summary_max_age)),
         })
     }
 
@@ -280,21 +291,22 @@ impl FragmentStore {
         let dir = id.object_dir(&self.root);
         let done = dir.join(id.file_name());
         let pending = dir.join(format!("{}.pending", id.file_name()));
-        match self.engine.rename(&pending, &done).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return match self.engine.try_exists(&done).await {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(StoreError::NotFound { path: pending }),
-                    Err(e) => Err(StoreError::io(&done, e)),
-                };
-            }
-            Err(e) => return Err(StoreError::io(&pending, e)),
+        let (from, to, synced) = (pending.clone(), done.clone(), dir.clone());
+        // One trip off the async workers: the rename, then the directory sync.
+        let found = self
+            .engine
+            .metadata(move || match std::fs::rename(&from, &to) {
+                Ok(()) => writer::sync_dir(&synced).map(|()| true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => to.try_exists(),
+                Err(e) => Err(e),
+            })
+            .await;
+        self.summaries.changed(&id.policy, id.partition);
+        match found {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StoreError::NotFound { path: pending }),
+            Err(e) => Err(StoreError::io(&dir, e)),
         }
-        self.engine
-            .sync_dir(&dir)
-            .await
-            .map_err(|e| StoreError::io(&dir, e))
     }
 
     /// Opens a committed fragment for reading `range` of its data (clamped to its length).
@@ -331,7 +343,9 @@ impl FragmentStore {
         let mut found = false;
         for name in [id.file_name(), format!("{}.pending", id.file_name())] {
             let path = dir.join(name);
-            match self.engine.remove_file(&path).await {
+            let removed = self.engine.remove_file(&path).await;
+            self.summaries.changed(&id.policy, id.partition);
+            match removed {
                 Ok(()) => found = true,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(StoreError::io(&path, e)),
@@ -355,7 +369,12 @@ impl FragmentStore {
             .map(|p| p.to_string_lossy().replace('/', "_"))
             .unwrap_or_else(|_| "unknown".into());
         let to = self.root.join("quarantine").join(name);
-        match self.engine.rename(path, &to).await {
+        let renamed = self.engine.rename(path, &to).await;
+        match self.partition_of(path) {
+            Some((policy, partition)) => self.summaries.changed(&policy, partition),
+            None => self.summaries.all_changed(),
+        }
+        match renamed {
             Ok(()) => {
                 tracing::warn!(from = %path.display(), to = %to.display(), "fragment quarantined")
             }
@@ -363,7 +382,24 @@ impl FragmentStore {
         }
     }
 
-    /// Lists the fragments of a partition, sorted.
+    /// The directory of a partition of `policy`.
+    fn partition_dir(&self, policy: &str, partition: PartitionId) -> PathBuf {
+        self.root
+            .join("objects")
+            .join(policy)
+            .join(partition.0.to_string())
+    }
+
+    /// The (policy, partition) a path under `objects/` lies in.
+    fn partition_of(&self, path: &Path) -> Option<(String, PartitionId)> {
+        let mut parts = path.strip_prefix(self.root.join("objects")).ok()?.iter();
+        let policy = parts.next()?.to_str()?.to_owned();
+        let partition = parts.next()?.to_str()?.parse().ok()?;
+        Some((policy, PartitionId(partition)))
+    }
+
+    /// Lists the fragments of a partition, sorted (a walk of its directories, off the async
+    /// workers in one trip).
     ///
     /// # Errors
     /// [`StoreError::Io`].
@@ -373,25 +409,73 @@ impl FragmentStore {
         partition: PartitionId,
     ) -> Result<Vec<ListedFragment>, StoreError> {
         Self::check_policy(policy)?;
-        let base = self
-            .root
-            .join("objects")
-            .join(policy)
-            .join(partition.0.to_string());
-        let mut out = Vec::new();
-        for prefix in self.list(&base).await? {
-            let pdir = base.join(&prefix);
-            for object_hash in self.list(&pdir).await? {
-                let odir = pdir.join(&object_hash);
-                for name in self.list(&odir).await? {
-                    if let Some(f) = parse_fragment_name(&object_hash, &name) {
-                        out.push(f);
-                    }
+        let dir = self.partition_dir(policy, partition);
+        let ask = self.summaries.ask(policy, partition);
+        let walked = dir.clone();
+        let (id, fragments) = self
+            .engine
+            .metadata(move || Ok((summary::dir_id(&walked)?, summary::walk(&walked)?)))
+            .await
+            .map_err(|e| StoreError::io(&dir, e))?;
+        let summary = Arc::new(PartitionSummary::of(&fragments));
+        self.summaries
+            .keep(policy, partition, ask.generation, id, summary);
+        Ok(fragments)
+    }
+
+    /// Returns what a partition holds committed here: kept between calls while the
+    /// partition is unchanged (see `store/summary.rs`), walked otherwise.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`].
+    pub async fn partition_summary(
+        &self,
+        policy: &str,
+        partition: PartitionId,
+    ) -> Result<Arc<PartitionSummary>, StoreError> {
+        let mut all = self.partition_summaries(policy, vec![partition]).await?;
+        Ok(all.pop().map(|(_, s)| s).unwrap_or_default())
+    }
+
+    /// The summaries of `partitions` of `policy`, checked or walked in one trip off the async
+    /// workers.
+    async fn partition_summaries(
+        &self,
+        policy: &str,
+        partitions: Vec<PartitionId>,
+    ) -> Result<Vec<(PartitionId, Arc<PartitionSummary>)>, StoreError> {
+        Self::check_policy(policy)?;
+        let asks: Vec<_> = partitions
+            .into_iter()
+            .map(|p| {
+                let ask = self.summaries.ask(policy, p);
+                (p, self.partition_dir(policy, p), ask)
+            })
+            .collect();
+        let found = self
+            .engine
+            .metadata(move || {
+                asks.into_iter()
+                    .map(|(p, dir, ask)| {
+                        let found = summary::check_or_walk(&dir, ask.kept.as_ref())?;
+                        Ok((p, ask.generation, found))
+                    })
+                    .collect::<io::Result<Vec<_>>>()
+            })
+            .await
+            .map_err(|e| StoreError::io(&self.root.join("objects").join(policy), e))?;
+        Ok(found
+            .into_iter()
+            .map(|(p, generation, found)| match found {
+                Found::Kept(summary) => (p, summary),
+                Found::Walked { dir, fragments } => {
+                    let summary = Arc::new(PartitionSummary::of(&fragments));
+                    self.summaries
+                        .keep(policy, p, generation, dir, Arc::clone(&summary));
+                    (p, summary)
                 }
-            }
-        }
-        out.sort();
-        Ok(out)
+            })
+            .collect())
     }
 
     /// Opens a fragment a partition listing found, for reading all of it: its header holds
@@ -436,30 +520,19 @@ impl FragmentStore {
     ) -> Result<Vec<(PartitionId, Vec<(u8, [u8; 32])>)>, StoreError> {
         Self::check_policy(policy)?;
         let dir = self.root.join("objects").join(policy);
-        let mut out = Vec::new();
-        for name in self.list(&dir).await? {
-            let Ok(p) = name.parse::<u32>() else {
-                continue;
-            };
-            let partition = PartitionId(p);
-            let fragments = self.list_partition(policy, partition).await?;
-            let mut indexes: Vec<u8> = fragments
-                .iter()
-                .filter(|f| f.durable)
-                .map(|f| f.index)
-                .collect();
-            indexes.sort_unstable();
-            indexes.dedup();
-            if indexes.is_empty() {
-                continue;
-            }
-            let digests = indexes
-                .into_iter()
-                .map(|i| (i, objects_digest(&fragments, Some(i))))
-                .collect();
-            out.push((partition, digests));
-        }
-        Ok(out)
+        let partitions = self
+            .list(&dir)
+            .await?
+            .into_iter()
+            .filter_map(|name| name.parse::<u32>().ok().map(PartitionId))
+            .collect();
+        Ok(self
+            .partition_summaries(policy, partitions)
+            .await?
+            .into_iter()
+            .filter(|(_, s)| !s.digests.is_empty())
+            .map(|(p, s)| (p, s.digests.clone()))
+            .collect())
     }
 
     /// Lists the (policy, partition) pairs that have a directory on this device.
@@ -504,14 +577,23 @@ impl FragmentStore {
         policy: &str,
         partition: PartitionId,
     ) -> Result<[u8; 32], StoreError> {
-        let mut hasher = blake3::Hasher::new();
-        for f in self.list_partition(policy, partition).await? {
-            hasher.update(f.object_hash.as_bytes());
-            hasher.update(&f.version.0.to_le_bytes());
-            hasher.update(&[f.index, u8::from(f.durable)]);
-        }
-        Ok(*hasher.finalize().as_bytes())
+        Ok(listing_digest(
+            &self.list_partition(policy, partition).await?,
+        ))
     }
+}
+
+/// The digest [`FragmentStore::partition_digest`] returns, of a partition's listing (sorted,
+/// as [`FragmentStore::list_partition`] returns it).
+#[must_use]
+pub fn listing_digest(fragments: &[ListedFragment]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    for f in fragments {
+        hasher.update(f.object_hash.as_bytes());
+        hasher.update(&f.version.0.to_le_bytes());
+        hasher.update(&[f.index, u8::from(f.durable)]);
+    }
+    *hasher.finalize().as_bytes()
 }
 
 /// Returns the digest of a partition's object versions: the blake3 of the distinct

@@ -314,7 +314,7 @@ impl Layout {
                 "\n[heartbeat]\nmembers = [{members}]\ninterval_ms = 1000\n\n\
                  # Passes every few seconds: a dev cluster heals while you watch.\n\
                  [workers]\npass_pause_secs = 3\ngc_grace_secs = {gc_grace_secs}\nindex_sync_secs = {index_sync_secs}\n\
-                 tombstone_grace_secs = {gc_grace_secs}\n\n\
+                 tombstone_grace_secs = {gc_grace_secs}\nsummary_max_age_secs = 30\n\n\
                  [index]\nwal_bytes = {index_wal_bytes}\n"
             );
             write_file(&self.node_config(i), &text, false)?;

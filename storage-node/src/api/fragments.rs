@@ -262,6 +262,13 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let store = &state.device(&device)?.fragments;
     let partition = PartitionId(partition);
+    if let (Some("objects"), Some(index)) = (query.digest.as_deref(), query.index) {
+        let digest = store
+            .partition_summary(&policy, partition)
+            .await?
+            .digest(index);
+        return Ok(axum::Json(json!({ "objects_digest": hex::encode(digest) })).into_response());
+    }
     let fragments = store.list_partition(&policy, partition).await?;
     match query.digest.as_deref() {
         None => {}
@@ -275,7 +282,7 @@ async fn list(
             )));
         }
     }
-    let digest = store.partition_digest(&policy, partition).await?;
+    let digest = crate::store::listing_digest(&fragments);
     let with_paths = query.paths == Some(1);
     let mut rows = Vec::with_capacity(fragments.len());
     for f in &fragments {

@@ -137,19 +137,15 @@ impl FragmentWriter {
         let footer = encoder.finish(&mut self.staging);
         // The file ends with the footer, so there is always a final write to sync with.
         self.flush(true).await?;
-        let engine = self.store.engine.clone();
         let dir = self.id.object_dir(&self.store.root);
-        ensure_dir(&self.store, &dir).await?;
         let pending = dir.join(format!("{}.pending", self.id.file_name()));
-        engine
-            .rename(&self.tmp, &pending)
+        let (root, tmp, to) = (self.store.root.clone(), self.tmp.clone(), pending.clone());
+        self.store
+            .engine
+            .metadata(move || place(&root, &dir, &tmp, &to))
             .await
             .map_err(|e| StoreError::io(&pending, e))?;
         self.finished = true;
-        engine
-            .sync_dir(&dir)
-            .await
-            .map_err(|e| StoreError::io(&dir, e))?;
         Ok(footer)
     }
 }
@@ -170,37 +166,33 @@ impl Drop for FragmentWriter {
     }
 }
 
-/// Creates `dir` and any missing parents inside the device, making each new directory entry
-/// durable by syncing its parent. Costs one lookup when the directory exists.
-async fn ensure_dir(store: &FragmentStore, dir: &Path) -> Result<(), StoreError> {
-    let engine = &store.engine;
+/// Blocking, in one trip off the async workers: creates `dir` and any missing parents inside
+/// device directory `root` (each new directory entry made durable by syncing its parent),
+/// renames `from` to `to` in it and syncs `dir`. Costs one lookup when `dir` exists.
+fn place(root: &Path, dir: &Path, from: &Path, to: &Path) -> io::Result<()> {
     let mut missing = Vec::new();
     let mut at = dir.to_path_buf();
-    while at.starts_with(&store.root) && at != store.root {
-        let exists = engine
-            .try_exists(&at)
-            .await
-            .map_err(|e| StoreError::io(&at, e))?;
-        if exists {
-            break;
-        }
+    while at.starts_with(root) && at != root && !at.try_exists()? {
         missing.push(at.clone());
         if !at.pop() {
             break;
         }
     }
     for new in missing.iter().rev() {
-        match engine.create_dir_all(new).await {
+        match std::fs::create_dir(new) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(StoreError::io(new, e)),
+            Err(e) => return Err(e),
         }
         if let Some(parent) = new.parent() {
-            engine
-                .sync_dir(parent)
-                .await
-                .map_err(|e| StoreError::io(parent, e))?;
+            sync_dir(parent)?;
         }
     }
-    Ok(())
+    std::fs::rename(from, to)?;
+    sync_dir(dir)
+}
+
+/// Blocking: makes a directory's entries durable.
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }

@@ -64,8 +64,8 @@ pub(super) async fn partition(
     policy: &str,
     partition: PartitionId,
 ) -> Result<(), WorkerError> {
-    let local = ctx.store.list_partition(policy, partition).await?;
-    if !local.iter().any(|f| f.durable) {
+    let summary = ctx.store.partition_summary(policy, partition).await?;
+    if summary.digests.is_empty() {
         return Ok(());
     }
     let Some(ring) = map.policy(policy).and_then(|p| p.ring.as_ref()) else {
@@ -73,6 +73,14 @@ pub(super) async fn partition(
         return Ok(());
     };
     let owners: Vec<DeviceKey> = ring.primaries(partition).map(key).collect();
+    // Only fragment indexes this device owns: nothing to move, no need to list.
+    if summary
+        .indexes()
+        .all(|i| owners.get(usize::from(i)) == Some(&ctx.device))
+    {
+        return Ok(());
+    }
+    let local = ctx.store.list_partition(policy, partition).await?;
     let found = misplaced(&local, &owners, &ctx.device);
     if !found.strays.is_empty() {
         tracing::warn!(%policy, partition = partition.0, device = %ctx.device.device, count = found.strays.len(), slots = owners.len(), "fragments with an index beyond the policy's slots left alone");

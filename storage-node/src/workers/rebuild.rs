@@ -39,7 +39,7 @@ use peers::{PeerFragment, peer_digest};
 pub(super) use peers::{key, peer_listing};
 
 use super::{Ctx, WorkerError, owned_slot};
-use crate::store::{FragmentId, ListedFragment, objects_digest};
+use crate::store::{FragmentId, ListedFragment};
 
 /// Fragments of one partition rebuilt at once.
 const REBUILDS_AT_ONCE: usize = 4;
@@ -62,6 +62,9 @@ struct Plan {
     degraded: bool,
     /// Versions committed at `needed` or more other slots, to rebuild.
     rebuilds: Vec<Rebuild>,
+    /// How many versions are committed at `needed` or more other slots, whether or not
+    /// their rows had the header fields a rebuild needs (listings without paths have none).
+    rebuildable: usize,
 }
 
 /// Decides what to rebuild at `slot`: every (object, version) committed at `needed` or more
@@ -78,7 +81,8 @@ fn plan(
         .filter(|f| usize::from(f.index) == slot)
         .map(|f| (f.object_hash.as_str(), f.version))
         .collect();
-    let mut wanted: BTreeMap<(&str, VersionId), Option<Rebuild>> = BTreeMap::new();
+    // Per missing version: the slots holding it, and the rebuild once a row names it.
+    let mut wanted: BTreeMap<(&str, VersionId), (usize, Option<Rebuild>)> = BTreeMap::new();
     for (j, device, rows) in peers {
         for row in rows {
             let Some(version) = row.version_id() else {
@@ -91,7 +95,8 @@ fn plan(
             if here.contains(&pair) {
                 continue;
             }
-            let entry = wanted.entry(pair).or_default();
+            let (holders, entry) = wanted.entry(pair).or_default();
+            *holders += 1;
             match (entry.as_mut(), &row.path, row.segment_bytes) {
                 (Some(r), _, _) => r.sources.push((device.clone(), *j)),
                 // The path must be the one the listed hash names, or the rebuilt file
@@ -115,9 +120,10 @@ fn plan(
     }
     Plan {
         degraded: !wanted.is_empty(),
+        rebuildable: wanted.values().filter(|(n, _)| *n >= needed).count(),
         rebuilds: wanted
             .into_values()
-            .flatten()
+            .filter_map(|(_, r)| r)
             .filter(|r| r.sources.len() >= needed)
             .collect(),
     }
@@ -141,8 +147,12 @@ pub(super) async fn partition(
     };
     let shape = Shape::of(ring.policy())?;
     let epoch = map.epoch().0;
-    let local = ctx.store.list_partition(policy, partition).await?;
-    let mine = hex::encode(objects_digest(&local, Some(index)));
+    let mine = hex::encode(
+        ctx.store
+            .partition_summary(policy, partition)
+            .await?
+            .digest(index),
+    );
     let others: Vec<(usize, DeviceKey)> = ring
         .primaries(partition)
         .map(key)
@@ -169,22 +179,32 @@ pub(super) async fn partition(
     if differing.is_empty() {
         return first_error.map_or(Ok(()), Err);
     }
-    let listings = futures_util::future::join_all(
-        differing
-            .iter()
-            .map(|(_, d)| peer_listing(ctx, d, policy, partition, epoch, true)),
+    // Names first (a walk of each directory): while writes are under way digests differ
+    // often, and a listing with paths reads the header of every fragment.
+    let local = ctx.store.list_partition(policy, partition).await?;
+    let peers = peer_listings(
+        ctx,
+        &differing,
+        (policy, partition),
+        epoch,
+        false,
+        &mut first_error,
     )
     .await;
-    let mut peers = Vec::with_capacity(differing.len());
-    for ((j, device), listing) in differing.into_iter().zip(listings) {
-        match listing {
-            Ok(rows) => peers.push((j, device, rows)),
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
     let mut plan = plan(slot, &local, &peers, shape.codec.data());
+    if plan.rebuildable > 0 {
+        let peers = peer_listings(
+            ctx,
+            &differing,
+            (policy, partition),
+            epoch,
+            true,
+            &mut first_error,
+        )
+        .await;
+        let local = ctx.store.list_partition(policy, partition).await?;
+        plan = self::plan(slot, &local, &peers, shape.codec.data());
+    }
     if plan.degraded {
         ctx.stats.found_degraded();
     }
@@ -249,6 +269,34 @@ pub(super) async fn partition(
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// The listings of the `differing` slots' devices (with object paths when `paths`), each
+/// with its slot; a device that fails is left out, its error kept in `first_error`.
+async fn peer_listings(
+    ctx: &Ctx,
+    differing: &[(usize, DeviceKey)],
+    (policy, partition): (&str, PartitionId),
+    epoch: u64,
+    paths: bool,
+    first_error: &mut Option<WorkerError>,
+) -> Vec<(usize, DeviceKey, Vec<PeerFragment>)> {
+    let listings = futures_util::future::join_all(
+        differing
+            .iter()
+            .map(|(_, d)| peer_listing(ctx, d, policy, partition, epoch, paths)),
+    )
+    .await;
+    let mut peers = Vec::with_capacity(differing.len());
+    for ((j, device), listing) in differing.iter().zip(listings) {
+        match listing {
+            Ok(rows) => peers.push((*j, device.clone(), rows)),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    peers
 }
 
 /// For how long after a partition moved its previous owners may still hold its fragments,

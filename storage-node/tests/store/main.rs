@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // a test that cannot set itself up should panic
 
 use std::path::Path;
+use std::time::Duration;
 
 use nimbus_core::fragment::FragmentHeader;
 use nimbus_core::ids::{PartitionId, VersionId};
@@ -27,6 +28,7 @@ fn config() -> StoreConfig {
         reserve_bytes: 0,
         block_record_bytes: 8192,
         direct_io: true,
+        summary_max_age: Duration::from_secs(600),
     }
 }
 
@@ -311,6 +313,84 @@ async fn leftovers_of_a_crash_are_cleared_on_open(kind: IoEngineKind) {
     assert!(files_under(&dir.path().join("tmp")).is_empty());
 }
 
+/// The kept partition summaries follow every change the store makes at once, and changes
+/// made behind its back: a wiped partition at once, a file removed by hand within
+/// `summary_max_age`.
+async fn partition_summaries_follow_the_store_and_the_disk(kind: IoEngineKind) {
+    use nimbus_storage_node::store::objects_digest;
+    let dir = tempfile::tempdir().unwrap();
+    let s = FragmentStore::open(
+        dir.path(),
+        engine(kind),
+        StoreConfig {
+            summary_max_age: Duration::from_millis(300),
+            ..config()
+        },
+    )
+    .await
+    .unwrap();
+    let p = PartitionId(17);
+    let indexes = |s: &FragmentStore| {
+        let s = s.clone();
+        async move {
+            let summary = s.partition_summary("ec4+2", p).await.unwrap();
+            summary.indexes().collect::<Vec<_>>()
+        }
+    };
+    assert!(indexes(&s).await.is_empty());
+    let (a, b) = (id("a", 1, 0), id("b", 2, 3));
+    put(&s, &a, &data(1, 10_000)).await;
+    put(&s, &b, &data(2, 10_000)).await;
+    assert_eq!(indexes(&s).await, [0, 3]);
+    let listed = s.list_partition("ec4+2", p).await.unwrap();
+    let summary = s.partition_summary("ec4+2", p).await.unwrap();
+    assert_eq!(summary.digest(0), objects_digest(&listed, Some(0)));
+    assert_eq!(summary.digest(5), objects_digest(&[], Some(5)));
+    let digests = s.policy_objects_digests("ec4+2").await.unwrap();
+    assert_eq!(digests, vec![(p, summary.digests.clone())]);
+
+    // Written, not committed: not in the summary; committed: in it.
+    let c = id("c", 3, 1);
+    let mut w = s.begin_write(c.clone(), header(&c)).await.unwrap();
+    w.write(&data(3, 10_000)).await.unwrap();
+    w.finish(None).await.unwrap();
+    assert_eq!(indexes(&s).await, [0, 3]);
+    s.commit(&c).await.unwrap();
+    assert_eq!(indexes(&s).await, [0, 1, 3]);
+    s.delete(&b).await.unwrap();
+    assert_eq!(indexes(&s).await, [0, 1]);
+
+    // Quarantined on a corrupt read.
+    let path = files_under(&dir.path().join("objects"))
+        .into_iter()
+        .find(|f| f.ends_with(&format!("{:016x}.0", 1)))
+        .unwrap();
+    let mut file = std::fs::read(&path).unwrap();
+    for quarter in 1..4 {
+        let at = file.len() * quarter / 4;
+        file[at] ^= 0x40;
+    }
+    std::fs::write(&path, &file).unwrap();
+    let read = match s.read(&a, 0..u64::MAX).await {
+        Ok(r) => r.read_to_end().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert!(matches!(read, Err(StoreError::Corrupt { .. })), "{read:?}");
+    assert_eq!(indexes(&s).await, [1]);
+
+    // Behind the store's back: a file removed by hand counts until the summary is
+    // `summary_max_age` old...
+    let path = files_under(&dir.path().join("objects")).pop().unwrap();
+    std::fs::remove_file(&path).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(indexes(&s).await.is_empty(), "{path:?} removed by hand");
+    // ...and a wiped partition at once.
+    put(&s, &a, &data(1, 10_000)).await;
+    assert_eq!(indexes(&s).await, [0]);
+    std::fs::remove_dir_all(dir.path().join("objects/ec4+2/17")).unwrap();
+    assert!(indexes(&s).await.is_empty(), "partition wiped");
+}
+
 macro_rules! suite {
     ($($engine:ident => $kind:expr),*) => {$(
         mod $engine {
@@ -328,6 +408,8 @@ macro_rules! suite {
             async fn reserve() { below_the_reserve_writes_are_refused($kind).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn crash_leftovers() { leftovers_of_a_crash_are_cleared_on_open($kind).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn summaries() { partition_summaries_follow_the_store_and_the_disk($kind).await }
         }
     )*};
 }
