@@ -154,15 +154,15 @@ impl Driver {
         }
     }
 
-    /// Uploads `body` as object `key` in one request.
+    /// Uploads `payload` as object `key` in one request.
     ///
     /// # Errors
     ///
     /// [`OpError`] with the failure's class.
-    pub async fn put(&self, key: &str, body: bytes::Bytes) -> Result<(), OpError> {
+    pub async fn put(&self, key: &str, payload: &crate::payload::Payload) -> Result<(), OpError> {
         match self {
-            Driver::S3(d) => d.put(key, body).await,
-            Driver::Swift(d) => d.put(key, body).await,
+            Driver::S3(d) => d.put(key, payload).await,
+            Driver::Swift(d) => d.put(key, payload).await,
         }
     }
 

@@ -59,6 +59,144 @@ pub fn body(seed: u64, offset: u64, len: u64) -> Bytes {
     out.freeze()
 }
 
+/// Bodies at least this long have their SHA-256 kept for the next upload of the same
+/// content; shorter ones hash in less time than a lookup takes to matter.
+const SHA256_KEPT_FROM: u64 = 64 << 10;
+/// At most this many SHA-256 kept (the key spaces of runs are bounded; past this the
+/// oldest half is not worth tracking, so all are dropped).
+const SHA256_KEPT_MAX: usize = 1 << 14;
+
+/// An object's content, to upload: a window of the pool, sent as zero-copy slices of it
+/// however long, with its SHA-256 (the SigV4 payload hash) computed once per content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Payload {
+    seed: u64,
+    len: u64,
+}
+
+impl Payload {
+    /// The content of object `key` of `size` bytes.
+    #[must_use]
+    pub fn of(key: &str, size: u64) -> Self {
+        Payload {
+            seed: content_seed(key, size),
+            len: size,
+        }
+    }
+
+    /// Its length in bytes.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Its bytes in one buffer (a copy when longer than the pool).
+    #[must_use]
+    pub fn bytes(&self) -> Bytes {
+        body(self.seed, 0, self.len)
+    }
+
+    /// Its bytes as an HTTP body of pool slices.
+    #[must_use]
+    pub fn body(&self) -> PayloadBody {
+        PayloadBody {
+            at: (self.seed % POOL_LEN as u64) as usize,
+            left: self.len,
+        }
+    }
+
+    /// Its SHA-256 in lowercase hex.
+    #[must_use]
+    pub fn sha256_hex(&self) -> String {
+        use sha2::Digest;
+        type Kept = std::collections::HashMap<Payload, String>;
+        static KEPT: OnceLock<std::sync::Mutex<Kept>> = OnceLock::new();
+        let kept = KEPT.get_or_init(Default::default);
+        let lock = || {
+            kept.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let keep = self.len >= SHA256_KEPT_FROM;
+        if keep && let Some(hex) = lock().get(self) {
+            return hex.clone();
+        }
+        let mut sha = sha2::Sha256::new();
+        let mut chunks = self.body();
+        while let Some(chunk) = chunks.next_chunk() {
+            sha.update(&chunk);
+        }
+        let hex = hex::encode(sha.finalize());
+        if keep {
+            let mut kept = lock();
+            if kept.len() >= SHA256_KEPT_MAX {
+                kept.clear();
+            }
+            kept.insert(*self, hex.clone());
+        }
+        hex
+    }
+}
+
+/// A [`Payload`] as an HTTP body: pool slices of up to the pool's length, never copied.
+#[derive(Debug)]
+pub struct PayloadBody {
+    at: usize,
+    left: u64,
+}
+
+impl PayloadBody {
+    /// An empty body.
+    #[must_use]
+    pub fn empty() -> Self {
+        PayloadBody { at: 0, left: 0 }
+    }
+
+    /// Bytes not sent yet.
+    #[must_use]
+    pub fn remaining(&self) -> u64 {
+        self.left
+    }
+
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.left == 0 {
+            return None;
+        }
+        let take = usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(POOL_LEN);
+        let chunk = pool().slice(self.at..self.at + take);
+        self.at = (self.at + take) % POOL_LEN;
+        self.left -= take as u64;
+        Some(chunk)
+    }
+}
+
+impl hyper::body::Body for PayloadBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.next_chunk().map(|c| Ok(hyper::body::Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
+}
+
 /// Checks received bytes against the content expected at `offset` of the object whose
 /// content seed is `seed`; returns whether they match.
 #[must_use]
@@ -153,6 +291,28 @@ mod tests {
         assert_eq!(whole.len(), 3 << 20);
         assert!(matches(seed, 0, &whole));
         assert_eq!(whole[POOL_LEN..POOL_LEN + 100], whole[..100]);
+    }
+
+    #[test]
+    fn a_payload_streams_and_hashes_its_content() {
+        use sha2::Digest;
+        for size in [0, 1, 4096, POOL_LEN as u64, POOL_LEN as u64 + 1, 5 << 20] {
+            let p = Payload::of("k", size);
+            let whole = p.bytes();
+            assert_eq!(whole.len() as u64, size);
+            assert!(matches(content_seed("k", size), 0, &whole));
+            let mut body = p.body();
+            assert_eq!(body.remaining(), size);
+            let mut streamed = Vec::new();
+            while let Some(chunk) = body.next_chunk() {
+                assert!(!chunk.is_empty() && chunk.len() <= POOL_LEN);
+                streamed.extend_from_slice(&chunk);
+            }
+            assert_eq!(streamed, whole, "{size} bytes");
+            let expected = hex::encode(sha2::Sha256::digest(&whole));
+            assert_eq!(p.sha256_hex(), expected, "{size} bytes");
+            assert_eq!(p.sha256_hex(), expected, "{size} bytes, kept");
+        }
     }
 
     proptest! {

@@ -154,8 +154,8 @@ pub async fn prepare(driver: &Driver, spec: &RunSpec) -> Result<PrepareSummary, 
                 }
                 let key = key_name(&spec.prefix, index);
                 let size = key_size(&spec.sizes, spec.seed, index);
-                let body = payload::body(payload::content_seed(&key, size), 0, size);
-                let put = tokio::time::timeout(spec.timeout, driver.put(&key, body)).await;
+                let payload = payload::Payload::of(&key, size);
+                let put = tokio::time::timeout(spec.timeout, driver.put(&key, &payload)).await;
                 match put.unwrap_or_else(|_| Err(timeout_error(spec.timeout))) {
                     Ok(()) => {
                         progress.bytes.fetch_add(size, Ordering::Relaxed);
@@ -422,8 +422,7 @@ async fn execute(shared: &Shared, kind: OpKind, rng: &mut Rng) -> Result<u64, Op
             let key = key_name(&spec.prefix, index);
             let size = key_size(&spec.sizes, spec.seed, index);
             if kind == OpKind::Put {
-                let body = payload::body(payload::content_seed(&key, size), 0, size);
-                driver.put(&key, body).await?;
+                driver.put(&key, &payload::Payload::of(&key, size)).await?;
             } else {
                 driver.multipart(&key, size, spec.part_size).await?;
             }

@@ -14,12 +14,11 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use bytes::Bytes;
 
 use crate::driver::s3_http::S3Http;
 use crate::driver::{ByteRange, ErrorKind, GetOutcome, OpError, outcome};
 use crate::error::SetupError;
-use crate::payload::{self, Verifier};
+use crate::payload::{self, Payload, Verifier};
 
 /// Where and as whom the S3 driver connects.
 #[derive(Debug, Clone)]
@@ -164,15 +163,15 @@ impl S3Driver {
     /// # Errors
     ///
     /// The classified failure.
-    pub async fn put(&self, key: &str, body: Bytes) -> Result<(), OpError> {
+    pub async fn put(&self, key: &str, payload: &Payload) -> Result<(), OpError> {
         if let Some(http) = &self.http {
-            return http.put(key, body).await;
+            return http.put(key, payload).await;
         }
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
-            .body(ByteStream::from(body))
+            .body(ByteStream::from(payload.bytes()))
             .send()
             .await
             .map_err(|e| classify(&e))?;

@@ -13,8 +13,7 @@ use aws_sigv4::http_request::{
 };
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::header::{CONTENT_LENGTH, RANGE};
 use hyper::{Method, Request, Response, Uri};
 use hyper_util::client::legacy::Client;
@@ -24,6 +23,7 @@ use hyper_util::rt::TokioExecutor;
 use crate::driver::http::{drain, encode_path, header_u64, read_object};
 use crate::driver::s3::S3Settings;
 use crate::driver::{ByteRange, ErrorKind, GetOutcome, OpError};
+use crate::payload::{Payload, PayloadBody};
 
 /// The largest error body read for its S3 error code.
 const MAX_ERROR_BODY: usize = 64 << 10;
@@ -31,7 +31,7 @@ const MAX_ERROR_BODY: usize = 64 << 10;
 /// Signed object requests to one bucket over plain HTTP.
 #[derive(Debug, Clone)]
 pub(crate) struct S3Http {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpConnector, PayloadBody>,
     /// `http://host:port/bucket` (path style) or `http://bucket.host:port` (virtual host).
     bucket_url: String,
     identity: Identity,
@@ -74,12 +74,13 @@ impl S3Http {
         })
     }
 
-    /// Signs and sends one request for `key`; returns the answer when it is a 2xx.
+    /// Signs and sends one request for `key` (with `payload` as its body); returns the
+    /// answer when it is a 2xx.
     async fn send(
         &self,
         method: Method,
         key: &str,
-        body: Bytes,
+        payload: Option<&Payload>,
         range: Option<ByteRange>,
     ) -> Result<Response<hyper::body::Incoming>, OpError> {
         let url = format!("{}/{}", self.bucket_url, encode_path(key));
@@ -103,7 +104,9 @@ impl S3Http {
             method.as_str(),
             &url,
             headers.iter().copied(),
-            SignableBody::Bytes(&body),
+            payload.map_or(SignableBody::Bytes(&[]), |p| {
+                SignableBody::Precomputed(p.sha256_hex())
+            }),
         )
         .map_err(|e| other(&e))?;
         let (instructions, _) = sign(signable, &params).map_err(|e| other(&e))?.into_parts();
@@ -111,10 +114,11 @@ impl S3Http {
         if let Some(range) = &range {
             request = request.header(RANGE, range);
         }
-        if !body.is_empty() {
-            request = request.header(CONTENT_LENGTH, body.len());
+        let body = payload.map_or_else(PayloadBody::empty, Payload::body);
+        if body.remaining() > 0 {
+            request = request.header(CONTENT_LENGTH, body.remaining());
         }
-        let mut request = request.body(Full::new(body)).map_err(|e| other(&e))?;
+        let mut request = request.body(body).map_err(|e| other(&e))?;
         instructions.apply_to_request_http1x(&mut request);
         let response = self
             .client
@@ -141,8 +145,8 @@ impl S3Http {
     }
 
     /// PutObject.
-    pub(crate) async fn put(&self, key: &str, body: Bytes) -> Result<(), OpError> {
-        let response = self.send(Method::PUT, key, body, None).await?;
+    pub(crate) async fn put(&self, key: &str, payload: &Payload) -> Result<(), OpError> {
+        let response = self.send(Method::PUT, key, Some(payload), None).await?;
         drain(response).await.map(|_| ())
     }
 
@@ -153,19 +157,19 @@ impl S3Http {
         range: Option<ByteRange>,
         verify: bool,
     ) -> Result<GetOutcome, OpError> {
-        let response = self.send(Method::GET, key, Bytes::new(), range).await?;
+        let response = self.send(Method::GET, key, None, range).await?;
         read_object(key, response, range, verify).await
     }
 
     /// HeadObject; returns the object's size.
     pub(crate) async fn head(&self, key: &str) -> Result<u64, OpError> {
-        let response = self.send(Method::HEAD, key, Bytes::new(), None).await?;
+        let response = self.send(Method::HEAD, key, None, None).await?;
         Ok(header_u64(&response, CONTENT_LENGTH.as_str()).unwrap_or(0))
     }
 
     /// DeleteObject.
     pub(crate) async fn delete(&self, key: &str) -> Result<(), OpError> {
-        let response = self.send(Method::DELETE, key, Bytes::new(), None).await?;
+        let response = self.send(Method::DELETE, key, None, None).await?;
         drain(response).await.map(|_| ())
     }
 }

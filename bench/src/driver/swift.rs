@@ -2,8 +2,7 @@
 //! `X-Storage-Url`), then plain HTTP/1.1 requests with hyper on a pooled client.
 //! The token is taken once, at setup: runs longer than its lifetime see 401s.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::header::{CONTENT_LENGTH, HeaderValue, RANGE};
 use hyper::{Method, Request, Uri};
 use hyper_util::client::legacy::Client;
@@ -13,6 +12,7 @@ use hyper_util::rt::TokioExecutor;
 use crate::driver::http::{drain, encode_path, encode_query, header_u64, read_object};
 use crate::driver::{ByteRange, ErrorKind, GetOutcome, OpError};
 use crate::error::SetupError;
+use crate::payload::{Payload, PayloadBody};
 
 /// Where and as whom the Swift driver connects.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ pub struct SwiftSettings {
 /// The Swift driver: a hyper client, the token and the storage URL.
 #[derive(Debug, Clone)]
 pub struct SwiftDriver {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpConnector, PayloadBody>,
     token: HeaderValue,
     /// `X-Storage-Url` without a trailing slash, then `/` and the container.
     container_url: String,
@@ -45,7 +45,7 @@ impl SwiftDriver {
     /// [`SetupError::Url`] for a URL that is not plain http (TLS is not built in),
     /// [`SetupError::Auth`] when auth fails or lacks a token or storage URL.
     pub async fn connect(settings: &SwiftSettings) -> Result<SwiftDriver, SetupError> {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let client = Client::builder(TokioExecutor::new()).build_http::<PayloadBody>();
         let uri = parse_http_uri(&settings.auth_url)?;
         let auth_error = |reason: String| SetupError::Auth {
             url: settings.auth_url.clone(),
@@ -54,7 +54,7 @@ impl SwiftDriver {
         let request = Request::get(uri)
             .header("X-Auth-User", &settings.user)
             .header("X-Auth-Key", &settings.key)
-            .body(Full::new(Bytes::new()))
+            .body(PayloadBody::empty())
             .map_err(|e| auth_error(e.to_string()))?;
         let response = client
             .request(request)
@@ -89,7 +89,7 @@ impl SwiftDriver {
     ///
     /// [`SetupError::Bucket`] for another answer.
     pub async fn ensure_container(&self) -> Result<(), SetupError> {
-        self.send(Method::PUT, &self.container_url, Bytes::new(), None)
+        self.send(Method::PUT, &self.container_url, PayloadBody::empty(), None)
             .await
             .map(|_| ())
             .map_err(|e| SetupError::Bucket {
@@ -106,19 +106,19 @@ impl SwiftDriver {
         &self,
         method: Method,
         url: &str,
-        body: Bytes,
+        body: PayloadBody,
         range: Option<ByteRange>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, OpError> {
         let mut request = Request::builder()
             .method(method)
             .uri(url)
             .header("X-Auth-Token", self.token.clone())
-            .header(CONTENT_LENGTH, body.len());
+            .header(CONTENT_LENGTH, body.remaining());
         if let Some(range) = range {
             request = request.header(RANGE, range.header());
         }
         let request = request
-            .body(Full::new(body))
+            .body(body)
             .map_err(|e| OpError::new(ErrorKind::Other, e.to_string()))?;
         let response = self
             .client
@@ -145,9 +145,9 @@ impl SwiftDriver {
     /// # Errors
     ///
     /// The classified failure.
-    pub async fn put(&self, key: &str, body: Bytes) -> Result<(), OpError> {
+    pub async fn put(&self, key: &str, payload: &Payload) -> Result<(), OpError> {
         let response = self
-            .send(Method::PUT, &self.object_url(key), body, None)
+            .send(Method::PUT, &self.object_url(key), payload.body(), None)
             .await?;
         drain(response).await.map(|_| ())
     }
@@ -164,7 +164,12 @@ impl SwiftDriver {
         verify: bool,
     ) -> Result<GetOutcome, OpError> {
         let response = self
-            .send(Method::GET, &self.object_url(key), Bytes::new(), range)
+            .send(
+                Method::GET,
+                &self.object_url(key),
+                PayloadBody::empty(),
+                range,
+            )
             .await?;
         read_object(key, response, range, verify).await
     }
@@ -176,7 +181,12 @@ impl SwiftDriver {
     /// The classified failure.
     pub async fn head(&self, key: &str) -> Result<u64, OpError> {
         let response = self
-            .send(Method::HEAD, &self.object_url(key), Bytes::new(), None)
+            .send(
+                Method::HEAD,
+                &self.object_url(key),
+                PayloadBody::empty(),
+                None,
+            )
             .await?;
         Ok(header_u64(&response, CONTENT_LENGTH.as_str()).unwrap_or(0))
     }
@@ -188,7 +198,12 @@ impl SwiftDriver {
     /// The classified failure.
     pub async fn delete(&self, key: &str) -> Result<(), OpError> {
         let response = self
-            .send(Method::DELETE, &self.object_url(key), Bytes::new(), None)
+            .send(
+                Method::DELETE,
+                &self.object_url(key),
+                PayloadBody::empty(),
+                None,
+            )
             .await?;
         drain(response).await.map(|_| ())
     }
@@ -204,7 +219,9 @@ impl SwiftDriver {
             self.container_url,
             encode_query(prefix)
         );
-        let response = self.send(Method::GET, &url, Bytes::new(), None).await?;
+        let response = self
+            .send(Method::GET, &url, PayloadBody::empty(), None)
+            .await?;
         let body = response
             .into_body()
             .collect()
