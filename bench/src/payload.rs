@@ -62,8 +62,8 @@ pub fn body(seed: u64, offset: u64, len: u64) -> Bytes {
 /// Bodies at least this long have their SHA-256 kept for the next upload of the same
 /// content; shorter ones hash in less time than a lookup takes to matter.
 const SHA256_KEPT_FROM: u64 = 64 << 10;
-/// At most this many SHA-256 kept (the key spaces of runs are bounded; past this the
-/// oldest half is not worth tracking, so all are dropped).
+/// At most this many SHA-256 kept; past it they are all dropped and kept again as used (a
+/// run's key space is bounded, so this only matters for runs over more keys than this).
 const SHA256_KEPT_MAX: usize = 1 << 14;
 
 /// An object's content, to upload: a window of the pool, sent as zero-copy slices of it
@@ -82,18 +82,6 @@ impl Payload {
             seed: content_seed(key, size),
             len: size,
         }
-    }
-
-    /// Its length in bytes.
-    #[must_use]
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether it is empty.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Its bytes in one buffer (a copy when longer than the pool).
