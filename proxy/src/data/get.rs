@@ -4,13 +4,18 @@
 //! mid-way is reopened elsewhere at the segment it was reading, so degraded reads are
 //! transparent to the client. A whole-object read is checked against its blake3 at the end;
 //! a mismatch breaks the body off rather than let it complete.
+//!
+//! Bytes are not copied on the way through unless a segment must be decoded: a fragment's
+//! piece of a segment is the node's body frames as they came (a [`Piece`]), and a segment
+//! whose `k` data fragments all came is those pieces in order, sliced to what was asked.
 
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::Stream;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -21,7 +26,7 @@ use tokio::sync::mpsc;
 
 use super::{DataPath, FragmentName, Shape};
 use crate::error::DataError;
-use crate::node_client::{ChannelStream, empty_body};
+use crate::node_client::empty_body;
 use crate::placement::Place;
 
 /// A response body: the object's bytes (or range), streamed.
@@ -44,9 +49,81 @@ struct FragmentStream {
     /// Places still untried.
     sources: VecDeque<Source>,
     body: Incoming,
-    buf: BytesMut,
+    /// Bytes received and not yet read: body frames as they came, without copies.
+    buf: Piece,
     /// The fragment offset of `buf`'s first byte.
     offset: u64,
+}
+
+/// Bytes in order, held as the chunks they arrived in.
+#[derive(Debug, Default)]
+struct Piece {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Piece {
+    fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.len += chunk.len();
+            self.chunks.push_back(chunk);
+        }
+    }
+
+    /// Takes the first `n` bytes (at most `len`), splitting a chunk where `n` falls in it.
+    fn split_to(&mut self, n: usize) -> Piece {
+        let mut out = Piece::default();
+        while out.len < n {
+            let Some(mut chunk) = self.chunks.pop_front() else {
+                break;
+            };
+            let want = n - out.len;
+            if chunk.len() > want {
+                self.chunks.push_front(chunk.split_off(want));
+            }
+            self.len -= chunk.len();
+            out.push(chunk);
+        }
+        out
+    }
+
+    /// Drops the first `n` bytes.
+    fn advance(&mut self, n: usize) {
+        drop(self.split_to(n));
+    }
+
+    /// The bytes in one buffer: a copy, for the decoder.
+    fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        for chunk in &self.chunks {
+            out.extend_from_slice(chunk);
+        }
+        out
+    }
+}
+
+/// A response body made of the segments a read task sends: each segment's chunks in order.
+struct SegmentStream {
+    rx: mpsc::Receiver<Result<Piece, std::io::Error>>,
+    pending: VecDeque<Bytes>,
+}
+
+impl futures_util::Stream for SegmentStream {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(chunk) = self.pending.pop_front() {
+                return Poll::Ready(Some(Ok(chunk)));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(piece))) => self.pending = piece.chunks,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }
 
 /// What a read needs to open fragment streams.
@@ -152,7 +229,7 @@ impl Opener {
                         fragment,
                         sources,
                         body: answer.into_body(),
-                        buf: BytesMut::new(),
+                        buf: Piece::default(),
                         offset,
                     });
                 }
@@ -168,15 +245,15 @@ impl Opener {
 
 impl FragmentStream {
     /// Reads the next `n` bytes.
-    async fn read_exact(&mut self, n: usize) -> Result<Bytes, String> {
-        while self.buf.len() < n {
+    async fn read_exact(&mut self, n: usize) -> Result<Piece, String> {
+        while self.buf.len < n {
             let frame = tokio::time::timeout(STALL, self.body.frame())
                 .await
                 .map_err(|_| format!("no fragment bytes within {STALL:?}"))?;
             match frame {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        self.buf.extend_from_slice(&data);
+                        self.buf.push(data);
                     }
                 }
                 Some(Err(e)) => return Err(e.to_string()),
@@ -184,7 +261,7 @@ impl FragmentStream {
             }
         }
         self.offset += n as u64;
-        Ok(self.buf.split_to(n).freeze())
+        Ok(self.buf.split_to(n))
     }
 }
 
@@ -270,7 +347,7 @@ pub async fn read_object(
             errors.join("; ")
         )));
     }
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(AHEAD);
+    let (tx, rx) = mpsc::channel::<Result<Piece, std::io::Error>>(AHEAD);
     let shape = shape.clone();
     let path = name.path.clone();
     tokio::spawn(async move {
@@ -306,7 +383,10 @@ pub async fn read_object(
                 .await;
         }
     });
-    Ok(Box::pin(ChannelStream(rx)))
+    Ok(Box::pin(SegmentStream {
+        rx,
+        pending: VecDeque::new(),
+    }))
 }
 
 /// A read under way.
@@ -320,9 +400,10 @@ struct Reading {
 
 impl Reading {
     /// Returns the requested bytes of one segment.
-    async fn segment(&mut self, span: &SegmentSpan) -> Result<Bytes, String> {
+    async fn segment(&mut self, span: &SegmentSpan) -> Result<Piece, String> {
         let len = (span.fragment_range.end - span.fragment_range.start) as usize;
-        let mut pieces: Vec<Option<Bytes>> = vec![None; self.streams.len()];
+        let mut pieces: Vec<Option<Piece>> = Vec::with_capacity(self.streams.len());
+        pieces.resize_with(self.streams.len(), || None);
         let reads = self.streams.iter_mut().map(|s| s.read_exact(len));
         let results = futures_util::future::join_all(reads).await;
         let mut failed = Vec::new();
@@ -351,26 +432,132 @@ impl Reading {
             pieces[i] = Some(stream.read_exact(len).await?);
             self.streams[i] = stream;
         }
-        let segment = if self.shape.copies {
+        let mut segment = if self.shape.copies {
             pieces
                 .into_iter()
                 .next()
                 .flatten()
                 .ok_or_else(|| "no replica".to_owned())?
         } else {
-            let mut fragments: Vec<Option<Vec<u8>>> = vec![None; self.shape.slots];
+            let k = self.shape.codec.data();
+            let mut data: Vec<Option<Piece>> = Vec::with_capacity(self.shape.slots);
+            data.resize_with(self.shape.slots, || None);
             for (stream, piece) in self.streams.iter().zip(pieces) {
-                fragments[stream.fragment] = piece.map(|b| b.to_vec());
+                data[stream.fragment] = piece;
             }
-            self.shape
-                .codec
-                .reconstruct(&mut fragments, span.segment_len)
-                .map_err(|e| e.to_string())?
+            if data[..k].iter().all(Option::is_some) {
+                // The data fragments in order are the segment (and its padding): no decode.
+                let mut segment = Piece::default();
+                for piece in data.into_iter().take(k).flatten() {
+                    segment.chunks.extend(piece.chunks);
+                    segment.len += piece.len;
+                }
+                segment
+            } else {
+                let mut fragments: Vec<Option<Vec<u8>>> =
+                    data.iter().map(|p| p.as_ref().map(Piece::to_vec)).collect();
+                let mut decoded = Piece::default();
+                decoded.push(
+                    self.shape
+                        .codec
+                        .reconstruct(&mut fragments, span.segment_len)
+                        .map_err(|e| e.to_string())?,
+                );
+                decoded
+            }
         };
-        let wanted = segment.slice(span.segment_range.clone());
+        segment.advance(span.segment_range.start);
+        let wanted = segment.split_to(span.segment_range.len());
+        if wanted.len != span.segment_range.len() {
+            return Err(format!(
+                "segment {} has {} bytes, {} wanted",
+                span.segment,
+                wanted.len,
+                span.segment_range.len()
+            ));
+        }
         if let Some((hasher, _)) = &mut self.hasher {
-            hasher.update(&wanted);
+            for chunk in &wanted.chunks {
+                hasher.update(chunk);
+            }
         }
         Ok(wanted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// `bytes` as a piece cut at `cuts` (offsets, in any order, duplicates allowed).
+    fn piece_of(bytes: &[u8], cuts: &[usize]) -> Piece {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.extend([0, bytes.len()]);
+        cuts.sort_unstable();
+        let mut piece = Piece::default();
+        for w in cuts.windows(2) {
+            piece.push(Bytes::copy_from_slice(&bytes[w[0]..w[1]]));
+        }
+        piece
+    }
+
+    fn bytes_of(piece: &Piece) -> Vec<u8> {
+        assert_eq!(
+            piece.len,
+            piece.chunks.iter().map(Bytes::len).sum::<usize>()
+        );
+        assert!(piece.chunks.iter().all(|c| !c.is_empty()));
+        piece.to_vec()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Splitting and skipping a piece gives the bytes slicing the whole buffer gives,
+        /// however the piece is cut into chunks.
+        #[test]
+        fn a_piece_splits_as_its_bytes_do(
+            bytes in proptest::collection::vec(any::<u8>(), 0..600),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+            skip in 0usize..700,
+            take in 0usize..700,
+        ) {
+            let mut piece = piece_of(&bytes, &cuts);
+            prop_assert_eq!(bytes_of(&piece), bytes.clone());
+            piece.advance(skip);
+            let skip = skip.min(bytes.len());
+            prop_assert_eq!(bytes_of(&piece), bytes[skip..].to_vec());
+            let head = piece.split_to(take);
+            let end = (skip + take).min(bytes.len());
+            prop_assert_eq!(bytes_of(&head), bytes[skip..end].to_vec());
+            prop_assert_eq!(bytes_of(&piece), bytes[end..].to_vec());
+        }
+    }
+
+    /// A body made of segments yields their chunks in order, then an error where one came.
+    #[tokio::test]
+    async fn a_segment_stream_yields_chunks_in_order() {
+        use futures_util::StreamExt;
+        let (tx, rx) = mpsc::channel(2);
+        let stream = SegmentStream {
+            rx,
+            pending: VecDeque::new(),
+        };
+        let sender = tokio::spawn(async move {
+            for part in [&b"hello, "[..], b"world"] {
+                let mut segment = piece_of(part, &[2, 4]);
+                segment.push(Bytes::new());
+                tx.send(Ok(segment)).await.ok();
+            }
+            tx.send(Err(std::io::Error::other("broken"))).await.ok();
+        });
+        let items: Vec<_> = stream.collect().await;
+        sender.await.ok();
+        assert!(items.last().is_some_and(Result::is_err));
+        let (ok, err): (Vec<_>, Vec<_>) = items.into_iter().partition(Result::is_ok);
+        let body: Vec<u8> = ok.into_iter().flatten().flatten().collect();
+        assert_eq!(body, b"hello, world");
+        assert_eq!(err.len(), 1);
     }
 }
