@@ -16,6 +16,8 @@
 //! **Invariant:** any doubt (a bucket this map does not know, an index that does not answer)
 //! answers "referenced": the collector keeps what it cannot prove dead.
 
+use std::collections::HashSet;
+
 use nimbus_core::ids::VersionId;
 use nimbus_core::index::{EntryData, IndexEntry};
 use nimbus_ring::map::ClusterMap;
@@ -52,24 +54,57 @@ pub async fn is_referenced(
     version: VersionId,
     asked: Asked,
 ) -> Result<bool, DataError> {
+    let referenced = referenced_versions(index, map, object_path, &[version], asked).await?;
+    Ok(referenced.contains(&version))
+}
+
+/// Returns which of `versions` (all of one key, `object_path` = `account/container/key`) an
+/// index entry references: [`is_referenced`] for many versions at the cost of one: the
+/// key's entry and its listings are read once, whatever the number of versions.
+///
+/// # Errors
+/// As [`is_referenced`]; the caller then keeps every version's fragments.
+pub async fn referenced_versions(
+    index: &IndexClient,
+    map: &ClusterMap,
+    object_path: &str,
+    versions: &[VersionId],
+    asked: Asked,
+) -> Result<HashSet<VersionId>, DataError> {
+    let mut referenced = HashSet::new();
+    // Until every version asked about is referenced, read the next place references live.
+    let mut open: HashSet<VersionId> = versions.iter().copied().collect();
+    let mut note = |entry: &IndexEntry, open: &mut HashSet<VersionId>| {
+        open.retain(|v| {
+            let found = references(entry, *v);
+            if found {
+                referenced.insert(*v);
+            }
+            !found
+        });
+        open.is_empty()
+    };
     let mut parts = object_path.splitn(3, '/');
     let (Some(account), Some(container), Some(key)) = (parts.next(), parts.next(), parts.next())
     else {
-        return Ok(true); // not a path the proxy writes: not ours to judge
+        return Ok(open); // not a path the proxy writes: not ours to judge
     };
     let Some(bucket) = map.bucket(container).filter(|b| b.owner == account) else {
         // A bucket created after this map, or deleted (only when empty of live objects).
-        return Ok(true);
+        return Ok(open);
     };
+    if open.is_empty() {
+        return Ok(referenced);
+    }
     let shard = IndexClient::shard_of(account, container, key, bucket.shards);
     let current = match asked {
         Asked::EveryReplica => index.read_every_replica(&shard, key).await?,
         Asked::Majority => index.read(&shard, key).await?,
     };
     if let Some(current) = current
-        && references(&current.entry, version)
+        && note(&current.entry, &mut open)
     {
-        return Ok(true);
+        return Ok(referenced);
     }
     let record_prefix = format!("{key}\0");
     let versions = versions_container(container);
@@ -79,11 +114,11 @@ pub async fn is_referenced(
         &versions,
         bucket.shards,
         &record_prefix,
-        |r| references(r, version),
+        |r| note(r, &mut open),
     )
     .await?
     {
-        return Ok(true);
+        return Ok(referenced);
     }
     let uploads = index
         .list(
@@ -110,11 +145,11 @@ pub async fn is_referenced(
                 MAX_PART_NUMBER as usize,
             )
             .await?;
-        if recorded.iter().any(|r| references(&r.entry, version)) {
-            return Ok(true);
+        if recorded.iter().any(|r| note(&r.entry, &mut open)) {
+            return Ok(referenced);
         }
     }
-    Ok(false)
+    Ok(referenced)
 }
 
 /// Reads `container`'s live records under `prefix`, page by page, until `found` holds for
@@ -125,7 +160,7 @@ async fn any_page(
     container: &str,
     shards: u16,
     prefix: &str,
-    found: impl Fn(&IndexEntry) -> bool,
+    mut found: impl FnMut(&IndexEntry) -> bool,
 ) -> Result<bool, DataError> {
     let mut after: Option<String> = None;
     loop {

@@ -340,26 +340,36 @@ impl FragmentStore {
     pub async fn delete(&self, id: &FragmentId) -> Result<(), StoreError> {
         Self::check_policy(&id.policy)?;
         let dir = id.object_dir(&self.root);
-        let mut found = false;
-        for name in [id.file_name(), format!("{}.pending", id.file_name())] {
-            let path = dir.join(name);
-            let removed = self.engine.remove_file(&path).await;
-            self.summaries.changed(&id.policy, id.partition);
-            match removed {
-                Ok(()) => found = true,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::io(&path, e)),
-            }
-        }
-        if !found {
-            return Err(StoreError::NotFound {
+        let names = [id.file_name(), format!("{}.pending", id.file_name())];
+        let at = dir.clone();
+        // Both names, then the directory sync, in one trip off the async workers.
+        let removed = self
+            .engine
+            .metadata(move || {
+                let mut found = false;
+                for name in names {
+                    let path = at.join(name);
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => found = true,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Ok(Err((path, e))),
+                    }
+                }
+                if found && let Err(e) = writer::sync_dir(&at) {
+                    return Ok(Err((at, e)));
+                }
+                Ok(Ok(found))
+            })
+            .await;
+        self.summaries.changed(&id.policy, id.partition);
+        match removed {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(StoreError::NotFound {
                 path: dir.join(id.file_name()),
-            });
+            }),
+            Ok(Err((path, e))) => Err(StoreError::io(&path, e)),
+            Err(e) => Err(StoreError::io(&dir, e)),
         }
-        self.engine
-            .sync_dir(&dir)
-            .await
-            .map_err(|e| StoreError::io(&dir, e))
     }
 
     /// Moves a file that failed verification into `quarantine/`, where nothing reads it.

@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use nimbus_core::ids::{PartitionId, VersionId};
-use nimbus_proxy::references::{Asked, is_referenced};
+use nimbus_proxy::references::{Asked, referenced_versions};
 use nimbus_ring::map::ClusterMap;
 use tokio::time::Instant;
 
@@ -145,24 +145,20 @@ async fn object_dir(
         Err(StoreError::NotFound { .. }) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let mut checked: HashMap<VersionId, bool> = HashMap::new();
+    // One round of index reads decides every old version of the object.
+    let mut versions: Vec<VersionId> = old.iter().map(|(f, _)| f.version).collect();
+    versions.sort_unstable();
+    versions.dedup();
+    let referenced = referenced_versions(
+        &ctx.index,
+        map,
+        &object_path,
+        &versions,
+        Asked::EveryReplica,
+    )
+    .await?;
     for (fragment, bytes) in old {
-        let referenced = match checked.get(&fragment.version) {
-            Some(r) => *r,
-            None => {
-                let r = is_referenced(
-                    &ctx.index,
-                    map,
-                    &object_path,
-                    fragment.version,
-                    Asked::EveryReplica,
-                )
-                .await?;
-                checked.insert(fragment.version, r);
-                r
-            }
-        };
-        if referenced {
+        if referenced.contains(&fragment.version) {
             continue;
         }
         let id = FragmentId {
