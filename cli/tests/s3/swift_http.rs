@@ -62,15 +62,24 @@ impl Swift {
         Swift::login_as(&auth, &user, &key)
     }
 
-    /// Logs in at auth URL `auth` as `user` (`account:user`) with `key`.
+    /// Logs in at auth URL `auth` as `user` (`account:user`) with `key`. A credential just
+    /// created reaches the proxy through its watch of the cluster map, moments after the
+    /// metadata members commit it: a refused login is tried again for a few seconds.
     pub fn login_as(auth: &str, user: &str, key: &str) -> Swift {
-        let (status, headers, _) = curl(&[
-            "-H",
-            &format!("X-Auth-User: {user}"),
-            "-H",
-            &format!("X-Auth-Key: {key}"),
-            auth,
-        ]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (status, headers) = loop {
+            let (status, headers, _) = curl(&[
+                "-H",
+                &format!("X-Auth-User: {user}"),
+                "-H",
+                &format!("X-Auth-Key: {key}"),
+                auth,
+            ]);
+            if status != 401 || std::time::Instant::now() > deadline {
+                break (status, headers);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
         assert_eq!(status, 200, "login of {user}");
         Swift {
             url: header(&headers, "x-storage-url").unwrap(),
