@@ -22,7 +22,11 @@ if ((${#need_apt[@]})); then
 fi
 command -v aws >/dev/null || pip install -q awscli
 python3 -c 'import boto3' 2>/dev/null || pip install -q boto3
-command -v swift >/dev/null || pip install -q python-swiftclient
+# python-swiftclient from PyPI, run through this python3: a `swift` found first on PATH may be
+# another release (Debian's python3-swiftclient 4.1.0, which OpenStack Swift's own packages
+# bring, refuses `upload --object-name` as used below).
+python3 -c 'import swiftclient' 2>/dev/null || pip install -q python-swiftclient
+swift() { python3 -m swiftclient.shell "$@"; }
 
 work=$(mktemp -d)
 dev_pid=
