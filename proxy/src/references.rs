@@ -54,47 +54,41 @@ pub async fn is_referenced(
     version: VersionId,
     asked: Asked,
 ) -> Result<bool, DataError> {
-    let referenced = referenced_versions(index, map, object_path, &[version], asked).await?;
-    Ok(referenced.contains(&version))
+    let dead = unreferenced_versions(index, map, object_path, &[version], asked).await?;
+    Ok(!dead.contains(&version))
 }
 
-/// Returns which of `versions` (all of one key, `object_path` = `account/container/key`) an
-/// index entry references: [`is_referenced`] for many versions at the cost of one: the
+/// Returns which of `versions` (all of one key, `object_path` = `account/container/key`) no
+/// index entry references: [`is_referenced`] for many versions at the cost of one, since the
 /// key's entry and its listings are read once, whatever the number of versions.
 ///
 /// # Errors
 /// As [`is_referenced`]; the caller then keeps every version's fragments.
-pub async fn referenced_versions(
+pub async fn unreferenced_versions(
     index: &IndexClient,
     map: &ClusterMap,
     object_path: &str,
     versions: &[VersionId],
     asked: Asked,
 ) -> Result<HashSet<VersionId>, DataError> {
-    let mut referenced = HashSet::new();
-    // Until every version asked about is referenced, read the next place references live.
+    // The versions no reference was found for yet; each place references live is read
+    // until none is left.
     let mut open: HashSet<VersionId> = versions.iter().copied().collect();
-    let mut note = |entry: &IndexEntry, open: &mut HashSet<VersionId>| {
-        open.retain(|v| {
-            let found = references(entry, *v);
-            if found {
-                referenced.insert(*v);
-            }
-            !found
-        });
+    let note = |entry: &IndexEntry, open: &mut HashSet<VersionId>| {
+        open.retain(|v| !references(entry, *v));
         open.is_empty()
     };
     let mut parts = object_path.splitn(3, '/');
     let (Some(account), Some(container), Some(key)) = (parts.next(), parts.next(), parts.next())
     else {
-        return Ok(open); // not a path the proxy writes: not ours to judge
+        return Ok(HashSet::new()); // not a path the proxy writes: not ours to judge
     };
     let Some(bucket) = map.bucket(container).filter(|b| b.owner == account) else {
         // A bucket created after this map, or deleted (only when empty of live objects).
-        return Ok(open);
+        return Ok(HashSet::new());
     };
     if open.is_empty() {
-        return Ok(referenced);
+        return Ok(open);
     }
     let shard = IndexClient::shard_of(account, container, key, bucket.shards);
     let current = match asked {
@@ -104,7 +98,7 @@ pub async fn referenced_versions(
     if let Some(current) = current
         && note(&current.entry, &mut open)
     {
-        return Ok(referenced);
+        return Ok(open);
     }
     let record_prefix = format!("{key}\0");
     let versions = versions_container(container);
@@ -118,7 +112,7 @@ pub async fn referenced_versions(
     )
     .await?
     {
-        return Ok(referenced);
+        return Ok(open);
     }
     let uploads = index
         .list(
@@ -146,10 +140,10 @@ pub async fn referenced_versions(
             )
             .await?;
         if recorded.iter().any(|r| note(&r.entry, &mut open)) {
-            return Ok(referenced);
+            return Ok(open);
         }
     }
-    Ok(referenced)
+    Ok(open)
 }
 
 /// Reads `container`'s live records under `prefix`, page by page, until `found` holds for

@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use nimbus_core::ids::{PartitionId, VersionId};
-use nimbus_proxy::references::{Asked, referenced_versions};
+use nimbus_proxy::references::{Asked, unreferenced_versions};
 use nimbus_ring::map::ClusterMap;
 use tokio::time::Instant;
 
@@ -146,10 +146,8 @@ async fn object_dir(
         Err(e) => return Err(e.into()),
     };
     // One round of index reads decides every old version of the object.
-    let mut versions: Vec<VersionId> = old.iter().map(|(f, _)| f.version).collect();
-    versions.sort_unstable();
-    versions.dedup();
-    let referenced = referenced_versions(
+    let versions: Vec<VersionId> = old.iter().map(|(f, _)| f.version).collect();
+    let dead = unreferenced_versions(
         &ctx.index,
         map,
         &object_path,
@@ -158,7 +156,7 @@ async fn object_dir(
     )
     .await?;
     for (fragment, bytes) in old {
-        if referenced.contains(&fragment.version) {
+        if !dead.contains(&fragment.version) {
             continue;
         }
         let id = FragmentId {
